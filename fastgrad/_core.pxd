@@ -1,0 +1,107 @@
+# _core.pxd -- the C boundary (src_c/fastgrad.h, mirrored one to one) and the
+# extension types' layout.
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+
+
+cdef extern from "fastgrad.h" nogil:
+    enum:
+        FG_OP_FREE
+        FG_OP_LEAF
+        FG_OP_ADD
+        FG_OP_SUB
+        FG_OP_MUL
+        FG_OP_DIV
+        FG_OP_POW
+        FG_OP_MAX
+        FG_OP_MIN
+        FG_OP_ADDC
+        FG_OP_MULC
+        FG_OP_RSUBC
+        FG_OP_DIVC
+        FG_OP_RDIVC
+        FG_OP_POWC
+        FG_OP_RPOWC
+        FG_OP_NEG
+        FG_OP_ABS
+        FG_OP_RELU
+        FG_OP_TANH
+        FG_OP_EXP
+        FG_OP_LOG
+        FG_OP_SIGMOID
+        FG_OP_SQRT
+        FG_OP_SIN
+        FG_OP_COS
+        FG_OP_SUM
+        FG_OP_DOT
+        FG_OP_COUNT
+
+    enum:
+        FG_OK
+        FG_ENOMEM
+        FG_ENONFINITE
+        FG_EINVAL
+
+    ctypedef struct fg_graph_t:
+        uint8_t *op
+        uint32_t *uses
+        int32_t *a
+        int32_t *b
+        double *val
+        double *grad
+        double *cst
+        int32_t *mark
+        int32_t *order
+        int64_t capacity
+        int64_t top
+        int64_t live
+        int32_t free_head
+        int32_t *opnd
+        double *ocst
+        int64_t ocap
+        int64_t oused
+        int64_t odead
+        int32_t err_node
+        int32_t err_op
+
+    int fg_graph_init(fg_graph_t *g, int64_t capacity)
+    void fg_graph_free(fg_graph_t *g)
+    int fg_is_live(const fg_graph_t *g, int64_t i)
+    void fg_incref(fg_graph_t *g, int32_t i)
+    void fg_decref(fg_graph_t *g, int32_t i)
+    int64_t fg_graph_bytes(const fg_graph_t *g)
+    const char *fg_op_name(int op)
+    const char *fg_op_key(int op)
+    int fg_op_arity(int op)
+    void fg_fail_alloc_after(int64_t n)
+
+    int32_t fg_leaf(fg_graph_t *g, double value)
+    int32_t fg_unary(fg_graph_t *g, int op, int32_t a, double c)
+    int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b)
+    int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
+                    const double *cst, double c)
+
+    int fg_backward(fg_graph_t *g, int32_t out, int check_finite)
+    int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
+                double *result, double *adj, int check_finite)
+
+
+cdef class _Flag:
+    cdef int depth
+
+
+cdef class Graph:
+    cdef fg_graph_t g
+    cdef unsigned long owner        # thread ident of the thread that made it
+    cdef _Flag anomaly              # that thread's detect_anomaly depth
+    cdef int64_t serial             # names the graph in error messages
+    cdef int32_t *deferred          # handles dropped by other threads
+    cdef int64_t ndeferred
+    cdef int64_t deferred_cap
+    cdef int _drain(self) except -1
+
+
+cdef class Value:
+    cdef readonly Graph graph       # the Graph that holds this node
+    cdef int32_t idx                # slot in the graph's arrays
+    cdef Graph _live_graph(self)

@@ -1,0 +1,693 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+"""fastgrad._core -- the Cython glue between Python and the C node arrays.
+
+C (src_c/) owns the memory layout and every loop over nodes.  This module owns
+object lifetime (a Value handle holds one use of its node), argument coercion,
+turning C status codes into Python exceptions, and the Python protocols.
+One Python operator is one call into C.
+"""
+
+cimport cython
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
+from cpython.long cimport PyLong_AsDouble, PyLong_Check
+from cpython.pythread cimport PyThread_get_thread_ident
+from libc.math cimport isfinite
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdlib cimport free, malloc, realloc
+
+import numbers
+import threading
+
+import numpy as np
+
+# Above this many live nodes a sweep releases the GIL; below it the release
+# costs more than the sweep (the seed example backward is about 100 ns).
+cdef int64_t NOGIL_MIN_NODES = 2048
+# n-ary calls up to this many operands use buffers on the C stack.
+cdef enum:
+    SMALL_N = 64
+
+
+# ---------------------------------------------------------------- threads ---
+
+cdef class _Flag:
+    """A per-thread counter (detect_anomaly depth) shared with its graphs."""
+
+
+cdef class _ThreadState:
+    cdef list stack          # graphs opened with `with Graph():`, innermost last
+    cdef Graph default       # made on first use
+    cdef _Flag anomaly
+
+    def __cinit__(self):
+        self.stack = []
+        self.anomaly = _Flag()
+
+
+_tls = threading.local()
+cdef unsigned long _cached_tid = 0
+cdef _ThreadState _cached_state = None
+cdef int64_t _graph_serial = 0
+
+
+cdef _ThreadState _state():
+    global _cached_tid, _cached_state
+    cdef unsigned long tid = PyThread_get_thread_ident()
+    if tid == _cached_tid and _cached_state is not None:
+        return _cached_state
+    st = getattr(_tls, "state", None)
+    if st is None:
+        st = _ThreadState()
+        _tls.state = st
+    _cached_tid = tid
+    _cached_state = st
+    return st
+
+
+cdef Graph _current_graph():
+    cdef _ThreadState st = _state()
+    if st.stack:
+        return st.stack[len(st.stack) - 1]
+    if st.default is None:
+        st.default = Graph()
+    return st.default
+
+
+cdef inline int _enter(Graph g) except -1:
+    """Every op on a graph's nodes starts here."""
+    if g.owner != PyThread_get_thread_ident():
+        raise RuntimeError(
+            f"{g!r} belongs to another thread; each thread builds into its own "
+            "graphs (create the Values in this thread)")
+    if g.ndeferred:
+        g._drain()
+    return 0
+
+
+# ---------------------------------------------------------------- errors ---
+
+cdef str _op_str(int op):
+    return fg_op_name(op).decode("ascii")
+
+
+cdef int _raise_status(Graph g, int rc) except -1:
+    if rc == FG_ENOMEM:
+        raise MemoryError(f"fastgrad: cannot grow the node storage of {g!r}")
+    if rc == FG_ENONFINITE:
+        raise FloatingPointError(
+            f"detect_anomaly: the backward of '{_op_str(g.g.err_op)}' "
+            f"(node {g.g.err_node}) produced a non-finite gradient")
+    if rc == FG_EINVAL:
+        raise ValueError(f"fastgrad: invalid node index for {g!r}")
+    raise SystemError(f"fastgrad: unexpected status {rc}")
+
+
+cdef inline Value _wrap(Graph g, int32_t idx):
+    """A new handle for node idx, which already counts this handle's use."""
+    cdef Value v
+    cdef double y
+    if idx < 0:
+        _raise_status(g, idx)
+    if g.anomaly.depth:
+        y = g.g.val[idx]
+        if not isfinite(y):
+            op = g.g.op[idx]
+            fg_decref(&g.g, idx)
+            raise FloatingPointError(
+                f"detect_anomaly: '{_op_str(op)}' produced {y!r} in the forward pass")
+    v = Value.__new__(Value)
+    v.graph = g
+    v.idx = idx
+    return v
+
+
+# ---------------------------------------------------------------- numbers ---
+
+cdef inline bint _is_number(object x):
+    return PyFloat_Check(x) or PyLong_Check(x) or isinstance(x, numbers.Real)
+
+
+cdef inline double _to_double(object x) except? -1.0:
+    if PyFloat_Check(x):
+        return PyFloat_AS_DOUBLE(x)
+    if PyLong_Check(x):
+        return PyLong_AsDouble(x)
+    return float(x)
+
+
+cdef double _coerce(object x, str what) except? -1.0:
+    if type(x) is not Value and _is_number(x):
+        return _to_double(x)
+    raise TypeError(f"{what} must be a real number, got {type(x).__name__}")
+
+
+cdef Value _as_value(object x, Graph g):
+    """x itself if a Value, else a new leaf in g (the current graph if None)."""
+    if type(x) is Value:
+        return <Value>x
+    cdef double d = _coerce(x, "operand")
+    if g is None:
+        g = _current_graph()
+    _enter(g)
+    return _wrap(g, fg_leaf(&g.g, d))
+
+
+cdef inline int _same_graph(Value x, Value y) except -1:
+    if x.graph is not y.graph:
+        raise ValueError(f"cannot combine Values of two graphs: {x.graph!r} and {y.graph!r}")
+    return 0
+
+
+# ---------------------------------------------------------------- graph ---
+
+@cython.no_gc
+@cython.final
+cdef class Graph:
+    """A separate node storage, also usable as ``with fastgrad.Graph():``.
+
+    Each thread builds into its own default graph; inside ``with Graph() as g:``
+    new leaves go to ``g`` instead.  Values made in a graph stay valid after
+    the block, and the graph lives as long as any of its Values does.
+
+    Thread-safety: a graph belongs to the thread that made it.  Ops, backward()
+    and grad() on its Values from another thread raise RuntimeError; reading
+    or setting ``.data``/``.grad`` and dropping handles is safe from any thread.
+    """
+
+    def __cinit__(self, int64_t capacity=256):
+        global _graph_serial
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
+        if fg_graph_init(&self.g, capacity) != FG_OK:
+            fg_graph_free(&self.g)
+            raise MemoryError("fastgrad: cannot allocate a graph")
+        cdef _ThreadState st = _state()
+        self.owner = PyThread_get_thread_ident()
+        self.anomaly = st.anomaly
+        _graph_serial += 1
+        self.serial = _graph_serial
+
+    def __dealloc__(self):
+        fg_graph_free(&self.g)
+        free(self.deferred)
+
+    cdef int _drain(self) except -1:
+        cdef int64_t k, n = self.ndeferred
+        self.ndeferred = 0
+        for k in range(n):
+            fg_decref(&self.g, self.deferred[k])
+        return 0
+
+    def __enter__(self):
+        _enter(self)
+        _state().stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        cdef list stack = _state().stack
+        if not stack or stack[len(stack) - 1] is not self:
+            raise RuntimeError(f"{self!r} exited out of order")
+        stack.pop()
+        return False
+
+    def __repr__(self):
+        return f"<fastgrad.Graph #{self.serial}: {self.g.live} live nodes>"
+
+    def stats(self):
+        """Node storage figures: a dict of ints.
+
+        live_nodes  nodes reachable from live Values
+        capacity    node slots allocated
+        bytes       bytes of node storage (per-node arrays + operand arrays)
+        bytes_per_node  bytes of the per-node arrays per slot
+        operand_slots   n-ary operand entries allocated
+        """
+        if self.owner == PyThread_get_thread_ident() and self.ndeferred:
+            self._drain()
+        cdef int64_t node_bytes = fg_graph_bytes(&self.g) - self.g.ocap * 12
+        return {
+            "live_nodes": int(self.g.live),
+            "capacity": int(self.g.capacity),
+            "bytes": int(fg_graph_bytes(&self.g)),
+            "bytes_per_node": int(node_bytes // self.g.capacity) if self.g.capacity else 0,
+            "operand_slots": int(self.g.ocap),
+        }
+
+    def arrays(self):
+        """Copies of the node arrays over the slots handed out so far.
+
+        A dict of numpy arrays: op, uses, a, b, val, grad, cst.  Free slots
+        have op == op_codes()['FREE'].  For inspection and benchmarks.
+        """
+        cdef int64_t n = self.g.top
+        out = {}
+        out["op"] = np.asarray(<uint8_t[:n]> self.g.op).copy() if n else np.zeros(0, np.uint8)
+        out["uses"] = np.asarray(<uint32_t[:n]> self.g.uses).copy() if n else np.zeros(0, np.uint32)
+        out["a"] = np.asarray(<int32_t[:n]> self.g.a).copy() if n else np.zeros(0, np.int32)
+        out["b"] = np.asarray(<int32_t[:n]> self.g.b).copy() if n else np.zeros(0, np.int32)
+        out["val"] = np.asarray(<double[:n]> self.g.val).copy() if n else np.zeros(0)
+        out["grad"] = np.asarray(<double[:n]> self.g.grad).copy() if n else np.zeros(0)
+        out["cst"] = np.asarray(<double[:n]> self.g.cst).copy() if n else np.zeros(0)
+        return out
+
+
+def op_codes():
+    """{table name: op code} for every op of src_c/fg_ops.h."""
+    return {fg_op_key(k).decode("ascii"): k for k in range(FG_OP_COUNT)}
+
+
+def stats():
+    """Node storage figures of the current graph (see Graph.stats)."""
+    return _current_graph().stats()
+
+
+def current_graph():
+    """The graph new leaves go to in this thread."""
+    return _current_graph()
+
+
+# ---------------------------------------------------------------- value ---
+
+cdef object _binary(Value x, object other, int op, int cop, bint reflected):
+    """x op other (other op x when reflected); cop is the op with a constant."""
+    cdef Graph g = x.graph
+    cdef double c
+    _enter(g)
+    if type(other) is Value:
+        _same_graph(x, <Value>other)
+        if reflected:
+            return _wrap(g, fg_binary(&g.g, op, (<Value>other).idx, x.idx))
+        return _wrap(g, fg_binary(&g.g, op, x.idx, (<Value>other).idx))
+    if not _is_number(other):
+        return NotImplemented
+    c = _to_double(other)
+    if cop == FG_OP_ADDC and op == FG_OP_SUB and not reflected:
+        c = -c          # x - c == x + (-c) exactly in IEEE arithmetic
+    return _wrap(g, fg_unary(&g.g, cop, x.idx, c))
+
+
+cdef inline Value _unary(Value x, int op):
+    cdef Graph g = x.graph
+    _enter(g)
+    return _wrap(g, fg_unary(&g.g, op, x.idx, 0.0))
+
+
+@cython.no_gc
+@cython.final
+@cython.freelist(512)
+@cython.auto_pickle(False)
+cdef class Value:
+    """A scalar node: micrograd's Value, recorded into the node arrays.
+
+    ``Value(data)`` makes a leaf in the current graph.  ``.data`` and ``.grad``
+    read and write the arrays (both settable).  After ``out.backward()``,
+    leaves hold d out/d leaf ADDED to their grad, intermediates hold it SET.
+    """
+
+    def __init__(self, data):
+        cdef double d = _coerce(data, "Value(data)")
+        cdef Graph g = _current_graph()
+        _enter(g)
+        cdef int32_t idx = fg_leaf(&g.g, d)
+        if idx < 0:
+            _raise_status(g, idx)
+        if self.graph is not None:    # __init__ called again on a live handle
+            fg_decref(&self.graph.g, self.idx)
+        self.graph = g
+        self.idx = idx
+
+    def __dealloc__(self):
+        cdef Graph g = self.graph
+        cdef int32_t *grown
+        if g is None:
+            return
+        if g.owner == PyThread_get_thread_ident():
+            if g.g.live > NOGIL_MIN_NODES:
+                with nogil:
+                    fg_decref(&g.g, self.idx)
+            else:
+                fg_decref(&g.g, self.idx)
+            return
+        # Another thread: the owner may be inside a sweep with the GIL released,
+        # so the use is handed back to the owner, which drains it on its next op.
+        if g.ndeferred == g.deferred_cap:
+            grown = <int32_t *>realloc(g.deferred, (g.deferred_cap * 2 + 16) * sizeof(int32_t))
+            if grown == NULL:
+                return          # the node leaks until the graph dies; no crash
+            g.deferred = grown
+            g.deferred_cap = g.deferred_cap * 2 + 16
+        g.deferred[g.ndeferred] = self.idx
+        g.ndeferred += 1
+
+    cdef Graph _live_graph(self):
+        if self.graph is None:
+            raise ValueError("uninitialised Value (made with Value.__new__)")
+        return self.graph
+
+    @property
+    def data(self):
+        """The forward value (float); settable."""
+        cdef Graph g = self._live_graph()
+        return g.g.val[self.idx]
+
+    @data.setter
+    def data(self, value):
+        cdef Graph g = self._live_graph()
+        g.g.val[self.idx] = _coerce(value, "data")
+
+    @property
+    def grad(self):
+        """The gradient written by backward() (float); settable."""
+        cdef Graph g = self._live_graph()
+        return g.g.grad[self.idx]
+
+    @grad.setter
+    def grad(self, value):
+        cdef Graph g = self._live_graph()
+        g.g.grad[self.idx] = _coerce(value, "grad")
+
+    @property
+    def op(self):
+        """Name of the op that made this node ('leaf' for leaves)."""
+        cdef Graph g = self._live_graph()
+        return _op_str(g.g.op[self.idx])
+
+    def __repr__(self):
+        if self.graph is None:
+            return "Value(<uninitialised>)"
+        return f"Value(data={self.graph.g.val[self.idx]}, grad={self.graph.g.grad[self.idx]})"
+
+    def backward(self):
+        """Accumulate d self / d node into every node reachable from self.
+
+        Leaves get the derivative ADDED to ``.grad``; intermediate nodes get it
+        SET (fresh on each call).  The topological sort and the sweep run in
+        C with the GIL released.
+        """
+        cdef Graph g = self._live_graph()
+        _enter(g)
+        cdef int check = g.anomaly.depth
+        cdef int rc
+        if g.g.live > NOGIL_MIN_NODES:
+            with nogil:
+                rc = fg_backward(&g.g, self.idx, check)
+        else:
+            rc = fg_backward(&g.g, self.idx, check)
+        if rc != FG_OK:
+            _raise_status(g, rc)
+
+    # Arithmetic: one call into C per operator.  self is always the Value.
+    def __add__(self, other):
+        return _binary(self, other, FG_OP_ADD, FG_OP_ADDC, False)
+
+    def __radd__(self, other):
+        return _binary(self, other, FG_OP_ADD, FG_OP_ADDC, True)
+
+    def __sub__(self, other):
+        return _binary(self, other, FG_OP_SUB, FG_OP_ADDC, False)
+
+    def __rsub__(self, other):
+        return _binary(self, other, FG_OP_SUB, FG_OP_RSUBC, True)
+
+    def __mul__(self, other):
+        return _binary(self, other, FG_OP_MUL, FG_OP_MULC, False)
+
+    def __rmul__(self, other):
+        return _binary(self, other, FG_OP_MUL, FG_OP_MULC, True)
+
+    def __truediv__(self, other):
+        return _binary(self, other, FG_OP_DIV, FG_OP_DIVC, False)
+
+    def __rtruediv__(self, other):
+        return _binary(self, other, FG_OP_DIV, FG_OP_RDIVC, True)
+
+    def __pow__(self, other, mod):
+        if mod is not None:
+            return NotImplemented
+        return _binary(self, other, FG_OP_POW, FG_OP_POWC, False)
+
+    def __rpow__(self, other, mod):
+        if mod is not None:
+            return NotImplemented
+        return _binary(self, other, FG_OP_POW, FG_OP_RPOWC, True)
+
+    def __neg__(self):
+        return _unary(self, FG_OP_NEG)
+
+    def __abs__(self):
+        return _unary(self, FG_OP_ABS)
+
+    def relu(self):
+        """max(x, 0); derivative 0 at 0."""
+        return _unary(self, FG_OP_RELU)
+
+    def tanh(self):
+        return _unary(self, FG_OP_TANH)
+
+    def exp(self):
+        """e**x; inf on overflow (no exception)."""
+        return _unary(self, FG_OP_EXP)
+
+    def log(self):
+        """Natural log; nan below 0, -inf at 0 (no exception)."""
+        return _unary(self, FG_OP_LOG)
+
+    def sigmoid(self):
+        """1 / (1 + e**-x), computed without overflow."""
+        return _unary(self, FG_OP_SIGMOID)
+
+    def sqrt(self):
+        return _unary(self, FG_OP_SQRT)
+
+    def sin(self):
+        return _unary(self, FG_OP_SIN)
+
+    def cos(self):
+        return _unary(self, FG_OP_COS)
+
+
+# ---------------------------------------------------------------- functions ---
+
+def relu(x):
+    """relu(x) = max(x, 0) as a Value (numbers become leaves)."""
+    return _unary(_as_value(x, None), FG_OP_RELU)
+
+
+def tanh(x):
+    return _unary(_as_value(x, None), FG_OP_TANH)
+
+
+def exp(x):
+    return _unary(_as_value(x, None), FG_OP_EXP)
+
+
+def log(x):
+    return _unary(_as_value(x, None), FG_OP_LOG)
+
+
+def sigmoid(x):
+    return _unary(_as_value(x, None), FG_OP_SIGMOID)
+
+
+def sqrt(x):
+    return _unary(_as_value(x, None), FG_OP_SQRT)
+
+
+def sin(x):
+    return _unary(_as_value(x, None), FG_OP_SIN)
+
+
+def cos(x):
+    return _unary(_as_value(x, None), FG_OP_COS)
+
+
+cdef Value _minmax(object a, object b, int op):
+    cdef Graph g = None
+    if type(a) is Value:
+        g = (<Value>a).graph
+    elif type(b) is Value:
+        g = (<Value>b).graph
+    cdef Value x = _as_value(a, g)
+    cdef Value y = _as_value(b, g)
+    _same_graph(x, y)
+    _enter(x.graph)
+    return _wrap(x.graph, fg_binary(&x.graph.g, op, x.idx, y.idx))
+
+
+def maximum(a, b):
+    """Elementwise max of two Values/numbers; a tie sends half the gradient each way."""
+    return _minmax(a, b, FG_OP_MAX)
+
+
+def minimum(a, b):
+    """Elementwise min of two Values/numbers; a tie sends half the gradient each way."""
+    return _minmax(a, b, FG_OP_MIN)
+
+
+cdef Graph _fill_operands(object item, int64_t k, int32_t *idx, double *cst,
+                          Graph g, str what):
+    """Operand k: a Value's index, or -1 and the number.  Returns the graph of
+    the Values seen so far (None while there were only numbers)."""
+    cdef Value v
+    if type(item) is Value:
+        v = <Value>item
+        if g is None:
+            g = v.graph
+        elif v.graph is not g:
+            raise ValueError(f"cannot combine Values of two graphs: {g!r} and {v.graph!r}")
+        idx[k] = v.idx
+        cst[k] = 0.0
+    elif _is_number(item):
+        idx[k] = -1
+        cst[k] = _to_double(item)
+    else:
+        raise TypeError(f"{what} must hold Values or real numbers, got {type(item).__name__}")
+    return g
+
+
+cdef Value _nary(int op, int64_t n, int32_t *idx, double *cst, double c, Graph g):
+    if g is None:
+        g = _current_graph()
+    _enter(g)
+    return _wrap(g, fg_nary(&g.g, op, n, idx, cst, c))
+
+
+def sum(values, start=0.0):
+    """start + values[0] + values[1] + ... as ONE node (one call into C).
+
+    Elements (and start) may be Values or numbers; they are added left to right.
+    """
+    cdef list seq = values if type(values) is list else list(values)
+    cdef int64_t n = len(seq), k, off = 0
+    cdef int32_t small_idx[SMALL_N]
+    cdef double small_cst[SMALL_N]
+    cdef int32_t *idx = small_idx
+    cdef double *cst = small_cst
+    cdef Graph g = None
+    cdef double c = 0.0
+    if type(start) is Value:
+        off = 1
+    else:
+        c = _coerce(start, "start")
+    if n + off > SMALL_N:
+        idx = <int32_t *>malloc((n + off) * sizeof(int32_t))
+        cst = <double *>malloc((n + off) * sizeof(double))
+        if idx == NULL or cst == NULL:
+            free(idx); free(cst)
+            raise MemoryError()
+    try:
+        if off:
+            g = _fill_operands(start, 0, idx, cst, g, "start")
+        for k in range(n):
+            g = _fill_operands(seq[k], k + off, idx, cst, g, "sum()")
+        return _nary(FG_OP_SUM, n + off, idx, cst, c, g)
+    finally:
+        if idx != small_idx:
+            free(idx); free(cst)
+
+
+def dot(ws, xs, start=0.0):
+    """start + ws[0]*xs[0] + ws[1]*xs[1] + ... as ONE node (one call into C).
+
+    A neuron is ``dot(w, x, b)``: the same sum, in the same order, as
+    micrograd's ``sum((wi*xi for wi, xi in zip(w, x)), b)``.
+    """
+    cdef list wl = ws if type(ws) is list else list(ws)
+    cdef list xl = xs if type(xs) is list else list(xs)
+    cdef int64_t n = len(wl), k, off = 0, total
+    if len(xl) != n:
+        raise ValueError(f"dot() needs sequences of equal length, got {n} and {len(xl)}")
+    cdef int32_t small_idx[SMALL_N]
+    cdef double small_cst[SMALL_N]
+    cdef int32_t *idx = small_idx
+    cdef double *cst = small_cst
+    cdef Graph g = None
+    cdef double c = 0.0
+    if type(start) is Value:
+        off = 2        # start enters as the pair (start, 1.0): start*1.0 == start
+    else:
+        c = _coerce(start, "start")
+    total = 2 * n + off
+    if total > SMALL_N:
+        idx = <int32_t *>malloc(total * sizeof(int32_t))
+        cst = <double *>malloc(total * sizeof(double))
+        if idx == NULL or cst == NULL:
+            free(idx); free(cst)
+            raise MemoryError()
+    try:
+        if off:
+            g = _fill_operands(start, 0, idx, cst, g, "start")
+            idx[1] = -1
+            cst[1] = 1.0
+        for k in range(n):
+            g = _fill_operands(wl[k], off + 2 * k, idx, cst, g, "dot()")
+            g = _fill_operands(xl[k], off + 2 * k + 1, idx, cst, g, "dot()")
+        return _nary(FG_OP_DOT, total, idx, cst, c, g)
+    finally:
+        if idx != small_idx:
+            free(idx); free(cst)
+
+
+def grad(out, wrt):
+    """d out / d wrt without touching any ``.grad``.
+
+    ``wrt`` is a Value (returns a float) or a sequence of Values (returns a
+    list of floats); leaves and intermediate nodes alike.  A node that ``out``
+    does not depend on gets 0.0.
+    """
+    if type(out) is not Value:
+        raise TypeError(f"grad() needs a Value as out, got {type(out).__name__}")
+    cdef Value o = <Value>out
+    cdef Graph g = o._live_graph()
+    cdef bint single = type(wrt) is Value
+    cdef list items = [wrt] if single else list(wrt)
+    cdef int64_t n = len(items), k
+    cdef Value v
+    for k in range(n):
+        if type(items[k]) is not Value:
+            raise TypeError(f"grad() needs Values in wrt, got {type(items[k]).__name__}")
+        _same_graph(o, <Value>items[k])
+    _enter(g)
+    cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
+    cdef double *res = <double *>malloc((n + 1) * sizeof(double))
+    cdef double *adj = <double *>malloc(g.g.capacity * sizeof(double))
+    cdef int rc, check = g.anomaly.depth
+    try:
+        if idx == NULL or res == NULL or adj == NULL:
+            raise MemoryError()
+        for k in range(n):
+            idx[k] = (<Value>items[k]).idx
+        if g.g.live > NOGIL_MIN_NODES:
+            with nogil:
+                rc = fg_grad(&g.g, o.idx, n, idx, res, adj, check)
+        else:
+            rc = fg_grad(&g.g, o.idx, n, idx, res, adj, check)
+        if rc != FG_OK:
+            _raise_status(g, rc)
+        if single:
+            return res[0]
+        return [res[k] for k in range(n)]
+    finally:
+        free(idx); free(res); free(adj)
+
+
+class detect_anomaly:
+    """Context manager: raise FloatingPointError at the first non-finite value.
+
+    Inside the block, an op whose forward value is nan/inf, or a backward
+    sweep that produces a non-finite gradient, raises FloatingPointError naming
+    the op.  Per thread; nestable.
+    """
+
+    def __enter__(self):
+        (<_ThreadState>_state()).anomaly.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        (<_ThreadState>_state()).anomaly.depth -= 1
+        return False
+
+
+def _fail_alloc_after(int64_t n):
+    """Test hook: the n-th node-storage allocation from now fails (0: off)."""
+    fg_fail_alloc_after(n)

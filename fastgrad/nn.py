@@ -1,0 +1,84 @@
+"""micrograd's ``nn`` module on fastgrad: Module, Neuron, Layer, MLP.
+
+Same constructor arguments, call semantics and random draws as
+``micrograd.nn`` (one ``random.uniform(-1, 1)`` per weight, in the same order),
+so micrograd's README and demo code run with only the import changed and, from
+the same ``random.seed``, start from the same parameters.  A neuron is one
+fused ``fastgrad.dot`` node (plus its relu): ``w . x + b`` computed in the
+same order as micrograd's ``sum((wi*xi for ...), b)``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, List, Sequence, Union
+
+from fastgrad._core import Value, dot
+
+Number = Union[int, float]
+
+
+class Module:
+    """Base class: ``parameters()`` and ``zero_grad()``."""
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = 0.0
+
+    def parameters(self) -> List[Value]:
+        return []
+
+
+class Neuron(Module):
+    """``relu(w . x + b)`` (or linear with ``nonlin=False``)."""
+
+    def __init__(self, nin: int, nonlin: bool = True) -> None:
+        self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
+        self.b = Value(0)
+        self.nonlin = nonlin
+
+    def __call__(self, x: Sequence[Union[Value, Number]]) -> Value:
+        act = dot(self.w, x, self.b)
+        return act.relu() if self.nonlin else act
+
+    def parameters(self) -> List[Value]:
+        return self.w + [self.b]
+
+    def __repr__(self) -> str:
+        return f"{'ReLU' if self.nonlin else 'Linear'}Neuron({len(self.w)})"
+
+
+class Layer(Module):
+    """``nout`` neurons over the same input; a single output is returned bare."""
+
+    def __init__(self, nin: int, nout: int, **kwargs: Any) -> None:
+        self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
+
+    def __call__(self, x: Sequence[Union[Value, Number]]) -> Union[Value, List[Value]]:
+        out = [n(x) for n in self.neurons]
+        return out[0] if len(out) == 1 else out
+
+    def parameters(self) -> List[Value]:
+        return [p for n in self.neurons for p in n.parameters()]
+
+    def __repr__(self) -> str:
+        return f"Layer of [{', '.join(str(n) for n in self.neurons)}]"
+
+
+class MLP(Module):
+    """Layers of sizes ``[nin] + nouts``; relu everywhere but the last layer."""
+
+    def __init__(self, nin: int, nouts: Sequence[int]) -> None:
+        sz = [nin] + list(nouts)
+        self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1) for i in range(len(nouts))]
+
+    def __call__(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def parameters(self) -> List[Value]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def __repr__(self) -> str:
+        return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"

@@ -1,0 +1,55 @@
+"""Extension definitions only; metadata lives in pyproject.toml.
+
+FASTGRAD_DEBUG=1      -O0 -g, C asserts on, Cython bounds checks on
+FASTGRAD_SANITIZE=address,undefined   compile and link with those sanitizers
+No -march=native unless FASTGRAD_NATIVE=1: wheels run on other machines.
+"""
+
+import os
+import sys
+from glob import glob
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("FASTGRAD_DEBUG", "") not in ("", "0")
+sanitize = os.environ.get("FASTGRAD_SANITIZE", "")
+native = os.environ.get("FASTGRAD_NATIVE", "") not in ("", "0")
+
+compile_args = []
+link_args = []
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if sys.platform == "win32":
+    compile_args += ["/Od", "/Zi"] if debug else ["/O2"]
+else:
+    compile_args += ["-std=c99", "-Wall", "-Wno-unused-function"]
+    compile_args += ["-O0", "-g"] if debug else ["-O2", "-fno-math-errno", "-DNDEBUG"]
+    if native:
+        compile_args.append("-march=native")
+    if sanitize:
+        flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+        compile_args += flags
+        link_args += flags
+
+directives = {
+    "language_level": 3,
+    "embedsignature": True,
+    "boundscheck": debug,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": debug,
+}
+
+extensions = [
+    Extension(
+        "fastgrad._core",
+        sources=["fastgrad/_core.pyx"] + sorted(glob("src_c/*.c")),
+        include_dirs=["src_c", np.get_include()],
+        define_macros=macros,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives))

@@ -1,0 +1,100 @@
+/* fastgrad.h -- the boundary between plain C and the Cython glue.
+ *
+ * C owns the node storage and every loop over nodes; nothing here includes
+ * Python.h.  fastgrad/_core.pxd mirrors this header one to one.
+ *
+ * A graph is structure-of-arrays node storage.  Per node (45 bytes):
+ *   op      uint8   FG_OP_* code; FG_OP_FREE marks a free slot
+ *   uses    uint32  live handles + live consumer edges; 0 frees the node
+ *   a, b    int32   parents; n-ary nodes: operand offset and count;
+ *                   a free slot: next free slot (-1 ends the list)
+ *   val     double  forward value, computed when the node is made
+ *   grad    double  gradient written by fg_backward
+ *   cst     double  constant operand (scalar of ADDC/MULC/..., exponent)
+ *   mark    int32   scratch of the topological sort; 0 between calls
+ *   order   int32   scratch: sort queue, ready stack, free cascade stack
+ * n-ary operands (SUM, DOT) live in a side array of (int32 index, double
+ * constant) pairs; index -1 means "this operand is the constant".
+ */
+#ifndef FASTGRAD_H
+#define FASTGRAD_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "fg_ops.h"
+
+typedef enum {
+#define FG_ENUM_ROW(NAME, str, arity, fwd, da, db) FG_OP_##NAME,
+    FG_OP_TABLE(FG_ENUM_ROW)
+#undef FG_ENUM_ROW
+    FG_OP_COUNT
+} fg_op_t;
+
+/* Status codes: 0 is success, everything else is negative. */
+#define FG_OK          0
+#define FG_ENOMEM     -1   /* an allocation failed or a size overflowed */
+#define FG_ENONFINITE -2   /* anomaly mode saw a non-finite value; see err_node */
+#define FG_EINVAL     -3   /* an index from outside was not a live node */
+
+typedef struct {
+    uint8_t  *op;
+    uint32_t *uses;
+    int32_t  *a;
+    int32_t  *b;
+    double   *val;
+    double   *grad;
+    double   *cst;
+    int32_t  *mark;
+    int32_t  *order;
+    int64_t   capacity;   /* slots allocated in every per-node array */
+    int64_t   top;        /* slots ever handed out: [0, top) */
+    int64_t   live;       /* slots in use */
+    int32_t   free_head;  /* first free slot below top, -1 if none */
+
+    int32_t  *opnd;       /* side array: operand node index or -1 */
+    double   *ocst;       /* side array: constant operand where opnd == -1 */
+    int64_t   ocap;       /* side array capacity */
+    int64_t   oused;      /* side array entries handed out: [0, oused) */
+    int64_t   odead;      /* entries that belong to freed nodes */
+
+    int32_t   err_node;   /* node that raised FG_ENONFINITE */
+    int32_t   err_op;     /* op code of that node */
+} fg_graph_t;
+
+/* Storage (fg_graph.c). */
+int      fg_graph_init(fg_graph_t *g, int64_t capacity);
+void     fg_graph_free(fg_graph_t *g);
+int      fg_is_live(const fg_graph_t *g, int64_t i);
+void     fg_incref(fg_graph_t *g, int32_t i);
+void     fg_decref(fg_graph_t *g, int32_t i);
+int64_t  fg_graph_bytes(const fg_graph_t *g);
+const char *fg_op_name(int op);   /* user-facing name: "add", "relu", ... */
+const char *fg_op_key(int op);    /* the table's NAME: "ADD", "ADDC", ... */
+int      fg_op_arity(int op);
+/* Test hook: the n-th allocation from now fails (0 turns it off). */
+void     fg_fail_alloc_after(int64_t n);
+
+/* Node construction with forward evaluation (fg_forward.c).  Each returns the
+ * new node's index, which starts with one use (the caller's handle), or a
+ * negative status.  Parents are not validated here: the glue passes only
+ * indices it holds handles for. */
+int32_t  fg_leaf(fg_graph_t *g, double value);
+int32_t  fg_unary(fg_graph_t *g, int op, int32_t a, double c);
+int32_t  fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b);
+/* SUM: y = c + sum(operands).  DOT: y = c + sum(operands[2k] * operands[2k+1]).
+ * n operands given as (idx, cst) pairs; idx -1 takes cst. */
+int32_t  fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
+                 const double *cst, double c);
+
+/* Reverse mode (fg_reverse.c).  Both never allocate, so they run without the
+ * GIL; check_finite != 0 is anomaly mode. */
+/* d out / d node: leaves reachable from out get it ADDED to grad, other
+ * reachable nodes get it SET. */
+int      fg_backward(fg_graph_t *g, int32_t out, int check_finite);
+/* d out / d wrt[k] into result[k] (0 where wrt[k] is unreachable), using adj
+ * (capacity doubles, any content) as workspace; grad is not touched. */
+int      fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
+                 double *result, double *adj, int check_finite);
+
+#endif /* FASTGRAD_H */

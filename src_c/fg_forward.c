@@ -1,0 +1,102 @@
+/* fg_forward.c -- node construction: each call records one node and computes
+ * its forward value from the op table. */
+#include "fg_internal.h"
+
+int32_t fg_leaf(fg_graph_t *g, double value) {
+    int32_t i = fg_alloc_node(g);
+    if (i < 0) {
+        return i;
+    }
+    g->op[i] = FG_OP_LEAF;
+    g->val[i] = value;
+    return i;
+}
+
+static double fg_eval(int op, double a, double b, double c) {
+    switch (op) {
+#define FG_FWD_ROW(NAME, str, arity, fwd, da, db) \
+        case FG_OP_##NAME: return (fwd);
+        FG_OP_TABLE(FG_FWD_ROW)
+#undef FG_FWD_ROW
+    }
+    return 0.0;
+}
+
+int32_t fg_unary(fg_graph_t *g, int op, int32_t a, double c) {
+    int32_t i = fg_alloc_node(g);
+    if (i < 0) {
+        return i;
+    }
+    g->op[i] = (uint8_t)op;
+    g->a[i] = a;
+    g->cst[i] = c;
+    g->val[i] = fg_eval(op, g->val[a], 0.0, c);
+    g->uses[a]++;
+    return i;
+}
+
+int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b) {
+    int32_t i = fg_alloc_node(g);
+    if (i < 0) {
+        return i;
+    }
+    g->op[i] = (uint8_t)op;
+    g->a[i] = a;
+    g->b[i] = b;
+    g->val[i] = fg_eval(op, g->val[a], g->val[b], 0.0);
+    g->uses[a]++;
+    g->uses[b]++;
+    return i;
+}
+
+int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
+                const double *cst, double c) {
+    if (op == FG_OP_DOT && (n & 1)) {
+        return FG_EINVAL;
+    }
+    /* Operands first: a compaction moves runs but no node refers to ours yet. */
+    int64_t off = fg_alloc_operands(g, n);
+    if (off < 0) {
+        return (int32_t)off;
+    }
+    int32_t i = fg_alloc_node(g);
+    if (i < 0) {
+        g->odead += n;  /* the reserved run is simply abandoned */
+        return i;
+    }
+    int32_t *opnd = g->opnd + off;
+    double *ocst = g->ocst + off;
+    const double *val = g->val;
+    double y = c;
+    if (op == FG_OP_SUM) {
+        for (int64_t k = 0; k < n; k++) {
+            int32_t p = idx[k];
+            double v = (p >= 0) ? val[p] : cst[k];
+            opnd[k] = p;
+            ocst[k] = cst[k];
+            y += v;
+        }
+    } else {
+        for (int64_t k = 0; k < n; k += 2) {
+            int32_t p = idx[k], q = idx[k + 1];
+            double v = (p >= 0) ? val[p] : cst[k];
+            double w = (q >= 0) ? val[q] : cst[k + 1];
+            opnd[k] = p;
+            opnd[k + 1] = q;
+            ocst[k] = cst[k];
+            ocst[k + 1] = cst[k + 1];
+            y += v * w;
+        }
+    }
+    for (int64_t k = 0; k < n; k++) {
+        if (idx[k] >= 0) {
+            g->uses[idx[k]]++;
+        }
+    }
+    g->op[i] = (uint8_t)op;
+    g->a[i] = (int32_t)off;
+    g->b[i] = (int32_t)n;
+    g->cst[i] = c;
+    g->val[i] = y;
+    return i;
+}

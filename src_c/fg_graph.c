@@ -1,0 +1,261 @@
+/* fg_graph.c -- node storage: growth, slot reuse and the iterative free cascade. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fg_internal.h"
+
+static int64_t fg_fail_countdown = 0;
+
+void fg_fail_alloc_after(int64_t n) {
+    fg_fail_countdown = n;
+}
+
+/* The one allocation path: overflow-checked, and the test hook can fail it. */
+static void *fg_realloc(void *p, int64_t count, size_t elem) {
+    if (fg_fail_countdown > 0 && --fg_fail_countdown == 0) {
+        return NULL;
+    }
+    if (count <= 0 || (uint64_t)count > SIZE_MAX / elem) {
+        return NULL;
+    }
+    return realloc(p, (size_t)count * elem);
+}
+
+/* Grows array *pp from old to new elements, zero-filling the new part.  On
+ * failure *pp is left as it was (still valid, still old elements long). */
+static int fg_grow_array(void **pp, int64_t old, int64_t new_count, size_t elem) {
+    void *p = fg_realloc(*pp, new_count, elem);
+    if (p == NULL) {
+        return FG_ENOMEM;
+    }
+    memset((char *)p + (size_t)old * elem, 0, (size_t)(new_count - old) * elem);
+    *pp = p;
+    return FG_OK;
+}
+
+static int fg_grow_nodes(fg_graph_t *g, int64_t new_cap) {
+    int64_t old = g->capacity;
+    if (new_cap > INT32_MAX) {
+        return FG_ENOMEM;  /* indices are int32 */
+    }
+    /* A failure part way leaves some arrays longer than capacity: harmless,
+     * capacity only moves once every array has the room. */
+    if (fg_grow_array((void **)&g->op, old, new_cap, sizeof *g->op) ||
+        fg_grow_array((void **)&g->uses, old, new_cap, sizeof *g->uses) ||
+        fg_grow_array((void **)&g->a, old, new_cap, sizeof *g->a) ||
+        fg_grow_array((void **)&g->b, old, new_cap, sizeof *g->b) ||
+        fg_grow_array((void **)&g->val, old, new_cap, sizeof *g->val) ||
+        fg_grow_array((void **)&g->grad, old, new_cap, sizeof *g->grad) ||
+        fg_grow_array((void **)&g->cst, old, new_cap, sizeof *g->cst) ||
+        fg_grow_array((void **)&g->mark, old, new_cap, sizeof *g->mark) ||
+        fg_grow_array((void **)&g->order, old, new_cap, sizeof *g->order)) {
+        return FG_ENOMEM;
+    }
+    g->capacity = new_cap;
+    return FG_OK;
+}
+
+int fg_graph_init(fg_graph_t *g, int64_t capacity) {
+    memset(g, 0, sizeof *g);
+    g->free_head = -1;
+    g->err_node = -1;
+    if (capacity < 16) {
+        capacity = 16;
+    }
+    return fg_grow_nodes(g, capacity);
+}
+
+void fg_graph_free(fg_graph_t *g) {
+    free(g->op);
+    free(g->uses);
+    free(g->a);
+    free(g->b);
+    free(g->val);
+    free(g->grad);
+    free(g->cst);
+    free(g->mark);
+    free(g->order);
+    free(g->opnd);
+    free(g->ocst);
+    memset(g, 0, sizeof *g);
+    g->free_head = -1;
+}
+
+int fg_is_live(const fg_graph_t *g, int64_t i) {
+    return i >= 0 && i < g->top && g->op[i] != FG_OP_FREE;
+}
+
+int64_t fg_graph_bytes(const fg_graph_t *g) {
+    int64_t per_node = sizeof *g->op + sizeof *g->uses + sizeof *g->a + sizeof *g->b +
+                       sizeof *g->val + sizeof *g->grad + sizeof *g->cst +
+                       sizeof *g->mark + sizeof *g->order;
+    return g->capacity * per_node + g->ocap * (int64_t)(sizeof *g->opnd + sizeof *g->ocst);
+}
+
+const char *fg_op_name(int op) {
+    switch (op) {
+#define FG_NAME_ROW(NAME, str, arity, fwd, da, db) case FG_OP_##NAME: return str;
+        FG_OP_TABLE(FG_NAME_ROW)
+#undef FG_NAME_ROW
+    }
+    return "?";
+}
+
+const char *fg_op_key(int op) {
+    switch (op) {
+#define FG_KEY_ROW(NAME, str, arity, fwd, da, db) case FG_OP_##NAME: return #NAME;
+        FG_OP_TABLE(FG_KEY_ROW)
+#undef FG_KEY_ROW
+    }
+    return "?";
+}
+
+int fg_op_arity(int op) {
+    switch (op) {
+#define FG_ARITY_ROW(NAME, str, arity, fwd, da, db) case FG_OP_##NAME: return arity;
+        FG_OP_TABLE(FG_ARITY_ROW)
+#undef FG_ARITY_ROW
+    }
+    return 0;
+}
+
+/* Internal to the C core (declared in fg_internal.h). */
+int32_t fg_alloc_node(fg_graph_t *g) {
+    int32_t i;
+    if (g->free_head >= 0) {
+        i = g->free_head;
+        g->free_head = g->a[i];
+    } else {
+        if (g->top == g->capacity) {
+            int64_t cap = g->capacity * 2;
+            if (fg_grow_nodes(g, cap) != FG_OK) {
+                return FG_ENOMEM;
+            }
+        }
+        i = (int32_t)g->top++;
+    }
+    g->live++;
+    g->uses[i] = 1;
+    g->grad[i] = 0.0;
+    g->cst[i] = 0.0;
+    g->a[i] = -1;
+    g->b[i] = -1;
+    return i;
+}
+
+void fg_incref(fg_graph_t *g, int32_t i) {
+    g->uses[i]++;
+}
+
+/* Copies the live operand runs into fresh arrays so freed runs stop costing
+ * memory.  Runs are found through their nodes; a run's order is kept. */
+static int fg_compact_operands(fg_graph_t *g, int64_t need) {
+    int64_t live = g->oused - g->odead;
+    int64_t cap = g->ocap;
+    while (cap < live + need) {
+        cap *= 2;
+    }
+    int32_t *opnd = (int32_t *)fg_realloc(NULL, cap, sizeof *opnd);
+    if (opnd == NULL) {
+        return FG_ENOMEM;
+    }
+    double *ocst = (double *)fg_realloc(NULL, cap, sizeof *ocst);
+    if (ocst == NULL) {
+        free(opnd);
+        return FG_ENOMEM;
+    }
+    int64_t used = 0;
+    for (int64_t i = 0; i < g->top; i++) {
+        if (g->op[i] == FG_OP_SUM || g->op[i] == FG_OP_DOT) {
+            int64_t off = g->a[i], n = g->b[i];
+            memcpy(opnd + used, g->opnd + off, (size_t)n * sizeof *opnd);
+            memcpy(ocst + used, g->ocst + off, (size_t)n * sizeof *ocst);
+            g->a[i] = (int32_t)used;
+            used += n;
+        }
+    }
+    free(g->opnd);
+    free(g->ocst);
+    g->opnd = opnd;
+    g->ocst = ocst;
+    g->ocap = cap;
+    g->oused = used;
+    g->odead = 0;
+    return FG_OK;
+}
+
+/* Reserves n side-array entries and returns their offset, or a status. */
+int64_t fg_alloc_operands(fg_graph_t *g, int64_t n) {
+    if (n > INT32_MAX || g->oused + n > INT32_MAX) {
+        return FG_ENOMEM;
+    }
+    if (g->oused + n > g->ocap) {
+        if (g->ocap > 0 && g->odead * 2 >= g->oused) {
+            if (fg_compact_operands(g, n) != FG_OK) {
+                return FG_ENOMEM;
+            }
+        } else {
+            int64_t cap = g->ocap ? g->ocap : 64;
+            while (cap < g->oused + n) {
+                cap *= 2;
+            }
+            if (fg_grow_array((void **)&g->opnd, g->ocap, cap, sizeof *g->opnd) ||
+                fg_grow_array((void **)&g->ocst, g->ocap, cap, sizeof *g->ocst)) {
+                return FG_ENOMEM;
+            }
+            g->ocap = cap;
+        }
+    }
+    int64_t off = g->oused;
+    g->oused += n;
+    return off;
+}
+
+/* Drops one use of node i; a node whose uses reach 0 is freed, and so on up
+ * its ancestors, with an explicit stack (the order array) instead of recursion,
+ * so a chain of any length frees without touching the C stack.  The stack
+ * holds each node at most once, so capacity entries always suffice. */
+void fg_decref(fg_graph_t *g, int32_t i) {
+    if (--g->uses[i] != 0) {
+        return;
+    }
+    int32_t *stack = g->order;
+    int64_t top = 0;
+    stack[top++] = i;
+    while (top > 0) {
+        int32_t n = stack[--top];
+        int op = g->op[n];
+        int arity = fg_op_arity(op);
+        if (arity == -1) {
+            const int32_t *opnd = g->opnd + g->a[n];
+            int32_t cnt = g->b[n];
+            for (int32_t k = 0; k < cnt; k++) {
+                int32_t p = opnd[k];
+                if (p >= 0 && --g->uses[p] == 0) {
+                    stack[top++] = p;
+                }
+            }
+            g->odead += cnt;
+        } else {
+            if (arity >= 1 && --g->uses[g->a[n]] == 0) {
+                stack[top++] = g->a[n];
+            }
+            if (arity == 2 && --g->uses[g->b[n]] == 0) {
+                stack[top++] = g->b[n];
+            }
+        }
+        g->op[n] = FG_OP_FREE;
+        g->a[n] = g->free_head;
+        g->b[n] = -1;
+        g->free_head = n;
+        g->live--;
+    }
+    if (g->live == 0) {
+        /* Nothing is reachable: restart the slot and operand counters so an
+         * emptied graph lays nodes out in creation order again. */
+        g->top = 0;
+        g->free_head = -1;
+        g->oused = 0;
+        g->odead = 0;
+    }
+}

@@ -1,0 +1,190 @@
+/* fg_reverse.c -- reverse mode: topological sort and gradient sweep.
+ *
+ * Slots are reused, so index order is not creation order.  Pass 1 walks the
+ * nodes reachable from the output and counts, in mark[], each node's consumers
+ * inside that set (mark = 1 + count; 0 means unvisited).  Pass 2 is Kahn's
+ * algorithm run from the output: a node is swept once every consumer has sent
+ * its gradient, so the sweep itself is the reverse topological order and no
+ * order array is materialised.  Both passes use order[] as their queue/stack
+ * and leave mark[] all zero again.  Nothing here allocates.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "fg_internal.h"
+
+/* Pass 1.  Zeroes adj of every reachable node, except leaves when
+ * leaves_add (backward() accumulates into leaves).  Returns the count. */
+static int64_t fg_reach(fg_graph_t *g, int32_t out, double *adj, int leaves_add) {
+    const uint8_t *op = g->op;
+    const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
+    int32_t *mark = g->mark, *queue = g->order;
+    int64_t head = 0, tail = 0;
+
+#define FG_VISIT(p)                      \
+    do {                                 \
+        int32_t p_ = (p);                \
+        if (mark[p_] == 0) {             \
+            mark[p_] = 1;                \
+            queue[tail++] = p_;          \
+        }                                \
+        mark[p_]++;                      \
+    } while (0)
+
+    mark[out] = 1;
+    queue[tail++] = out;
+    while (head < tail) {
+        int32_t n = queue[head++];
+        int o = op[n];
+        if (!(leaves_add && o == FG_OP_LEAF)) {
+            adj[n] = 0.0;
+        }
+        switch (fg_op_arity(o)) {
+        case 2:
+            FG_VISIT(A[n]);
+            FG_VISIT(B[n]);
+            break;
+        case 1:
+            FG_VISIT(A[n]);
+            break;
+        case -1: {
+            const int32_t *ops = opnd + A[n];
+            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
+                if (ops[k] >= 0) {
+                    FG_VISIT(ops[k]);
+                }
+            }
+            break;
+        }
+        default:
+            break;
+        }
+    }
+#undef FG_VISIT
+    return tail;
+}
+
+/* Pass 2.  adj[out] must already hold the seed. */
+static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite) {
+    const uint8_t *op = g->op;
+    const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
+    const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
+    int32_t *mark = g->mark, *stack = g->order;
+    int64_t sp = 0;
+
+/* One gradient contribution d to parent p, which becomes ready when its last
+ * consumer has sent. */
+#define FG_SEND(p, d)                                              \
+    do {                                                           \
+        int32_t p_ = (p);                                          \
+        adj[p_] += (d);                                            \
+        if (check_finite && !isfinite(adj[p_])) {                  \
+            g->err_node = n;                                       \
+            goto nonfinite;                                        \
+        }                                                          \
+        if (--mark[p_] == 1) {                                     \
+            mark[p_] = 0;                                          \
+            stack[sp++] = p_;                                      \
+        }                                                          \
+    } while (0)
+
+    mark[out] = 0;
+    stack[sp++] = out;
+    while (sp > 0) {
+        int32_t n = stack[--sp];
+        double gn = adj[n];
+        int o = op[n];
+        if (o == FG_OP_SUM) {
+            const int32_t *ops = opnd + A[n];
+            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
+                if (ops[k] >= 0) {
+                    FG_SEND(ops[k], gn);
+                }
+            }
+            continue;
+        }
+        if (o == FG_OP_DOT) {
+            const int32_t *ops = opnd + A[n];
+            const double *cs = ocst + A[n];
+            for (int32_t k = 0, cnt = B[n]; k < cnt; k += 2) {
+                int32_t p = ops[k], q = ops[k + 1];
+                double v = (p >= 0) ? val[p] : cs[k];
+                double w = (q >= 0) ? val[q] : cs[k + 1];
+                if (p >= 0) {
+                    FG_SEND(p, gn * w);
+                }
+                if (q >= 0) {
+                    FG_SEND(q, gn * v);
+                }
+            }
+            continue;
+        }
+        switch (o) {
+#define FG_REV_ROW(NAME, str, arity, fwd, da, db)                              \
+        case FG_OP_##NAME:                                                     \
+            if (arity == 1) {                                                  \
+                double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];         \
+                (void)a; (void)b; (void)c; (void)y;                            \
+                FG_SEND(A[n], gn * (da));                                      \
+            } else if (arity == 2) {                                           \
+                double a = val[A[n]], b = val[B[n]], c = 0.0, y = val[n];      \
+                (void)a; (void)b; (void)c; (void)y;                            \
+                double da_ = (da), db_ = (db);                                 \
+                FG_SEND(A[n], gn * da_);                                       \
+                FG_SEND(B[n], gn * db_);                                       \
+            }                                                                  \
+            break;
+        FG_OP_TABLE(FG_REV_ROW)
+#undef FG_REV_ROW
+        }
+    }
+#undef FG_SEND
+    return FG_OK;
+
+nonfinite:
+    return FG_ENONFINITE;
+}
+
+static int fg_fail_nonfinite(fg_graph_t *g, int32_t n) {
+    /* The sweep stopped part way: mark[] still counts for unswept nodes. */
+    memset(g->mark, 0, (size_t)g->capacity * sizeof *g->mark);
+    g->err_node = n;
+    g->err_op = g->op[n];
+    return FG_ENONFINITE;
+}
+
+int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
+    if (!fg_is_live(g, out)) {
+        return FG_EINVAL;
+    }
+    fg_reach(g, out, g->grad, 1);
+    g->grad[out] += 1.0;
+    int rc = fg_sweep(g, out, g->grad, check_finite);
+    return rc == FG_OK ? FG_OK : fg_fail_nonfinite(g, g->err_node);
+}
+
+int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
+            double *result, double *adj, int check_finite) {
+    if (!fg_is_live(g, out)) {
+        return FG_EINVAL;
+    }
+    for (int64_t k = 0; k < nwrt; k++) {
+        if (!fg_is_live(g, wrt[k])) {
+            return FG_EINVAL;
+        }
+    }
+    fg_reach(g, out, adj, 0);
+    /* Reachability is readable from mark[] only between the two passes. */
+    for (int64_t k = 0; k < nwrt; k++) {
+        result[k] = g->mark[wrt[k]] != 0 ? 1.0 : 0.0;
+    }
+    adj[out] = 1.0;
+    int rc = fg_sweep(g, out, adj, check_finite);
+    if (rc != FG_OK) {
+        return fg_fail_nonfinite(g, g->err_node);
+    }
+    for (int64_t k = 0; k < nwrt; k++) {
+        result[k] = result[k] != 0.0 ? adj[wrt[k]] : 0.0;
+    }
+    return FG_OK;
+}

@@ -92,7 +92,7 @@ cdef class _Flag:
 
 cdef class Graph:
     cdef fg_graph_t g
-    cdef unsigned long owner        # thread ident of the thread that made it
+    cdef unsigned long long owner   # id of the thread state that made it
     cdef _Flag anomaly              # that thread's detect_anomaly depth
     cdef int64_t serial             # names the graph in error messages
     cdef int32_t *deferred          # handles dropped by other threads

@@ -10,7 +10,19 @@ One Python operator is one call into C.
 cimport cython
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
-from cpython.pythread cimport PyThread_get_thread_ident
+
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState:
+        pass
+    PyThreadState *PyThreadState_Get()
+    unsigned long long PyThreadState_GetID(PyThreadState *tstate)
+
+
+cdef inline unsigned long long _thread_id() noexcept:
+    # The thread state's id, unlike the OS thread ident, is never reused, so a
+    # new thread never inherits a dead thread's graphs.
+    return PyThreadState_GetID(PyThreadState_Get())
+
 from libc.math cimport isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
@@ -45,14 +57,14 @@ cdef class _ThreadState:
 
 
 _tls = threading.local()
-cdef unsigned long _cached_tid = 0
+cdef unsigned long long _cached_tid = 0
 cdef _ThreadState _cached_state = None
 cdef int64_t _graph_serial = 0
 
 
 cdef _ThreadState _state():
     global _cached_tid, _cached_state
-    cdef unsigned long tid = PyThread_get_thread_ident()
+    cdef unsigned long long tid = _thread_id()
     if tid == _cached_tid and _cached_state is not None:
         return _cached_state
     st = getattr(_tls, "state", None)
@@ -75,7 +87,9 @@ cdef Graph _current_graph():
 
 cdef inline int _enter(Graph g) except -1:
     """Every op on a graph's nodes starts here."""
-    if g.owner != PyThread_get_thread_ident():
+    if g is None:
+        raise ValueError("uninitialised Value (made with Value.__new__)")
+    if g.owner != _thread_id():
         raise RuntimeError(
             f"{g!r} belongs to another thread; each thread builds into its own "
             "graphs (create the Values in this thread)")
@@ -182,7 +196,7 @@ cdef class Graph:
             fg_graph_free(&self.g)
             raise MemoryError("fastgrad: cannot allocate a graph")
         cdef _ThreadState st = _state()
-        self.owner = PyThread_get_thread_ident()
+        self.owner = _thread_id()
         self.anomaly = st.anomaly
         _graph_serial += 1
         self.serial = _graph_serial
@@ -222,7 +236,7 @@ cdef class Graph:
         bytes_per_node  bytes of the per-node arrays per slot
         operand_slots   n-ary operand entries allocated
         """
-        if self.owner == PyThread_get_thread_ident() and self.ndeferred:
+        if self.owner == _thread_id() and self.ndeferred:
             self._drain()
         cdef int64_t node_bytes = fg_graph_bytes(&self.g) - self.g.ocap * 12
         return {
@@ -321,7 +335,7 @@ cdef class Value:
         cdef int32_t *grown
         if g is None:
             return
-        if g.owner == PyThread_get_thread_ident():
+        if g.owner == _thread_id():
             if g.g.live > NOGIL_MIN_NODES:
                 with nogil:
                     fg_decref(&g.g, self.idx)
@@ -531,6 +545,8 @@ cdef Graph _fill_operands(object item, int64_t k, int32_t *idx, double *cst,
     cdef Value v
     if type(item) is Value:
         v = <Value>item
+        if v.graph is None:
+            raise ValueError("uninitialised Value (made with Value.__new__)")
         if g is None:
             g = v.graph
         elif v.graph is not g:

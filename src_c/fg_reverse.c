@@ -73,15 +73,17 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite) {
     int64_t sp = 0;
 
 /* One gradient contribution d to parent p, which becomes ready when its last
- * consumer has sent. */
+ * consumer has sent.  Anomaly mode checks the contribution (as PyTorch checks
+ * each backward function's output), not the running sum. */
 #define FG_SEND(p, d)                                              \
     do {                                                           \
         int32_t p_ = (p);                                          \
-        adj[p_] += (d);                                            \
-        if (check_finite && !isfinite(adj[p_])) {                  \
+        double d_ = (d);                                           \
+        if (check_finite && !isfinite(d_)) {                       \
             g->err_node = n;                                       \
             goto nonfinite;                                        \
         }                                                          \
+        adj[p_] += d_;                                             \
         if (--mark[p_] == 1) {                                     \
             mark[p_] = 0;                                          \
             stack[sp++] = p_;                                      \

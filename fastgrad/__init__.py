@@ -11,6 +11,20 @@ Public names only; the implementation is the private extension ``fastgrad._core`
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
+from pkgutil import extend_path
+
+# Run from a source checkout (`pip install . && python -m fastgrad` in the repo
+# root), this directory shadows the installed package but holds no compiled
+# extension; extending __path__ lets `fastgrad._core` come from the install.
+__path__ = extend_path(__path__, __name__)
+
+try:
+    from fastgrad import _core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError(
+        "fastgrad's compiled extension fastgrad._core is not built or not importable: "
+        "install with `pip install .` (development: `python setup.py build_ext --inplace`)"
+    ) from exc
 
 from fastgrad._core import (
     Graph,

@@ -10,7 +10,7 @@ import argparse
 import random
 import sys
 import time
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, TextIO, Tuple
 
 import fastgrad
 from fastgrad import Value
@@ -43,7 +43,7 @@ def print_seed() -> None:
     print("  x_multiply_y is used twice, so its gradient is the sum of both paths: 2 + 2 = 4\n")
 
 
-def train(steps: int, n_samples: int = 100, seed: int = 1337, out=sys.stdout) -> Tuple[float, float, float]:
+def train(steps: int, n_samples: int = 100, seed: int = 1337, out: TextIO = sys.stdout) -> Tuple[float, float, float]:
     """micrograd's demo: MLP(2, [16, 16, 1]), max-margin loss + L2, plain SGD.
 
     Returns (final loss, final accuracy, seconds per step).

@@ -27,14 +27,17 @@ except ImportError as exc:  # pragma: no cover - only without a build
     ) from exc
 
 from fastgrad._core import (
+    Function,
     Graph,
     Value,
+    compile,
     cos,
     current_graph,
     detect_anomaly,
     dot,
     exp,
     grad,
+    load,
     log,
     maximum,
     minimum,
@@ -53,14 +56,17 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "Function",
     "Graph",
     "Value",
+    "compile",
     "cos",
     "current_graph",
     "detect_anomaly",
     "dot",
     "exp",
     "grad",
+    "load",
     "log",
     "maximum",
     "minimum",

@@ -8,6 +8,7 @@ cdef extern from "fastgrad.h" nogil:
     enum:
         FG_OP_FREE
         FG_OP_LEAF
+        FG_OP_CONST
         FG_OP_ADD
         FG_OP_SUB
         FG_OP_MUL
@@ -81,9 +82,35 @@ cdef extern from "fastgrad.h" nogil:
     int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
                     const double *cst, double c)
 
+    int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order)
     int fg_backward(fg_graph_t *g, int32_t out, int check_finite)
     int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                 double *result, double *adj, int check_finite)
+
+    ctypedef struct fg_tape_t:
+        int64_t n
+        int64_t n_in
+        int64_t nopnd
+        int64_t n_out
+        uint8_t *op
+        int32_t *a
+        int32_t *b
+        double *cst
+        int32_t *opnd
+        double *ocst
+        int32_t *out
+
+    int fg_tape_alloc(fg_tape_t *t, int64_t n, int64_t n_in, int64_t nopnd, int64_t n_out)
+    void fg_tape_free(fg_tape_t *t)
+    int fg_tape_validate(const fg_tape_t *t)
+    int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inputs,
+                      int64_t n_out, const int32_t *outs)
+    void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v)
+    void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
+                         double *adj, const double *seed)
+    void fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan)
+    void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
+                     double *adjt)
 
 
 cdef class _Flag:
@@ -105,3 +132,4 @@ cdef class Value:
     cdef readonly Graph graph       # the Graph that holds this node
     cdef int32_t idx                # slot in the graph's arrays
     cdef Graph _live_graph(self)
+

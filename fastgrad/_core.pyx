@@ -26,6 +26,7 @@ cdef inline unsigned long long _thread_id() noexcept:
 from libc.math cimport isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memset
 
 import numbers
 import threading
@@ -707,3 +708,8 @@ class detect_anomaly:
 def _fail_alloc_after(int64_t n):
     """Test hook: the n-th node-storage allocation from now fails (0: off)."""
     fg_fail_alloc_after(n)
+
+
+# ---------------------------------------------------------------- compiled replay ---
+
+include "_function.pxi"

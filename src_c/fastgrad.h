@@ -25,7 +25,7 @@
 #include "fg_ops.h"
 
 typedef enum {
-#define FG_ENUM_ROW(NAME, str, arity, fwd, da, db) FG_OP_##NAME,
+#define FG_ENUM_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) FG_OP_##NAME,
     FG_OP_TABLE(FG_ENUM_ROW)
 #undef FG_ENUM_ROW
     FG_OP_COUNT
@@ -96,5 +96,42 @@ int      fg_backward(fg_graph_t *g, int32_t out, int check_finite);
  * (capacity doubles, any content) as workspace; grad is not touched. */
 int      fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                  double *result, double *adj, int check_finite);
+
+/* Every node reachable from the roots, consumers before producers (a reverse
+ * topological order), into order (capacity entries).  Returns the count. */
+int64_t  fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order);
+
+/* Compiled replay (fg_tape.c).  A tape: nodes in topological order, inputs
+ * first ([0, n_in), op LEAF), constants folded to FG_OP_CONST.  Parents are
+ * tape indices below the child; n-ary operands live in opnd/ocst as in a graph. */
+typedef struct {
+    int64_t   n;          /* nodes */
+    int64_t   n_in;       /* inputs: [0, n_in) */
+    int64_t   nopnd;      /* n-ary operand entries */
+    int64_t   n_out;      /* outputs */
+    uint8_t  *op;
+    int32_t  *a;
+    int32_t  *b;
+    double   *cst;
+    int32_t  *opnd;
+    double   *ocst;
+    int32_t  *out;        /* tape index of each output */
+} fg_tape_t;
+
+int      fg_tape_alloc(fg_tape_t *t, int64_t n, int64_t n_in, int64_t nopnd, int64_t n_out);
+void     fg_tape_free(fg_tape_t *t);
+/* FG_OK, or FG_EINVAL for any op code, index or length out of place. */
+int      fg_tape_validate(const fg_tape_t *t);
+/* The nodes reachable from outs, with inputs[k] (live leaves) at index k. */
+int      fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inputs,
+                       int64_t n_out, const int32_t *outs);
+/* Row kernels: arrays hold ld doubles per node; rows [0, nb) are computed. */
+void     fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v);
+void     fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
+                         double *adj, const double *seed);
+/* One row: tangents, and forward-over-reverse (Hessian-vector product). */
+void     fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan);
+void     fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
+                     double *adjt);
 
 #endif /* FASTGRAD_H */

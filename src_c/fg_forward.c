@@ -14,7 +14,7 @@ int32_t fg_leaf(fg_graph_t *g, double value) {
 
 static double fg_eval(int op, double a, double b, double c) {
     switch (op) {
-#define FG_FWD_ROW(NAME, str, arity, fwd, da, db) \
+#define FG_FWD_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) \
         case FG_OP_##NAME: return (fwd);
         FG_OP_TABLE(FG_FWD_ROW)
 #undef FG_FWD_ROW

@@ -94,7 +94,7 @@ int64_t fg_graph_bytes(const fg_graph_t *g) {
 
 const char *fg_op_name(int op) {
     switch (op) {
-#define FG_NAME_ROW(NAME, str, arity, fwd, da, db) case FG_OP_##NAME: return str;
+#define FG_NAME_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) case FG_OP_##NAME: return str;
         FG_OP_TABLE(FG_NAME_ROW)
 #undef FG_NAME_ROW
     }
@@ -103,7 +103,7 @@ const char *fg_op_name(int op) {
 
 const char *fg_op_key(int op) {
     switch (op) {
-#define FG_KEY_ROW(NAME, str, arity, fwd, da, db) case FG_OP_##NAME: return #NAME;
+#define FG_KEY_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) case FG_OP_##NAME: return #NAME;
         FG_OP_TABLE(FG_KEY_ROW)
 #undef FG_KEY_ROW
     }
@@ -112,7 +112,7 @@ const char *fg_op_key(int op) {
 
 int fg_op_arity(int op) {
     switch (op) {
-#define FG_ARITY_ROW(NAME, str, arity, fwd, da, db) case FG_OP_##NAME: return arity;
+#define FG_ARITY_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) case FG_OP_##NAME: return arity;
         FG_OP_TABLE(FG_ARITY_ROW)
 #undef FG_ARITY_ROW
     }

@@ -1,12 +1,13 @@
 /* fg_ops.h -- the op table: every op's forward rule and local derivatives, once.
  *
- * One row per op: X(NAME, "name", ARITY, forward, d/da, d/db)
+ * One row per op: X(NAME, "name", ARITY, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2)
  *   a, b  values of the first and second parent (b unused for unary ops)
  *   c     the node's constant slot (scalar operand or exponent)
  *   y     the node's own forward value (derivatives may reuse it)
- * The forward kernel (fg_forward.c) and the reverse kernel (fg_reverse.c) both
- * expand this list, so adding an op touches this file and nothing else in C.
- * ARITY 0 is a leaf, -1 an n-ary node whose operands live in the side array
+ * The forward (fg_forward.c), reverse (fg_reverse.c) and tape kernels
+ * (fg_tape.c: replay, tangent, forward-over-reverse) all expand this list, so
+ * adding an op touches this file and nothing else in C.
+ * ARITY 0 is a leaf (CONST: a leaf folded to its value c in a tape), -1 an n-ary node whose operands live in the side array
  * (their rules are written in the kernels, one case each, next to the loop).
  *
  * Subgradient conventions (DESIGN.md section 3): relu'(0) = 0, abs'(0) = 0,
@@ -59,34 +60,51 @@ static inline double fg_dpow_exp(double a, double e, double y) {
     return (a == 0.0 && e >= 0.0) ? 0.0 : y * log(a);
 }
 
-#define FG_OP_TABLE(X)                                                              \
-    X(FREE,    "free",    0, 0.0,               0.0,                     0.0)       \
-    X(LEAF,    "leaf",    0, 0.0,               0.0,                     0.0)       \
-    X(ADD,     "add",     2, a + b,             1.0,                     1.0)       \
-    X(SUB,     "sub",     2, a - b,             1.0,                     -1.0)      \
-    X(MUL,     "mul",     2, a * b,             b,                       a)         \
-    X(DIV,     "div",     2, a / b,             1.0 / b,                 -a / (b * b)) \
-    X(POW,     "pow",     2, pow(a, b),         fg_dpow_base(a, b),      fg_dpow_exp(a, b, y)) \
-    X(MAX,     "maximum", 2, fg_max(a, b),      fg_max_share(a, b),      fg_max_share(b, a)) \
-    X(MIN,     "minimum", 2, fg_min(a, b),      fg_max_share(b, a),      fg_max_share(a, b)) \
-    X(ADDC,    "add",     1, a + c,             1.0,                     0.0)       \
-    X(MULC,    "mul",     1, a * c,             c,                       0.0)       \
-    X(RSUBC,   "rsub",    1, c - a,             -1.0,                    0.0)       \
-    X(DIVC,    "div",     1, a / c,             1.0 / c,                 0.0)       \
-    X(RDIVC,   "rdiv",    1, c / a,             -c / (a * a),            0.0)       \
-    X(POWC,    "pow",     1, pow(a, c),         fg_dpow_base(a, c),      0.0)       \
-    X(RPOWC,   "rpow",    1, pow(c, a),         fg_dpow_exp(c, a, y),    0.0)       \
-    X(NEG,     "neg",     1, -a,                -1.0,                    0.0)       \
-    X(ABS,     "abs",     1, fabs(a),           fg_sign0(a),             0.0)       \
-    X(RELU,    "relu",    1, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0)       \
-    X(TANH,    "tanh",    1, tanh(a),           1.0 - y * y,             0.0)       \
-    X(EXP,     "exp",     1, exp(a),            y,                       0.0)       \
-    X(LOG,     "log",     1, log(a),            1.0 / a,                 0.0)       \
-    X(SIGMOID, "sigmoid", 1, fg_sigmoid(a),     y * (1.0 - y),           0.0)       \
-    X(SQRT,    "sqrt",    1, sqrt(a),           0.5 / y,                 0.0)       \
-    X(SIN,     "sin",     1, sin(a),            cos(a),                  0.0)       \
-    X(COS,     "cos",     1, cos(a),            -sin(a),                 0.0)       \
-    X(SUM,     "sum",    -1, 0.0,               1.0,                     0.0)       \
-    X(DOT,     "dot",    -1, 0.0,               0.0,                     0.0)
+/* Second-order columns (daa, dab, dbb) are the total derivatives of (da, db)
+ * with respect to a and b, for forward-over-reverse Hessian-vector products. */
+static inline double fg_d2pow_aa(double a, double e) {
+    return (e == 0.0 || e == 1.0) ? 0.0 : e * (e - 1.0) * pow(a, e - 2.0);
+}
+
+static inline double fg_d2pow_ab(double a, double e) {
+    return (e == 0.0) ? 0.0 : pow(a, e - 1.0) * (1.0 + e * log(a));
+}
+
+static inline double fg_d2pow_bb(double a, double e, double y) {
+    double l = log(a);
+    return (a == 0.0 && e >= 0.0) ? 0.0 : y * l * l;
+}
+
+/* X(NAME, "name", ARITY, forward, da, db, daa, dab, dbb) */
+#define FG_OP_TABLE(X)                                                                              \
+    X(FREE,    "free",    0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(LEAF,    "leaf",    0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(CONST,   "const",   0, c,              0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(ADD,     "add",     2, a + b,          1.0,                 1.0,                  0.0, 0.0, 0.0) \
+    X(SUB,     "sub",     2, a - b,          1.0,                 -1.0,                 0.0, 0.0, 0.0) \
+    X(MUL,     "mul",     2, a * b,          b,                   a,                    0.0, 1.0, 0.0) \
+    X(DIV,     "div",     2, a / b,          1.0 / b,             -a / (b * b),         0.0, -1.0 / (b * b), 2.0 * a / (b * b * b)) \
+    X(POW,     "pow",     2, pow(a, b),      fg_dpow_base(a, b),  fg_dpow_exp(a, b, y), fg_d2pow_aa(a, b), fg_d2pow_ab(a, b), fg_d2pow_bb(a, b, y)) \
+    X(MAX,     "maximum", 2, fg_max(a, b),   fg_max_share(a, b),  fg_max_share(b, a),   0.0, 0.0, 0.0) \
+    X(MIN,     "minimum", 2, fg_min(a, b),   fg_max_share(b, a),  fg_max_share(a, b),   0.0, 0.0, 0.0) \
+    X(ADDC,    "add",     1, a + c,          1.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(MULC,    "mul",     1, a * c,          c,                   0.0,                  0.0, 0.0, 0.0) \
+    X(RSUBC,   "rsub",    1, c - a,          -1.0,                0.0,                  0.0, 0.0, 0.0) \
+    X(DIVC,    "div",     1, a / c,          1.0 / c,             0.0,                  0.0, 0.0, 0.0) \
+    X(RDIVC,   "rdiv",    1, c / a,          -c / (a * a),        0.0,                  2.0 * c / (a * a * a), 0.0, 0.0) \
+    X(POWC,    "pow",     1, pow(a, c),      fg_dpow_base(a, c),  0.0,                  fg_d2pow_aa(a, c), 0.0, 0.0) \
+    X(RPOWC,   "rpow",    1, pow(c, a),      fg_dpow_exp(c, a, y), 0.0,                 fg_d2pow_bb(c, a, y), 0.0, 0.0) \
+    X(NEG,     "neg",     1, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0) \
+    X(ABS,     "abs",     1, fabs(a),        fg_sign0(a),         0.0,                  0.0, 0.0, 0.0) \
+    X(RELU,    "relu",    1, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0,           0.0, 0.0, 0.0) \
+    X(TANH,    "tanh",    1, tanh(a),        1.0 - y * y,         0.0,                  -2.0 * y * (1.0 - y * y), 0.0, 0.0) \
+    X(EXP,     "exp",     1, exp(a),         y,                   0.0,                  y, 0.0, 0.0) \
+    X(LOG,     "log",     1, log(a),         1.0 / a,             0.0,                  -1.0 / (a * a), 0.0, 0.0) \
+    X(SIGMOID, "sigmoid", 1, fg_sigmoid(a),  y * (1.0 - y),       0.0,                  y * (1.0 - y) * (1.0 - 2.0 * y), 0.0, 0.0) \
+    X(SQRT,    "sqrt",    1, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0) \
+    X(SIN,     "sin",     1, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0) \
+    X(COS,     "cos",     1, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0) \
+    X(SUM,     "sum",    -1, 0.0,            1.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(DOT,     "dot",    -1, 0.0,            0.0,                 0.0,                  0.0, 1.0, 0.0)
 
 #endif /* FG_OPS_H */

@@ -13,9 +13,11 @@
 
 #include "fg_internal.h"
 
-/* Pass 1.  Zeroes adj of every reachable node, except leaves when
- * leaves_add (backward() accumulates into leaves).  Returns the count. */
-static int64_t fg_reach(fg_graph_t *g, int32_t out, double *adj, int leaves_add) {
+/* Pass 1 from one or more roots.  Zeroes adj (when not NULL) of every
+ * reachable node, except leaves when leaves_add (backward() accumulates into
+ * leaves).  Returns the count. */
+static int64_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, double *adj,
+                        int leaves_add) {
     const uint8_t *op = g->op;
     const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
     int32_t *mark = g->mark, *queue = g->order;
@@ -31,12 +33,16 @@ static int64_t fg_reach(fg_graph_t *g, int32_t out, double *adj, int leaves_add)
         mark[p_]++;                      \
     } while (0)
 
-    mark[out] = 1;
-    queue[tail++] = out;
+    for (int64_t r = 0; r < nroots; r++) {
+        if (mark[roots[r]] == 0) {
+            mark[roots[r]] = 1;
+            queue[tail++] = roots[r];
+        }
+    }
     while (head < tail) {
         int32_t n = queue[head++];
         int o = op[n];
-        if (!(leaves_add && o == FG_OP_LEAF)) {
+        if (adj != NULL && !(leaves_add && o == FG_OP_LEAF)) {
             adj[n] = 0.0;
         }
         switch (fg_op_arity(o)) {
@@ -122,7 +128,7 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite) {
             continue;
         }
         switch (o) {
-#define FG_REV_ROW(NAME, str, arity, fwd, da, db)                              \
+#define FG_REV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                              \
         case FG_OP_##NAME:                                                     \
             if (arity == 1) {                                                  \
                 double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];         \
@@ -159,7 +165,7 @@ int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
     if (!fg_is_live(g, out)) {
         return FG_EINVAL;
     }
-    fg_reach(g, out, g->grad, 1);
+    fg_reach(g, 1, &out, g->grad, 1);
     g->grad[out] += 1.0;
     int rc = fg_sweep(g, out, g->grad, check_finite);
     return rc == FG_OK ? FG_OK : fg_fail_nonfinite(g, g->err_node);
@@ -175,7 +181,7 @@ int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
             return FG_EINVAL;
         }
     }
-    fg_reach(g, out, adj, 0);
+    fg_reach(g, 1, &out, adj, 0);
     /* Reachability is readable from mark[] only between the two passes. */
     for (int64_t k = 0; k < nwrt; k++) {
         result[k] = g->mark[wrt[k]] != 0 ? 1.0 : 0.0;
@@ -189,4 +195,59 @@ int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
         result[k] = result[k] != 0.0 ? adj[wrt[k]] : 0.0;
     }
     return FG_OK;
+}
+
+int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order) {
+    for (int64_t r = 0; r < nroots; r++) {
+        if (!fg_is_live(g, roots[r])) {
+            return FG_EINVAL;
+        }
+    }
+    fg_reach(g, nroots, roots, NULL, 0);
+    const uint8_t *op = g->op;
+    const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
+    int32_t *mark = g->mark, *stack = g->order;
+    int64_t sp = 0, count = 0;
+
+#define FG_RELEASE(p)                    \
+    do {                                 \
+        int32_t p_ = (p);                \
+        if (--mark[p_] == 1) {           \
+            mark[p_] = 0;                \
+            stack[sp++] = p_;            \
+        }                                \
+    } while (0)
+
+    for (int64_t r = 0; r < nroots; r++) {
+        if (mark[roots[r]] == 1) {       /* no consumer inside the set */
+            mark[roots[r]] = 0;
+            stack[sp++] = roots[r];
+        }
+    }
+    while (sp > 0) {
+        int32_t n = stack[--sp];
+        order[count++] = n;
+        switch (fg_op_arity(op[n])) {
+        case 2:
+            FG_RELEASE(A[n]);
+            FG_RELEASE(B[n]);
+            break;
+        case 1:
+            FG_RELEASE(A[n]);
+            break;
+        case -1: {
+            const int32_t *ops = opnd + A[n];
+            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
+                if (ops[k] >= 0) {
+                    FG_RELEASE(ops[k]);
+                }
+            }
+            break;
+        }
+        default:
+            break;
+        }
+    }
+#undef FG_RELEASE
+    return count;
 }

@@ -545,13 +545,15 @@ def load(path):
     A file that is not a saved Function, or whose arrays are corrupt or
     hostile, raises ValueError (never an out-of-bounds read).
     """
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            state = {key: archive[key] for key in archive.files}
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path!r} is not a saved fastgrad Function: {exc}") from exc
+    with open(path, "rb") as fh:        # missing or unreadable: OSError, as for any file
+        try:
+            archive = np.load(fh, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError(f"an .npy array, not an archive")
+            with archive:
+                state = {key: archive[key] for key in archive.files}
+        except Exception as exc:
+            raise ValueError(f"{path!r} is not a saved fastgrad Function: {exc}") from exc
     return _function_from_state(state, repr(path))
 
 

@@ -103,6 +103,66 @@ int fg_tape_validate(const fg_tape_t *t) {
     return FG_OK;
 }
 
+/* Drops the constants that only fed other folded constants: after folding,
+ * a constant is needed only as an output or as an operand of a real op.
+ * Compacts in place (indices only move down, so order is kept). */
+static int fg_tape_prune(fg_tape_t *t) {
+    int32_t *remap = (int32_t *)malloc(((size_t)t->n + 1) * sizeof *remap);
+    if (remap == NULL) {
+        fg_tape_free(t);
+        return FG_ENOMEM;
+    }
+    for (int64_t i = 0; i < t->n; i++) {
+        remap[i] = (i < t->n_in) ? 1 : 0;   /* 1: needed */
+    }
+    for (int64_t k = 0; k < t->n_out; k++) {
+        remap[t->out[k]] = 1;
+    }
+    for (int64_t i = t->n - 1; i >= t->n_in; i--) {
+        if (!remap[i] || t->op[i] == FG_OP_CONST) {
+            continue;
+        }
+        int arity = fg_op_arity(t->op[i]);
+        if (arity >= 1) remap[t->a[i]] = 1;
+        if (arity == 2) remap[t->b[i]] = 1;
+        if (arity == -1) {
+            for (int32_t k = t->a[i]; k < t->a[i] + t->b[i]; k++) {
+                if (t->opnd[k] >= 0) remap[t->opnd[k]] = 1;
+            }
+        }
+    }
+    int64_t j = 0, o = 0;
+    for (int64_t i = 0; i < t->n; i++) {
+        if (!remap[i]) {
+            remap[i] = -1;
+            continue;
+        }
+        remap[i] = (int32_t)j;
+        int arity = fg_op_arity(t->op[i]);
+        t->op[j] = t->op[i];
+        t->cst[j] = t->cst[i];
+        t->a[j] = (arity >= 1) ? remap[t->a[i]] : t->a[i];
+        t->b[j] = (arity == 2) ? remap[t->b[i]] : t->b[i];
+        if (arity == -1) {
+            int32_t off = t->a[i], cnt = t->b[i];
+            t->a[j] = (int32_t)o;
+            for (int32_t k = off; k < off + cnt; k++) {
+                t->opnd[o] = (t->opnd[k] >= 0) ? remap[t->opnd[k]] : -1;
+                t->ocst[o] = t->ocst[k];
+                o++;
+            }
+        }
+        j++;
+    }
+    for (int64_t k = 0; k < t->n_out; k++) {
+        t->out[k] = remap[t->out[k]];
+    }
+    t->n = j;
+    t->nopnd = o;
+    free(remap);
+    return FG_OK;
+}
+
 int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inputs,
                   int64_t n_out, const int32_t *outs) {
     memset(t, 0, sizeof *t);
@@ -204,7 +264,7 @@ int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inpu
     }
     free(order);
     free(pos);
-    return FG_OK;
+    return fg_tape_prune(t);
 }
 
 /* Forward: v[i*ld + r] for r < nb; rows of the inputs are already written. */

@@ -1,0 +1,52 @@
+"""The examples and the demo run and learn (few steps, headless)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run(args):
+    import fastgrad
+
+    # The subprocess imports the same fastgrad as this test run (installed or in-place build).
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(fastgrad.__file__).parent.parent), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=ROOT)
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ is not shipped with the package")
+def test_micrograd_demo_with_only_the_import_changed_trains():
+    proc = run([str(EXAMPLES / "micrograd_demo.py")])
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("step 99") and "accuracy 100.0%" in last
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ is not shipped with the package")
+def test_compiled_training_example_runs():
+    proc = run([str(EXAMPLES / "compiled_training.py"), "--steps", "30"])
+    assert proc.returncode == 0, proc.stderr
+    assert "value_and_grad" in proc.stdout and "accuracy" in proc.stdout
+
+
+def test_demo_prints_the_seed_table_then_trains():
+    proc = run(["-m", "fastgrad", "--steps", "20"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    table = {ln.split()[0]: float(ln.split()[-1]) for ln in lines
+             if ln.startswith("  ") and len(ln.split()) == 3 and ln.split()[0] != "node"}
+    assert table == {"x": -16, "y": 12, "z": 2, "w": 0, "x_multiply_y": 4, "z_max_w": 2,
+                     "xy_plus_zw": 2, "residual_op": 2, "multiply_2": 1}
+    assert "step   19" in proc.stdout and "ms per step" in proc.stdout
+
+
+def test_demo_rejects_negative_steps():
+    proc = run(["-m", "fastgrad", "--steps", "-1"])
+    assert proc.returncode == 2 and "--steps" in proc.stderr

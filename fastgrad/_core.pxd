@@ -105,9 +105,11 @@ cdef extern from "fastgrad.h" nogil:
     int fg_tape_validate(const fg_tape_t *t)
     int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inputs,
                       int64_t n_out, const int32_t *outs)
-    void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v)
+    void fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *uni)
+    void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v,
+                         const uint8_t *uni)
     void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
-                         double *adj, const double *seed)
+                         double *adj, const double *seed, const uint8_t *uni)
     void fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan)
     void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
                      double *adjt)

@@ -59,10 +59,11 @@ cdef tuple _argnums(object argnums, int64_t nargs):
     return tuple(int(k) for k in nums), single
 
 
-cdef void _rows(const fg_tape_t *t, int64_t ld, int64_t r0, int64_t r1, double *V, double *ADJ) noexcept nogil:
-    fg_tape_forward(t, ld, r1 - r0, V + r0)
+cdef void _rows(const fg_tape_t *t, int64_t ld, int64_t r0, int64_t r1, double *V, double *ADJ,
+               const uint8_t *uni) noexcept nogil:
+    fg_tape_forward(t, ld, r1 - r0, V + r0, uni)
     if ADJ != NULL:
-        fg_tape_reverse(t, ld, r1 - r0, V + r0, ADJ + r0, NULL)
+        fg_tape_reverse(t, ld, r1 - r0, V + r0, ADJ + r0, NULL, uni)
 
 
 @cython.final
@@ -140,16 +141,16 @@ cdef class Function:
     cdef void _forward(self, double *v) noexcept:
         if self.t.n > NOGIL_MIN_NODES:
             with nogil:
-                fg_tape_forward(&self.t, 1, 1, v)
+                fg_tape_forward(&self.t, 1, 1, v, NULL)
         else:
-            fg_tape_forward(&self.t, 1, 1, v)
+            fg_tape_forward(&self.t, 1, 1, v, NULL)
 
     cdef void _reverse(self, double *v, double *adj, double *seed) noexcept:
         if self.t.n > NOGIL_MIN_NODES:
             with nogil:
-                fg_tape_reverse(&self.t, 1, 1, v, adj, seed)
+                fg_tape_reverse(&self.t, 1, 1, v, adj, seed, NULL)
         else:
-            fg_tape_reverse(&self.t, 1, 1, v, adj, seed)
+            fg_tape_reverse(&self.t, 1, 1, v, adj, seed, NULL)
 
     cdef object _outputs(self, double *v):
         cdef int64_t k
@@ -368,6 +369,13 @@ cdef class Function:
         if B < 0:
             raise ValueError(f"{what} needs at least one batched argument (batch_argnums)")
         V = np.empty((self.t.n, B))
+        batched = np.zeros(self.t.n_in + 1, dtype=np.uint8)
+        uni = np.empty(self.t.n + 1, dtype=np.uint8)
+        for k in bnums:
+            batched[self.offsets[k]:self.offsets[k] + self.sizes[k]] = 1
+        cdef const uint8_t[::1] mb = batched
+        cdef uint8_t[::1] mu = uni
+        fg_tape_uniform(&self.t, &mb[0], &mu[0])
         for k in range(len(args)):
             off = self.offsets[k]
             size = self.sizes[k]
@@ -375,19 +383,17 @@ cdef class Function:
                 V[off:off + size, :] = arrays[k].T
             else:
                 V[off:off + size, :] = arrays[k][:, None]
-        return V, B, bnums
+        return V, B, bnums, uni
 
-    cdef int _run_batch(self, object V, object ADJ, int64_t B, object threads) except -1:
-        cdef int64_t nthreads, k, r0, r1
+    cdef object _run_batch(self, object V, object ADJ, int64_t B, object threads, object uni):
+        """Runs the rows in chunks; returns the chunks' first rows (where the
+        uniform nodes and their row-summed adjoints live)."""
+        cdef int64_t nthreads, k
         cdef double[:, ::1] mV = V
         cdef double[:, ::1] mA
+        cdef const uint8_t[::1] mu = uni
         cdef double *pV = &mV[0, 0] if B > 0 else NULL
         cdef double *pA = NULL
-        if B == 0:
-            return 0
-        if ADJ is not None:
-            mA = ADJ
-            pA = &mA[0, 0]
         if threads is None:
             nthreads = os.cpu_count() or 1
             if self.t.n * B < THREAD_MIN_WORK:
@@ -396,24 +402,30 @@ cdef class Function:
             nthreads = threads
             if nthreads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
+        if B == 0:
+            return [0]
+        if ADJ is not None:
+            mA = ADJ
+            pA = &mA[0, 0]
         nthreads = min(nthreads, B)
         if nthreads == 1:
             with nogil:
-                _rows(&self.t, B, 0, B, pV, pA)
-            return 0
+                _rows(&self.t, B, 0, B, pV, pA, &mu[0])
+            return [0]
         bounds = [B * k // nthreads for k in range(nthreads + 1)]
         pool = _thread_pool(nthreads - 1)
-        futures = [pool.submit(self._chunk, <size_t>pV, <size_t>pA, B, bounds[k], bounds[k + 1])
+        futures = [pool.submit(self._chunk, <size_t>pV, <size_t>pA, <size_t>&mu[0], B,
+                               bounds[k], bounds[k + 1])
                    for k in range(1, nthreads)]
-        self._chunk(<size_t>pV, <size_t>pA, B, bounds[0], bounds[1])
+        self._chunk(<size_t>pV, <size_t>pA, <size_t>&mu[0], B, bounds[0], bounds[1])
         for f in futures:
             f.result()
-        return 0
+        return bounds[:nthreads]
 
-    def _chunk(self, size_t pV, size_t pA, int64_t ld, int64_t r0, int64_t r1):
+    def _chunk(self, size_t pV, size_t pA, size_t pU, int64_t ld, int64_t r0, int64_t r1):
         # Rows [r0, r1) of the blocks at pV/pA; the caller keeps them alive.
         with nogil:
-            _rows(&self.t, ld, r0, r1, <double *>pV, <double *>pA)
+            _rows(&self.t, ld, r0, r1, <double *>pV, <double *>pA, <const uint8_t *>pU)
 
     def batch(self, *args, batch_argnums=(1,), threads=None):
         """Outputs for every row of the batched arguments.
@@ -424,10 +436,13 @@ cdef class Function:
         the batch is large enough) split the rows with the GIL released.
         """
         args = tuple(args)
-        V, B, _ = self._batch_inputs(args, batch_argnums, "batch")
-        self._run_batch(V, None, B, threads)
-        outs = V[np.asarray([self.t.out[k] for k in range(self.t.n_out)], dtype=np.intp), :]
-        return outs[0].copy() if self.single else np.ascontiguousarray(outs.T)
+        V, B, _, uni = self._batch_inputs(args, batch_argnums, "batch")
+        self._run_batch(V, None, B, threads, uni)
+        outs = np.empty((self.t.n_out, B))
+        for k in range(self.t.n_out):
+            # a uniform output was computed once per chunk, in its first row
+            outs[k] = V[self.t.out[k], 0] if uni[self.t.out[k]] and B else V[self.t.out[k]]
+        return outs[0] if self.single else np.ascontiguousarray(outs.T)
 
     def batch_value_and_grad(self, *args, batch_argnums=(1,), argnums=0, threads=None):
         """(per-row values, gradient) of a scalar output over a batch.
@@ -440,14 +455,21 @@ cdef class Function:
         self._scalar_output("batch_value_and_grad")
         args = tuple(args)
         nums, single = _argnums(argnums, len(self.sizes))
-        V, B, bnums = self._batch_inputs(args, batch_argnums, "batch_value_and_grad")
+        V, B, bnums, uni = self._batch_inputs(args, batch_argnums, "batch_value_and_grad")
         ADJ = np.empty_like(V)
-        self._run_batch(V, ADJ, B, threads)
-        values = V[self.t.out[0]].copy()
+        starts = self._run_batch(V, ADJ, B, threads, uni)
+        out = self.t.out[0]
+        values = np.full(B, V[out, 0]) if uni[out] and B else V[out].copy()
         grads = []
         for k in nums:
-            block = ADJ[self.offsets[k]:self.offsets[k] + self.sizes[k]]
-            grads.append(np.ascontiguousarray(block.T) if k in bnums else block.sum(axis=1))
+            lo, hi = self.offsets[k], self.offsets[k] + self.sizes[k]
+            if k in bnums:
+                grads.append(np.ascontiguousarray(ADJ[lo:hi].T))
+            elif B == 0:
+                grads.append(np.zeros(hi - lo))
+            else:
+                # shared inputs are uniform: each chunk summed its rows into its first row
+                grads.append(ADJ[lo:hi][:, starts].sum(axis=1))
         return values, (grads[0] if single else tuple(grads))
 
     # ------------------------------------------------------------ storage

@@ -125,10 +125,14 @@ int      fg_tape_validate(const fg_tape_t *t);
 /* The nodes reachable from outs, with inputs[k] (live leaves) at index k. */
 int      fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inputs,
                        int64_t n_out, const int32_t *outs);
-/* Row kernels: arrays hold ld doubles per node; rows [0, nb) are computed. */
-void     fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v);
+/* Row kernels: arrays hold ld doubles per node; rows [0, nb) are computed.
+ * uni (n flags from fg_tape_uniform, or NULL) marks nodes that are the same in
+ * every row: computed once in row 0, their adjoint summed over rows in row 0. */
+void     fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *uni);
+void     fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v,
+                         const uint8_t *uni);
 void     fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
-                         double *adj, const double *seed);
+                         double *adj, const double *seed, const uint8_t *uni);
 /* One row: tangents, and forward-over-reverse (Hessian-vector product). */
 void     fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan);
 void     fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,

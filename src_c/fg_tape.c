@@ -267,60 +267,117 @@ int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inpu
     return fg_tape_prune(t);
 }
 
+/* Uniform nodes.  In a batch, a node that depends on no batched input (the
+ * parameters, and everything computed from them alone) has the same value in
+ * every row: it is computed once, in row 0 of the block, and read as a scalar.
+ * Its adjoint is the sum over the block's rows, also kept in row 0, so the
+ * gradient w.r.t. a shared argument is reduced inside the sweep instead of
+ * being written per row and summed afterwards.  uni == NULL: nothing uniform. */
+void fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *uni) {
+    for (int64_t i = 0; i < t->n; i++) {
+        if (i < t->n_in) {
+            uni[i] = !batched_input[i];
+            continue;
+        }
+        int u = 1;
+        switch (fg_op_arity(t->op[i])) {
+        case 2:
+            u = uni[t->b[i]];
+            /* fall through */
+        case 1:
+            u = u && uni[t->a[i]];
+            break;
+        case -1:
+            for (int32_t k = t->a[i], e = t->a[i] + t->b[i]; k < e && u; k++) {
+                u = t->opnd[k] < 0 || uni[t->opnd[k]];
+            }
+            break;
+        default:
+            break;
+        }
+        uni[i] = (uint8_t)u;
+    }
+}
+
+#define FG_UNI(p) (uni != NULL && uni[p])
+
 /* Forward: v[i*ld + r] for r < nb; rows of the inputs are already written. */
-static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *v) {
+static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *v,
+                            const uint8_t *uni) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
     const double *cst = t->cst, *ocst = t->ocst;
     for (int64_t i = t->n_in; i < t->n; i++) {
         double *y = v + i * ld;
         const double c = cst[i];
+        const int64_t m = FG_UNI(i) ? 1 : nb;   /* rows to compute */
         const int o = op[i];
         if (o == FG_OP_SUM) {
-            for (int64_t r = 0; r < nb; r++) y[r] = c;
+            for (int64_t r = 0; r < m; r++) y[r] = c;
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                if (opnd[k] >= 0) {
-                    const double *p = v + opnd[k] * ld;
-                    for (int64_t r = 0; r < nb; r++) y[r] += p[r];
+                int32_t p = opnd[k];
+                if (p >= 0 && !FG_UNI(p)) {
+                    const double *P = v + p * ld;
+                    for (int64_t r = 0; r < m; r++) y[r] += P[r];
                 } else {
-                    for (int64_t r = 0; r < nb; r++) y[r] += ocst[k];
+                    const double s = (p >= 0) ? v[p * ld] : ocst[k];
+                    for (int64_t r = 0; r < m; r++) y[r] += s;
                 }
             }
         } else if (o == FG_OP_DOT) {
-            for (int64_t r = 0; r < nb; r++) y[r] = c;
+            for (int64_t r = 0; r < m; r++) y[r] = c;
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
                 int32_t p = opnd[k], q = opnd[k + 1];
-                if (p >= 0 && q >= 0) {
+                int rp = p >= 0 && !FG_UNI(p), rq = q >= 0 && !FG_UNI(q);   /* per-row? */
+                double sp = rp ? 0.0 : ((p >= 0) ? v[p * ld] : ocst[k]);
+                double sq = rq ? 0.0 : ((q >= 0) ? v[q * ld] : ocst[k + 1]);
+                if (rp && rq) {
                     const double *P = v + p * ld, *Q = v + q * ld;
-                    for (int64_t r = 0; r < nb; r++) y[r] += P[r] * Q[r];
-                } else if (p >= 0) {
-                    const double *P = v + p * ld, w = ocst[k + 1];
-                    for (int64_t r = 0; r < nb; r++) y[r] += P[r] * w;
-                } else if (q >= 0) {
-                    const double *Q = v + q * ld, w = ocst[k];
-                    for (int64_t r = 0; r < nb; r++) y[r] += w * Q[r];
+                    for (int64_t r = 0; r < m; r++) y[r] += P[r] * Q[r];
+                } else if (rp) {
+                    const double *P = v + p * ld;
+                    for (int64_t r = 0; r < m; r++) y[r] += P[r] * sq;
+                } else if (rq) {
+                    const double *Q = v + q * ld;
+                    for (int64_t r = 0; r < m; r++) y[r] += sp * Q[r];
                 } else {
-                    for (int64_t r = 0; r < nb; r++) y[r] += ocst[k] * ocst[k + 1];
+                    for (int64_t r = 0; r < m; r++) y[r] += sp * sq;
                 }
             }
         } else switch (o) {
 #define FG_TFWD_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
         case FG_OP_##NAME:                                                      \
             if (arity == 0) {                                                   \
-                for (int64_t r = 0; r < nb; r++) y[r] = c;                      \
+                for (int64_t r = 0; r < m; r++) y[r] = c;                       \
             } else if (arity == 1) {                                            \
                 const double *pa = v + A[i] * ld;                               \
-                for (int64_t r = 0; r < nb; r++) {                              \
+                for (int64_t r = 0; r < m; r++) {                               \
                     double a = pa[r], b = 0.0;                                  \
                     (void)a; (void)b;                                           \
                     y[r] = (fwd);                                               \
                 }                                                               \
             } else if (arity == 2) {                                            \
                 const double *pa = v + A[i] * ld, *pb = v + B[i] * ld;          \
-                for (int64_t r = 0; r < nb; r++) {                              \
-                    double a = pa[r], b = pb[r];                                \
-                    (void)a; (void)b;                                           \
-                    y[r] = (fwd);                                               \
+                if (m > 1 && FG_UNI(A[i])) {                                    \
+                    const double a = pa[0];                                     \
+                    for (int64_t r = 0; r < m; r++) {                           \
+                        double b = pb[r];                                       \
+                        (void)a; (void)b;                                       \
+                        y[r] = (fwd);                                           \
+                    }                                                           \
+                } else if (m > 1 && FG_UNI(B[i])) {                             \
+                    const double b = pb[0];                                     \
+                    for (int64_t r = 0; r < m; r++) {                           \
+                        double a = pa[r];                                       \
+                        (void)a; (void)b;                                       \
+                        y[r] = (fwd);                                           \
+                    }                                                           \
+                } else {                                                        \
+                    for (int64_t r = 0; r < m; r++) {                           \
+                        double a = pa[r], b = pb[r];                            \
+                        (void)a; (void)b;                                       \
+                        y[r] = (fwd);                                           \
+                    }                                                           \
                 }                                                               \
             }                                                                   \
             break;
@@ -330,65 +387,118 @@ static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *
     }
 }
 
-void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v) {
+void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, const uint8_t *uni) {
     if (nb == 1) {
-        fg_forward_rows(t, 1, 1, v);   /* lets the compiler specialise the row loops */
+        fg_forward_rows(t, 1, 1, v, NULL);   /* lets the compiler specialise the row loops */
     } else {
-        fg_forward_rows(t, ld, nb, v);
+        fg_forward_rows(t, ld, nb, v, uni);
     }
 }
 
+/* Sum of x[r] * y[r] over r < m with four accumulators: a reduction that is
+ * not latency-bound (rows are summed in a fixed order for a given m). */
+static inline double fg_dot_rows(const double *x, const double *y, int64_t m) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {
+        s0 += x[r] * y[r];
+        s1 += x[r + 1] * y[r + 1];
+        s2 += x[r + 2] * y[r + 2];
+        s3 += x[r + 3] * y[r + 3];
+    }
+    for (; r < m; r++) s0 += x[r] * y[r];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static inline double fg_sum_rows(const double *x, int64_t m) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int64_t r = 0;
+    for (; r + 4 <= m; r += 4) {
+        s0 += x[r];
+        s1 += x[r + 1];
+        s2 += x[r + 2];
+        s3 += x[r + 3];
+    }
+    for (; r < m; r++) s0 += x[r];
+    return (s0 + s1) + (s2 + s3);
+}
+
 /* Reverse: zeroes adj, seeds the outputs, sweeps down.  seed[k*ld + r] is the
- * cotangent of output k in row r; NULL seeds every output with 1. */
+ * cotangent of output k in row r; NULL seeds every output with 1.  A uniform
+ * output stands for nb equal rows, so its seed is their sum. */
 static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
-                            double *adj, const double *seed) {
+                            double *adj, const double *seed, const uint8_t *uni) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
     const double *cst = t->cst, *ocst = t->ocst;
     for (int64_t i = 0; i < t->n; i++) {
-        memset(adj + i * ld, 0, (size_t)nb * sizeof *adj);
+        memset(adj + i * ld, 0, (size_t)(FG_UNI(i) ? 1 : nb) * sizeof *adj);
     }
     for (int64_t k = 0; k < t->n_out; k++) {
         double *g = adj + t->out[k] * ld;
-        for (int64_t r = 0; r < nb; r++) g[r] += seed ? seed[k * ld + r] : 1.0;
+        if (FG_UNI(t->out[k])) {
+            g[0] += seed ? fg_sum_rows(seed + k * ld, nb) : (double)nb;
+        } else {
+            for (int64_t r = 0; r < nb; r++) g[r] += seed ? seed[k * ld + r] : 1.0;
+        }
     }
+    double d[64];   /* per-row local derivatives of one parent, reduced in blocks */
     for (int64_t i = t->n - 1; i >= t->n_in; i--) {
         const double *g = adj + i * ld;
         const double c = cst[i];
+        const int ui = FG_UNI(i);
+        const int64_t m = ui ? 1 : nb;
         const int o = op[i];
         if (o == FG_OP_SUM) {
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                if (opnd[k] >= 0) {
-                    double *pa = adj + opnd[k] * ld;
-                    for (int64_t r = 0; r < nb; r++) pa[r] += g[r];
+                int32_t p = opnd[k];
+                if (p < 0) continue;
+                double *gp = adj + p * ld;
+                if (!ui && FG_UNI(p)) {
+                    gp[0] += fg_sum_rows(g, m);
+                } else {
+                    for (int64_t r = 0; r < m; r++) gp[r] += g[r];
                 }
             }
         } else if (o == FG_OP_DOT) {
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
                 int32_t p = opnd[k], q = opnd[k + 1];
-                if (p >= 0 && q >= 0) {
-                    const double *P = v + p * ld, *Q = v + q * ld;
-                    double *gp = adj + p * ld, *gq = adj + q * ld;
-                    for (int64_t r = 0; r < nb; r++) {
-                        double w = P[r], x = Q[r];
-                        gp[r] += g[r] * x;
-                        gq[r] += g[r] * w;
+                int rp = p >= 0 && !FG_UNI(p), rq = q >= 0 && !FG_UNI(q);
+                double sp = rp ? 0.0 : ((p >= 0) ? v[p * ld] : ocst[k]);
+                double sq = rq ? 0.0 : ((q >= 0) ? v[q * ld] : ocst[k + 1]);
+                const double *P = v + (p >= 0 ? p : 0) * ld, *Q = v + (q >= 0 ? q : 0) * ld;
+                if (p >= 0) {
+                    double *gp = adj + p * ld;
+                    if (rp) {          /* per-row adjoint: times the other operand */
+                        if (rq) for (int64_t r = 0; r < m; r++) gp[r] += g[r] * Q[r];
+                        else    for (int64_t r = 0; r < m; r++) gp[r] += g[r] * sq;
+                    } else if (!ui) {  /* uniform operand of a per-row node: reduce */
+                        gp[0] += rq ? fg_dot_rows(g, Q, m) : fg_sum_rows(g, m) * sq;
+                    } else {
+                        gp[0] += g[0] * sq;
                     }
-                } else if (p >= 0) {
-                    double *gp = adj + p * ld, x = ocst[k + 1];
-                    for (int64_t r = 0; r < nb; r++) gp[r] += g[r] * x;
-                } else if (q >= 0) {
-                    double *gq = adj + q * ld, w = ocst[k];
-                    for (int64_t r = 0; r < nb; r++) gq[r] += g[r] * w;
+                }
+                if (q >= 0) {
+                    double *gq = adj + q * ld;
+                    if (rq) {
+                        if (rp) for (int64_t r = 0; r < m; r++) gq[r] += g[r] * P[r];
+                        else    for (int64_t r = 0; r < m; r++) gq[r] += g[r] * sp;
+                    } else if (!ui) {
+                        gq[0] += rp ? fg_dot_rows(g, P, m) : fg_sum_rows(g, m) * sp;
+                    } else {
+                        gq[0] += g[0] * sp;
+                    }
                 }
             }
         } else switch (o) {
+/* Unary and binary rows.  A uniform parent of a per-row node gets the sum of
+ * g[r] * d(r), computed through the block buffer d. */
 #define FG_TREV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
         case FG_OP_##NAME:                                                      \
             if (arity == 1) {                                                   \
                 const double *pa = v + A[i] * ld, *py = v + i * ld;             \
                 double *ga = adj + A[i] * ld;                                   \
-                for (int64_t r = 0; r < nb; r++) {                              \
+                for (int64_t r = 0; r < m; r++) {                               \
                     double a = pa[r], b = 0.0, y = py[r];                       \
                     (void)a; (void)b; (void)y;                                  \
                     ga[r] += g[r] * (da);                                       \
@@ -397,12 +507,34 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
                 const double *pa = v + A[i] * ld, *pb = v + B[i] * ld;          \
                 const double *py = v + i * ld;                                  \
                 double *ga = adj + A[i] * ld, *gb = adj + B[i] * ld;            \
-                for (int64_t r = 0; r < nb; r++) {                              \
-                    double a = pa[r], b = pb[r], y = py[r];                     \
-                    (void)a; (void)b; (void)y;                                  \
-                    double da_ = (da), db_ = (db);                              \
-                    ga[r] += g[r] * da_;                                        \
-                    gb[r] += g[r] * db_;                                        \
+                const int64_t sa = (!ui && FG_UNI(A[i])) ? 0 : 1;               \
+                const int64_t sb = (!ui && FG_UNI(B[i])) ? 0 : 1;               \
+                if (sa && sb) {                                                 \
+                    for (int64_t r = 0; r < m; r++) {                           \
+                        double a = pa[r], b = pb[r], y = py[r];                 \
+                        (void)a; (void)b; (void)y;                              \
+                        double da_ = (da), db_ = (db);                          \
+                        ga[r] += g[r] * da_;                                    \
+                        gb[r] += g[r] * db_;                                    \
+                    }                                                           \
+                } else {                                                        \
+                    for (int64_t r0 = 0; r0 < m; r0 += 64) {                    \
+                        int64_t e = (m - r0 < 64) ? m - r0 : 64;                \
+                        double sa_ = 0.0;                                       \
+                        for (int64_t k = 0; k < e; k++) {                       \
+                            int64_t r = r0 + k;                                 \
+                            double a = pa[r * sa], b = pb[r * sb], y = py[r];   \
+                            (void)a; (void)b; (void)y;                          \
+                            double da_ = (da), db_ = (db);                      \
+                            if (sa) ga[r] += g[r] * da_;                        \
+                            else d[k] = g[r] * da_;                             \
+                            if (sb) gb[r] += g[r] * db_;                        \
+                            else d[k] = g[r] * db_;                             \
+                        }                                                       \
+                        sa_ = fg_sum_rows(d, e);                                \
+                        if (!sa) ga[0] += sa_;                                  \
+                        else gb[0] += sa_;                                      \
+                    }                                                           \
                 }                                                               \
             }                                                                   \
             (void)c;                                                            \
@@ -414,13 +546,15 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
 }
 
 void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
-                     const double *seed) {
+                     const double *seed, const uint8_t *uni) {
     if (nb == 1) {
-        fg_reverse_rows(t, 1, 1, v, adj, seed);
+        fg_reverse_rows(t, 1, 1, v, adj, seed, NULL);
     } else {
-        fg_reverse_rows(t, ld, nb, v, adj, seed);
+        fg_reverse_rows(t, ld, nb, v, adj, seed, uni);
     }
 }
+
+#undef FG_UNI
 
 /* Tangents (forward mode), one row: tan of the inputs is set by the caller. */
 void fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan) {

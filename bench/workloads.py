@@ -1,0 +1,479 @@
+"""The benchmark workloads, written once against a micrograd-shaped API.
+
+Each workload's generic code receives `api`, a namespace with the engine's
+`Value`, `MLP` and `tanh(v)`, so the SAME source runs on every micrograd-shaped
+engine with only the module objects changed.  An engine that is not
+micrograd-shaped (torch tensors, jax, casadi) provides `prepare_<workload>` in its
+adapter instead (see engines.py).
+
+A workload turns (engine, variant) into a Case: a zero-argument callable timed by
+run.py, and how many units (calls, nodes, steps) one call covers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib.util
+import math
+import os
+import random
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def sci(n: int) -> str:
+    """1000 -> '1e3'; other numbers as they are."""
+    m = f"{n:.0e}"
+    return m.replace("e+0", "e").replace("e+", "e") if float(m) == n else str(n)
+
+
+class Unsupported(Exception):
+    """The engine cannot express this workload (reported as skipped, with the reason)."""
+
+
+@dataclasses.dataclass
+class Case:
+    run: Callable[[], Any]
+    units: float = 1.0          # units covered by one call of run()
+    unit: str = "call"          # what a unit is: call, step, node
+    info: dict = dataclasses.field(default_factory=dict)   # goes to the JSON
+    keep: Any = None            # objects the case needs alive (graphs, floors)
+
+
+@dataclasses.dataclass
+class Variant:
+    key: str                    # shown in the table
+    params: dict
+
+
+class Workload:
+    """What run.py needs from a workload; `extra_cases` and `check` are optional."""
+
+    name = "?"
+    what = ""
+
+    def variants(self, cfg) -> list[Variant]:
+        raise NotImplementedError
+
+    def prepare(self, api, engine, variant: Variant, ctx: dict) -> Case:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------
+# 1. seed: the residual example of seed/residual_gradients.txt
+
+SEED_EXPECTED = {"x": -16.0, "y": 12.0, "z": 2.0, "w": 0.0}
+
+
+def seed_graph(Value):
+    """Forward + backward of the seed example.  max(z, w) is written (z - w).relu() + w
+    on every engine (micrograd has no max); same value and gradients for z != w."""
+    x = Value(3.0)
+    y = Value(-4.0)
+    z = Value(2.0)
+    w = Value(-1.0)
+    xy = x * y
+    zw = (z - w).relu() + w
+    s = zw + xy
+    r = xy + s
+    m = r * 2
+    cost = m + 45
+    cost.backward()
+    return x, y, z, w, cost
+
+
+class Seed(Workload):
+    name = "seed"
+    what = "residual example fwd+bwd, leaves made inside the timed call"
+
+    def variants(self, cfg):
+        return [Variant("fwd+bwd", {})]
+
+    def prepare(self, api, engine, variant, ctx):
+        x, y, z, w, cost = seed_graph(api.Value)
+        got = {"x": x.grad, "y": y.grad, "z": z.grad, "w": w.grad}
+        if any(abs(float(got[k]) - v) > 1e-12 for k, v in SEED_EXPECTED.items()) or float(cost.data) != 1.0:
+            raise RuntimeError(f"seed example gives wrong numbers: cost={cost.data} grads={got}")
+        Value = api.Value
+        return Case(run=lambda: seed_graph(Value), unit="call")
+
+
+# ----------------------------------------------------------------------------
+# 2. mlp_step: micrograd's demo.ipynb training step, verbatim but for the imports
+
+def load_make_moons():
+    """fastgrad.datasets.make_moons; loaded by path when fastgrad itself is missing,
+    so micrograd-only runs use the same points."""
+    try:
+        from fastgrad.datasets import make_moons
+        return make_moons
+    except ImportError:
+        path = os.path.join(ROOT, "fastgrad", "datasets.py")
+        spec = importlib.util.spec_from_file_location("_bench_datasets", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.make_moons
+
+
+def make_demo_step(Value, MLP, X, y, seed=1337):
+    """micrograd's demo.ipynb: model, loss() and one optimisation step, as written there.
+    Only the module objects (Value, MLP) differ between engines."""
+    np.random.seed(seed)
+    random.seed(seed)
+    model = MLP(2, [16, 16, 1])  # 2-layer neural network
+    k = 0
+
+    # loss function
+    def loss(batch_size=None):
+
+        # inline DataLoader :)
+        if batch_size is None:
+            Xb, yb = X, y
+        else:
+            ri = np.random.permutation(X.shape[0])[:batch_size]
+            Xb, yb = X[ri], y[ri]
+        inputs = [list(map(Value, xrow)) for xrow in Xb]
+
+        # forward the model to get scores
+        scores = list(map(model, inputs))
+
+        # svm "max-margin" loss
+        losses = [(1 + -yi*scorei).relu() for yi, scorei in zip(yb, scores)]
+        data_loss = sum(losses) * (1.0 / len(losses))
+        # L2 regularization
+        alpha = 1e-4
+        reg_loss = alpha * sum((p*p for p in model.parameters()))
+        total_loss = data_loss + reg_loss
+
+        # also get accuracy
+        accuracy = [(yi > 0) == (scorei.data > 0) for yi, scorei in zip(yb, scores)]
+        return total_loss, sum(accuracy) / len(accuracy)
+
+    def step():
+        nonlocal k
+        # forward
+        total_loss, acc = loss()
+
+        # backward
+        model.zero_grad()
+        total_loss.backward()
+
+        # update (sgd)
+        learning_rate = 1.0 - 0.9*k/100
+        for p in model.parameters():
+            p.data -= learning_rate * p.grad
+
+        k = (k + 1) % 100
+        return total_loss, acc
+
+    return model, loss, step
+
+
+class MLPStep(Workload):
+    name = "mlp_step"
+    what = "micrograd demo: MLP(2,[16,16,1]) on 100 moons, fwd+bwd+SGD update"
+
+    def variants(self, cfg):
+        # gc on: as a user runs the demo.  gc off: timeit's default, pure compute.
+        # micrograd's nodes are reference cycles (closures), so its time depends
+        # heavily on the collector; fastgrad's hardly.
+        return [Variant("MLP(2,[16,16,1]) x100, gc on", {"n": 100, "gc": True}),
+                Variant("MLP(2,[16,16,1]) x100, gc off", {"n": 100, "gc": False})]
+
+    def prepare(self, api, engine, variant, ctx):
+        if "moons" not in ctx:
+            X, y = load_make_moons()(variant.params["n"])
+            ctx["moons"] = (X, y)
+        X, y = ctx["moons"]
+        model, loss, step = make_demo_step(api.Value, api.MLP, X, y)
+        info = {"parameters": len(model.parameters())}
+        total, acc = loss()
+        info["first_loss"] = float(total.data)
+        nodes = engine.count_nodes(total)
+        if nodes is not None:
+            info["nodes_per_step"] = nodes
+        del total
+        return Case(run=step, unit="step", info=info, keep=model)
+
+
+# ----------------------------------------------------------------------------
+# 3. random_backward: a random DAG, backward() timed; plus the plain-C floor
+
+# Plan op codes (internal to the bench), with fastgrad's C names for the floor.
+ADD, SUB, MUL, TANH, RELU, NEG, ADDC, MULC, LEAF = range(9)
+PLAN_OP_NAMES = ["ADD", "SUB", "MUL", "TANH", "RELU", "NEG", "ADDC", "MULC", "LEAF"]
+# Draw weights: binary ops 60 %, unary 40 %.
+OP_WEIGHTS = {ADD: 0.2, SUB: 0.15, MUL: 0.25, TANH: 0.12, RELU: 0.1, NEG: 0.04,
+              ADDC: 0.07, MULC: 0.07}
+
+
+@dataclasses.dataclass
+class RandomPlan:
+    n_leaves: int
+    n: int                  # total nodes, leaves included; node n-1 is the output
+    op: list                # plan op per node
+    a: list
+    b: list
+    c: list                 # constant of ADDC/MULC, leaf value for leaves
+    n_random: int           # random nodes after the leaves
+    n_reduce: int           # ADD nodes folding the sinks into one output
+
+
+def make_random_plan(n_total: int, seed: int = 0) -> RandomPlan:
+    """Leaves, then nodes with ops drawn from OP_WEIGHTS and parents drawn uniformly
+    from all earlier nodes, then a balanced tree of ADDs over every node nobody
+    consumed (so the output reaches the whole graph).  Sized to n_total nodes."""
+    rng = np.random.default_rng(seed)
+    n_leaves = max(2, n_total // 100)
+    r_max = n_total - n_leaves
+    codes = np.array(list(OP_WEIGHTS))
+    p = np.array(list(OP_WEIGHTS.values()))
+    ops = rng.choice(codes, size=r_max, p=p / p.sum())
+    j = np.arange(n_leaves, n_total, dtype=np.int64)            # global index of each random node
+    pa = (rng.random(r_max) * j).astype(np.int64)
+    pb = (rng.random(r_max) * j).astype(np.int64)
+    binary = (ops == ADD) | (ops == SUB) | (ops == MUL)
+    consts = np.where(ops == MULC, rng.uniform(-1.5, 1.5, r_max), rng.uniform(-1.0, 1.0, r_max))
+    leaf_vals = rng.uniform(-1.0, 1.0, n_leaves)
+
+    def sinks(r):
+        # nodes in [0, n_leaves + r) consumed by none of the first r random nodes
+        used = np.zeros(n_leaves + r, dtype=bool)
+        used[pa[:r]] = True
+        used[pb[:r][binary[:r]]] = True
+        return int((~used).sum())
+
+    # total(r) = n_leaves + r + sinks(r) - 1 is nondecreasing in r: bisect for n_total.
+    lo, hi = 1, r_max
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if n_leaves + mid + sinks(mid) - 1 <= n_total:
+            lo = mid
+        else:
+            hi = mid - 1
+    r = lo
+    op = [LEAF] * n_leaves + ops[:r].tolist()
+    a = [-1] * n_leaves + pa[:r].tolist()
+    b = [-1] * n_leaves + np.where(binary[:r], pb[:r], -1).tolist()
+    c = leaf_vals.tolist() + consts[:r].tolist()
+    used = np.zeros(n_leaves + r, dtype=bool)
+    used[pa[:r]] = True
+    used[pb[:r][binary[:r]]] = True
+    level = np.flatnonzero(~used).tolist()
+    n_random_end = len(op)
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level) - 1, 2):
+            op.append(ADD)
+            a.append(level[i])
+            b.append(level[i + 1])
+            c.append(0.0)
+            nxt.append(len(op) - 1)
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return RandomPlan(n_leaves=n_leaves, n=len(op), op=op, a=a, b=b, c=c,
+                      n_random=r, n_reduce=len(op) - n_random_end)
+
+
+def build_random(api, plan: RandomPlan):
+    """The plan through the engine's Python API, one Python op per node.
+    Returns (leaves, out); intermediate handles are dropped (the graph keeps them)."""
+    Value, tanh = api.Value, api.tanh
+    nodes = [Value(v) for v in plan.c[:plan.n_leaves]]
+    op, a, b, c = plan.op, plan.a, plan.b, plan.c
+    append = nodes.append
+    for i in range(plan.n_leaves, plan.n):
+        o = op[i]
+        x = nodes[a[i]]
+        if o == ADD:
+            append(x + nodes[b[i]])
+        elif o == SUB:
+            append(x - nodes[b[i]])
+        elif o == MUL:
+            append(x * nodes[b[i]])
+        elif o == TANH:
+            append(tanh(x))
+        elif o == RELU:
+            append(x.relu())
+        elif o == NEG:
+            append(-x)
+        elif o == ADDC:
+            append(x + c[i])
+        elif o == MULC:
+            append(x * c[i])
+        else:
+            raise AssertionError(o)
+    return nodes[:plan.n_leaves], nodes[-1]
+
+
+class RandomBackward(Workload):
+    name = "random_backward"
+    what = ("random DAG (ops add/sub/mul/tanh/relu/neg/addc/mulc, parents uniform over "
+            "earlier nodes), out.backward() incl. topological sort; graph built untimed")
+
+    def variants(self, cfg):
+        return [Variant(f"N={sci(cfg.random_n)}", {"n": cfg.random_n})]
+
+    def plan(self, variant, ctx):
+        key = ("plan", variant.params["n"])
+        if key not in ctx:
+            ctx[key] = make_random_plan(variant.params["n"])
+        return ctx[key]
+
+    def prepare(self, api, engine, variant, ctx):
+        plan = self.plan(variant, ctx)
+        with engine.graph_scope() as graph:
+            leaves, out = build_random(api, plan)
+        out.backward()
+        return Case(run=out.backward, units=plan.n, unit="node",
+                    info={"nodes": plan.n, "leaves": plan.n_leaves, "random_nodes": plan.n_random,
+                          "reduction_adds": plan.n_reduce},
+                    keep={"leaves": leaves, "out": out, "graph": graph})
+
+    def extra_cases(self, cases, engines, variant, ctx):
+        """The plain-C floor over fastgrad's arrays, and a cross-check of every engine's
+        leaf gradients against fastgrad's.  Runs after prepare(), when every engine has
+        done exactly one backward() from zero leaf grads.  Returns {name: Case or Exception}."""
+        fg_case = cases.get("fastgrad")
+        if fg_case is None:
+            return {"c_floor": Unsupported("the C floor runs over fastgrad's arrays; fastgrad not measured")}
+        plan = self.plan(variant, ctx)
+        ref = np.array([float(v.grad) for v in fg_case.keep["leaves"]])
+        if not np.isfinite(ref).all():
+            raise RuntimeError("random graph has non-finite leaf gradients")
+        for name, case in cases.items():
+            if name == "fastgrad" or not isinstance(case, Case):
+                continue
+            got = np.array([float(v.grad) for v in case.keep["leaves"]])
+            case.info["leaf_grads_match_fastgrad"] = bool(np.allclose(got, ref, rtol=1e-7, atol=1e-9))
+        try:
+            from cfloor import Floor
+
+            engine = engines["fastgrad"]
+            arrs = engine.node_arrays(fg_case.keep["graph"])
+            n = len(arrs["op"])
+            if n != plan.n:
+                raise RuntimeError(f"fastgrad's graph holds {n} slots, the plan {plan.n} nodes")
+            floor = Floor(engine.op_codes())
+            floor.check_arrays(arrs, n)
+            want_ops = np.array([floor.codes[PLAN_OP_NAMES[o]] for o in plan.op], dtype=np.uint8)
+            if not np.array_equal(np.asarray(arrs["op"]), want_ops):
+                raise RuntimeError("fastgrad recorded other ops than the plan's")
+            run, grad = floor.bind(arrs, n, n - 1)
+            run()
+            fg_grad = np.array(arrs["grad"], dtype=np.float64, copy=True)
+            scale = max(1.0, float(np.abs(fg_grad).max()))
+            if not np.allclose(grad, fg_grad, rtol=1e-7, atol=1e-12 * scale):
+                bad = int(np.argmax(np.abs(grad - fg_grad)))
+                raise RuntimeError(f"C floor and fastgrad disagree at node {bad}: {grad[bad]} vs {fg_grad[bad]}")
+            info = {"nodes": plan.n, "compiler": floor.flags,
+                    "grads_match_fastgrad": True, "max_abs_grad": scale}
+            return {"c_floor": Case(run=run, units=plan.n, unit="node", info=info, keep=(floor, arrs))}
+        except Exception as exc:  # reported in the table, never hidden
+            return {"c_floor": exc}
+
+
+# ----------------------------------------------------------------------------
+# 4. chain: x = x*1.0000001 + 0.1, fwd+bwd
+
+CHAIN_MUL, CHAIN_ADD = 1.0000001, 0.1
+
+
+def chain(Value, depth):
+    x0 = Value(1.0)
+    x = x0
+    for _ in range(depth):
+        x = x * CHAIN_MUL + CHAIN_ADD
+    x.backward()
+    return x0, x
+
+
+class Chain(Workload):
+    name = "chain"
+    what = "x = x*1.0000001 + 0.1 repeated, fwd+bwd, leaf made inside the timed call"
+
+    def variants(self, cfg):
+        return [Variant(f"depth={sci(d)}", {"depth": d}) for d in cfg.chain_depths]
+
+    def prepare(self, api, engine, variant, ctx):
+        depth = variant.params["depth"]
+        failed = ctx.setdefault(("chain_failed", engine.name), None)
+        if failed is not None:
+            exc_name, at = failed
+            raise _Inferred(f"{exc_name} (inferred: already failed at depth {sci(at)}; not re-run)")
+        Value = api.Value
+
+        def run():
+            try:
+                return chain(Value, depth)
+            except RecursionError:
+                ctx[("chain_failed", engine.name)] = ("RecursionError", depth)
+                raise
+
+        return Case(run=run, units=depth, unit="step",
+                    info={"expected_grad": CHAIN_MUL ** depth})
+
+    @staticmethod
+    def check(case, result):
+        x0, x = result
+        want = case.info["expected_grad"]
+        if not math.isclose(float(x0.grad), want, rel_tol=1e-6):
+            raise RuntimeError(f"chain gradient {x0.grad} != {want}")
+
+
+class _Inferred(Exception):
+    """A failure predicted from a smaller variant: reported as a failure, not run."""
+
+
+# ----------------------------------------------------------------------------
+# 5. memory: run in a child process per engine (see run.py --memory-child)
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_probe(engine, n: int, mode: str) -> dict:
+    """Bytes per node of a chain x = x * w of n MUL nodes, only the last handle kept
+    (every node stays alive through the graph, as in micrograd).  mode 'rss' measures
+    the resident-set delta, mode 'tracemalloc' the Python-heap delta."""
+    import tracemalloc
+
+    api = engine.api
+    Value = api.Value
+    gc.collect()
+    res = {"nodes": n, "mode": mode}
+    st0 = engine.memory_stats()
+    if mode == "tracemalloc":
+        tracemalloc.start()
+    base_rss = rss_bytes()
+    base_tm = tracemalloc.get_traced_memory()[0] if mode == "tracemalloc" else 0
+    w = Value(1.0000001)
+    x = Value(1.0)
+    for _ in range(n):
+        x = x * w
+    gc.collect()
+    if mode == "tracemalloc":
+        res["tracemalloc_bytes_per_node"] = (tracemalloc.get_traced_memory()[0] - base_tm) / n
+        tracemalloc.stop()
+    else:
+        res["rss_bytes_per_node"] = (rss_bytes() - base_rss) / n
+    st1 = engine.memory_stats()
+    if st1 is not None:
+        res["stats"] = st1
+        if st1.get("capacity"):
+            res["array_bytes_per_slot"] = st1["bytes"] / st1["capacity"]
+        if st0 is not None and "bytes" in st0:
+            res["array_bytes_delta_per_node"] = (st1["bytes"] - st0["bytes"]) / n
+    res["x"] = float(x.data)
+    return res
+
+
+WORKLOADS: list[Workload] = [Seed(), MLPStep(), RandomBackward(), Chain()]

@@ -49,6 +49,7 @@ from fastgrad._core import (
     sum,
     tanh,
 )
+from fastgrad.viz import Explanation, GraphvizNotFoundError, draw, explain, to_dot
 
 try:
     __version__ = _version("fastgrad")
@@ -56,15 +57,19 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "Explanation",
     "Function",
     "Graph",
+    "GraphvizNotFoundError",
     "Value",
     "compile",
     "cos",
     "current_graph",
     "detect_anomaly",
     "dot",
+    "draw",
     "exp",
+    "explain",
     "grad",
     "load",
     "log",
@@ -77,5 +82,6 @@ __all__ = [
     "stats",
     "sum",
     "tanh",
+    "to_dot",
     "__version__",
 ]

@@ -53,6 +53,7 @@ cdef extern from "fastgrad.h" nogil:
         double *cst
         int32_t *mark
         int32_t *order
+        uint8_t *named
         int64_t capacity
         int64_t top
         int64_t live
@@ -70,6 +71,8 @@ cdef extern from "fastgrad.h" nogil:
     int fg_is_live(const fg_graph_t *g, int64_t i)
     void fg_incref(fg_graph_t *g, int32_t i)
     void fg_decref(fg_graph_t *g, int32_t i)
+    int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget)
+    void fg_release_resume(fg_graph_t *g, int64_t pending)
     int64_t fg_graph_bytes(const fg_graph_t *g)
     const char *fg_op_name(int op)
     const char *fg_op_key(int op)
@@ -86,6 +89,9 @@ cdef extern from "fastgrad.h" nogil:
     int fg_backward(fg_graph_t *g, int32_t out, int check_finite)
     int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                 double *result, double *adj, int check_finite)
+    int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnodes,
+                          double *adj, int64_t cap, int32_t *consumer, int32_t *pos,
+                          int32_t *parent, double *contrib)
 
     ctypedef struct fg_tape_t:
         int64_t n
@@ -127,6 +133,7 @@ cdef class Graph:
     cdef int32_t *deferred          # handles dropped by other threads
     cdef int64_t ndeferred
     cdef int64_t deferred_cap
+    cdef dict names                 # {slot: name} where the node's named flag is set
     cdef int _drain(self) except -1
 
 

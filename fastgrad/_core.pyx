@@ -314,12 +314,13 @@ cdef inline Value _unary(Value x, int op):
 cdef class Value:
     """A scalar node: micrograd's Value, recorded into the node arrays.
 
-    ``Value(data)`` makes a leaf in the current graph.  ``.data`` and ``.grad``
-    read and write the arrays (both settable).  After ``out.backward()``,
-    leaves hold d out/d leaf ADDED to their grad, intermediates hold it SET.
+    ``Value(data, name=None)`` makes a leaf in the current graph.  ``.data``
+    and ``.grad`` read and write the arrays (both settable).  After
+    ``out.backward()``, leaves hold d out/d leaf ADDED to their grad,
+    intermediates hold it SET.  ``.name`` labels the node in drawings.
     """
 
-    def __init__(self, data):
+    def __init__(self, data, name=None):
         cdef double d = _coerce(data, "Value(data)")
         cdef Graph g = _current_graph()
         _enter(g)
@@ -330,18 +331,22 @@ cdef class Value:
             fg_decref(&self.graph.g, self.idx)
         self.graph = g
         self.idx = idx
+        if name is not None:
+            _set_node_name(g, idx, name)
 
     def __dealloc__(self):
         cdef Graph g = self.graph
         cdef int32_t *grown
+        cdef int64_t pending
         if g is None:
             return
         if g.owner == _thread_id():
-            if g.g.live > NOGIL_MIN_NODES:
+            # Small cascades (the common case: a temporary) stay under the GIL;
+            # a large one finishes with it released.
+            pending = fg_release(&g.g, self.idx, NOGIL_MIN_NODES)
+            if pending:
                 with nogil:
-                    fg_decref(&g.g, self.idx)
-            else:
-                fg_decref(&g.g, self.idx)
+                    fg_release_resume(&g.g, pending)
             return
         # Another thread: the owner may be inside a sweep with the GIL released,
         # so the use is handed back to the owner, which drains it on its next op.
@@ -386,6 +391,24 @@ cdef class Value:
         """Name of the op that made this node ('leaf' for leaves)."""
         cdef Graph g = self._live_graph()
         return _op_str(g.g.op[self.idx])
+
+    @property
+    def name(self):
+        """A label for drawings and explain() (str or None); settable, so
+        ``h = a * b; h.name = "h"`` names an intermediate node."""
+        cdef Graph g = self._live_graph()
+        return _node_name(g, self.idx)
+
+    @name.setter
+    def name(self, value):
+        cdef Graph g = self._live_graph()
+        _set_node_name(g, self.idx, value)
+
+    def _repr_svg_(self):
+        """Jupyter: the drawing of the graph behind this Value (see
+        fastgrad.draw), or None without Graphviz so Jupyter shows the repr."""
+        from fastgrad.viz import _repr_svg
+        return _repr_svg(self)
 
     def __repr__(self):
         if self.graph is None:
@@ -713,3 +736,7 @@ def _fail_alloc_after(int64_t n):
 # ---------------------------------------------------------------- compiled replay ---
 
 include "_function.pxi"
+
+# ---------------------------------------------------------------- drawings and explain ---
+
+include "_viz.pxi"

@@ -3,7 +3,7 @@
  * C owns the node storage and every loop over nodes; nothing here includes
  * Python.h.  fastgrad/_core.pxd mirrors this header one to one.
  *
- * A graph is structure-of-arrays node storage.  Per node (45 bytes):
+ * A graph is structure-of-arrays node storage.  Per node (46 bytes):
  *   op      uint8   FG_OP_* code; FG_OP_FREE marks a free slot
  *   uses    uint32  live handles + live consumer edges; 0 frees the node
  *   a, b    int32   parents; n-ary nodes: operand offset and count;
@@ -13,6 +13,8 @@
  *   cst     double  constant operand (scalar of ADDC/MULC/..., exponent)
  *   mark    int32   scratch of the topological sort; 0 between calls
  *   order   int32   scratch: sort queue, ready stack, free cascade stack
+ *   named   uint8   1 when the glue holds a name for this node (the names
+ *                   themselves live in the glue); 0 in every fresh slot
  * n-ary operands (SUM, DOT) live in a side array of (int32 index, double
  * constant) pairs; index -1 means "this operand is the constant".
  */
@@ -47,6 +49,7 @@ typedef struct {
     double   *cst;
     int32_t  *mark;
     int32_t  *order;
+    uint8_t  *named;
     int64_t   capacity;   /* slots allocated in every per-node array */
     int64_t   top;        /* slots ever handed out: [0, top) */
     int64_t   live;       /* slots in use */
@@ -68,6 +71,11 @@ void     fg_graph_free(fg_graph_t *g);
 int      fg_is_live(const fg_graph_t *g, int64_t i);
 void     fg_incref(fg_graph_t *g, int32_t i);
 void     fg_decref(fg_graph_t *g, int32_t i);
+/* fg_decref in two steps: at most `budget` frees, returning the work left
+ * (0: done), which fg_release_resume finishes (e.g. with the GIL released).
+ * No other call on g may come between the two. */
+int64_t  fg_release(fg_graph_t *g, int32_t i, int64_t budget);
+void     fg_release_resume(fg_graph_t *g, int64_t pending);
 int64_t  fg_graph_bytes(const fg_graph_t *g);
 const char *fg_op_name(int op);   /* user-facing name: "add", "relu", ... */
 const char *fg_op_key(int op);    /* the table's NAME: "ADD", "ADDC", ... */
@@ -100,6 +108,20 @@ int      fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
 /* Every node reachable from the roots, consumers before producers (a reverse
  * topological order), into order (capacity entries).  Returns the count. */
 int64_t  fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order);
+
+/* Where each gradient came from (fg_explain.c).  The reverse sweep of fg_grad
+ * from out, recording every edge (consumer, operand position pos, parent)
+ * reachable from out with contrib = (d out / d consumer) * (d consumer /
+ * d parent).  Edges come in the order the sweep sends them, so a node's
+ * contributions summed in that order from 0.0 give exactly its entry in adj,
+ * which is fg_grad's result.  order (capacity entries) gets the reachable
+ * nodes, consumers first, *nnodes their count; adj (capacity doubles) gets
+ * d out / d node for them.  Returns the number of edges, or FG_EINVAL; when
+ * that number exceeds cap, no sweep runs and the edge arrays are untouched
+ * (call again with room).  Never allocates. */
+int64_t  fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnodes,
+                       double *adj, int64_t cap, int32_t *consumer, int32_t *pos,
+                       int32_t *parent, double *contrib);
 
 /* Compiled replay (fg_tape.c).  A tape: nodes in topological order, inputs
  * first ([0, n_in), op LEAF), constants folded to FG_OP_CONST.  Parents are

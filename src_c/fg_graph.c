@@ -48,7 +48,8 @@ static int fg_grow_nodes(fg_graph_t *g, int64_t new_cap) {
         fg_grow_array((void **)&g->grad, old, new_cap, sizeof *g->grad) ||
         fg_grow_array((void **)&g->cst, old, new_cap, sizeof *g->cst) ||
         fg_grow_array((void **)&g->mark, old, new_cap, sizeof *g->mark) ||
-        fg_grow_array((void **)&g->order, old, new_cap, sizeof *g->order)) {
+        fg_grow_array((void **)&g->order, old, new_cap, sizeof *g->order) ||
+        fg_grow_array((void **)&g->named, old, new_cap, sizeof *g->named)) {
         return FG_ENOMEM;
     }
     g->capacity = new_cap;
@@ -75,6 +76,7 @@ void fg_graph_free(fg_graph_t *g) {
     free(g->cst);
     free(g->mark);
     free(g->order);
+    free(g->named);
     free(g->opnd);
     free(g->ocst);
     memset(g, 0, sizeof *g);
@@ -88,7 +90,7 @@ int fg_is_live(const fg_graph_t *g, int64_t i) {
 int64_t fg_graph_bytes(const fg_graph_t *g) {
     int64_t per_node = sizeof *g->op + sizeof *g->uses + sizeof *g->a + sizeof *g->b +
                        sizeof *g->val + sizeof *g->grad + sizeof *g->cst +
-                       sizeof *g->mark + sizeof *g->order;
+                       sizeof *g->mark + sizeof *g->order + sizeof *g->named;
     return g->capacity * per_node + g->ocap * (int64_t)(sizeof *g->opnd + sizeof *g->ocst);
 }
 
@@ -140,6 +142,7 @@ int32_t fg_alloc_node(fg_graph_t *g) {
     g->cst[i] = 0.0;
     g->a[i] = -1;
     g->b[i] = -1;
+    g->named[i] = 0;      /* a reused slot must not inherit a freed node's name */
     return i;
 }
 
@@ -211,21 +214,16 @@ int64_t fg_alloc_operands(fg_graph_t *g, int64_t n) {
     return off;
 }
 
-/* Drops one use of node i; a node whose uses reach 0 is freed, and so on up
- * its ancestors, with an explicit stack (the order array) instead of recursion,
- * so a chain of any length frees without touching the C stack.  The stack
- * holds each node at most once, so capacity entries always suffice. */
-void fg_decref(fg_graph_t *g, int32_t i) {
-    if (--g->uses[i] != 0) {
-        return;
-    }
+/* Frees the nodes on the cascade stack (order[0, top)) and, in turn, the
+ * parents whose uses reach 0: an explicit stack instead of recursion, so a
+ * chain of any length frees without touching the C stack.  A node is pushed
+ * only when its count reaches 0, so capacity entries always suffice.  Stops
+ * after `budget` frees; returns the entries still on the stack. */
+static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget) {
     int32_t *stack = g->order;
-    int64_t top = 0;
-    stack[top++] = i;
-    while (top > 0) {
+    while (top > 0 && budget-- > 0) {
         int32_t n = stack[--top];
-        int op = g->op[n];
-        int arity = fg_op_arity(op);
+        int arity = FG_ARITY[g->op[n]];
         if (arity == -1) {
             const int32_t *opnd = g->opnd + g->a[n];
             int32_t cnt = g->b[n];
@@ -250,7 +248,7 @@ void fg_decref(fg_graph_t *g, int32_t i) {
         g->free_head = n;
         g->live--;
     }
-    if (g->live == 0) {
+    if (top == 0 && g->live == 0) {
         /* Nothing is reachable: restart the slot and operand counters so an
          * emptied graph lays nodes out in creation order again. */
         g->top = 0;
@@ -258,4 +256,22 @@ void fg_decref(fg_graph_t *g, int32_t i) {
         g->oused = 0;
         g->odead = 0;
     }
+    return top;
+}
+
+int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget) {
+    if (--g->uses[i] != 0) {
+        return 0;
+    }
+    g->order[0] = i;
+    return fg_cascade(g, 1, budget);
+}
+
+void fg_release_resume(fg_graph_t *g, int64_t pending) {
+    fg_cascade(g, pending, INT64_MAX);
+}
+
+/* Drops one use of node i, freeing whatever becomes unreachable. */
+void fg_decref(fg_graph_t *g, int32_t i) {
+    fg_release(g, i, INT64_MAX);
 }

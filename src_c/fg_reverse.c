@@ -7,6 +7,13 @@
  * its gradient, so the sweep itself is the reverse topological order and no
  * order array is materialised.  Both passes use order[] as their queue/stack
  * and leave mark[] all zero again.  Nothing here allocates.
+ *
+ * The fast path: when every edge pass 1 saw points from a higher index to a
+ * lower one (a graph built without slot reuse, e.g. one fresh large graph),
+ * descending index order is already a reverse topological order, and pass 2
+ * becomes a sequential scan of [lo, out] that sweeps the marked nodes -- the
+ * memory access pattern of a plain C loop over the arrays, instead of Kahn's
+ * jumps.  It is taken when the reachable nodes are dense enough in that range.
  */
 #include <math.h>
 #include <string.h>
@@ -16,16 +23,25 @@
 /* Pass 1 from one or more roots.  Zeroes adj (when not NULL) of every
  * reachable node, except leaves when leaves_add (backward() accumulates into
  * leaves).  Returns the count. */
-static int64_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, double *adj,
-                        int leaves_add) {
+typedef struct {
+    int64_t count;     /* reachable nodes */
+    int32_t lo;        /* lowest reachable index */
+    int     ordered;   /* every edge seen goes from a higher index to a lower */
+} fg_reach_t;
+
+static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, double *adj,
+                           int leaves_add) {
     const uint8_t *op = g->op;
     const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
     int32_t *mark = g->mark, *queue = g->order;
     int64_t head = 0, tail = 0;
+    int32_t lo = INT32_MAX;
+    int ordered = 1;
 
 #define FG_VISIT(p)                      \
     do {                                 \
         int32_t p_ = (p);                \
+        ordered &= (p_ < n);             \
         if (mark[p_] == 0) {             \
             mark[p_] = 1;                \
             queue[tail++] = p_;          \
@@ -42,10 +58,13 @@ static int64_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, dou
     while (head < tail) {
         int32_t n = queue[head++];
         int o = op[n];
+        if (n < lo) {
+            lo = n;
+        }
         if (adj != NULL && !(leaves_add && o == FG_OP_LEAF)) {
             adj[n] = 0.0;
         }
-        switch (fg_op_arity(o)) {
+        switch (FG_ARITY[o]) {
         case 2:
             FG_VISIT(A[n]);
             FG_VISIT(B[n]);
@@ -67,84 +86,111 @@ static int64_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, dou
         }
     }
 #undef FG_VISIT
-    return tail;
+    fg_reach_t r = {tail, lo, ordered};
+    return r;
 }
 
+/* The reverse rule of node n, whose gradient is gn: FG_SEND(parent, contribution)
+ * once per edge.  Each sweep below defines FG_SEND its own way. */
+#define FG_SWEEP_BODY                                                           \
+    if (o == FG_OP_SUM) {                                                       \
+        const int32_t *ops = opnd + A[n];                                       \
+        for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {                         \
+            if (ops[k] >= 0) {                                                  \
+                FG_SEND(ops[k], gn);                                            \
+            }                                                                   \
+        }                                                                       \
+    } else if (o == FG_OP_DOT) {                                                \
+        const int32_t *ops = opnd + A[n];                                       \
+        const double *cs = ocst + A[n];                                         \
+        for (int32_t k = 0, cnt = B[n]; k < cnt; k += 2) {                      \
+            int32_t p = ops[k], q = ops[k + 1];                                 \
+            double v = (p >= 0) ? val[p] : cs[k];                               \
+            double w = (q >= 0) ? val[q] : cs[k + 1];                           \
+            if (p >= 0) {                                                       \
+                FG_SEND(p, gn * w);                                             \
+            }                                                                   \
+            if (q >= 0) {                                                       \
+                FG_SEND(q, gn * v);                                             \
+            }                                                                   \
+        }                                                                       \
+    } else {                                                                    \
+        switch (o) {                                                            \
+            FG_OP_TABLE(FG_REV_ROW)                                             \
+        }                                                                       \
+    }
+
+#define FG_REV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
+    case FG_OP_##NAME:                                                          \
+        if (arity == 1) {                                                       \
+            double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];              \
+            (void)a; (void)b; (void)c; (void)y;                                 \
+            FG_SEND(A[n], gn * (da));                                           \
+        } else if (arity == 2) {                                                \
+            double a = val[A[n]], b = val[B[n]], c = 0.0, y = val[n];           \
+            (void)a; (void)b; (void)c; (void)y;                                 \
+            double da_ = (da), db_ = (db);                                      \
+            FG_SEND(A[n], gn * da_);                                            \
+            FG_SEND(B[n], gn * db_);                                            \
+        }                                                                       \
+        break;
+
+/* Anomaly mode checks each contribution (as PyTorch checks each backward
+ * function's output), not the running sum. */
+#define FG_CHECK(d_)                                                            \
+    if (check_finite && !isfinite(d_)) {                                        \
+        g->err_node = n;                                                        \
+        goto nonfinite;                                                         \
+    }
+
 /* Pass 2.  adj[out] must already hold the seed. */
-static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite) {
+static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, fg_reach_t r) {
     const uint8_t *op = g->op;
     const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
     const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
     int32_t *mark = g->mark, *stack = g->order;
     int64_t sp = 0;
 
-/* One gradient contribution d to parent p, which becomes ready when its last
- * consumer has sent.  Anomaly mode checks the contribution (as PyTorch checks
- * each backward function's output), not the running sum. */
-#define FG_SEND(p, d)                                              \
-    do {                                                           \
-        int32_t p_ = (p);                                          \
-        double d_ = (d);                                           \
-        if (check_finite && !isfinite(d_)) {                       \
-            g->err_node = n;                                       \
-            goto nonfinite;                                        \
-        }                                                          \
-        adj[p_] += d_;                                             \
-        if (--mark[p_] == 1) {                                     \
-            mark[p_] = 0;                                          \
-            stack[sp++] = p_;                                      \
-        }                                                          \
+    if (r.ordered && (int64_t)out - r.lo + 1 <= 4 * r.count) {
+/* Descending scan: every consumer of a node has a higher index. */
+#define FG_SEND(p, d)                                                           \
+    do {                                                                        \
+        double d_ = (d);                                                        \
+        FG_CHECK(d_)                                                            \
+        adj[p] += d_;                                                           \
     } while (0)
+        for (int32_t n = out; n >= r.lo; n--) {
+            if (mark[n] == 0) {
+                continue;
+            }
+            mark[n] = 0;
+            double gn = adj[n];
+            int o = op[n];
+            FG_SWEEP_BODY
+        }
+#undef FG_SEND
+        return FG_OK;
+    }
 
+/* Kahn: a parent becomes ready when its last consumer has sent. */
+#define FG_SEND(p, d)                                                           \
+    do {                                                                        \
+        int32_t p_ = (p);                                                       \
+        double d_ = (d);                                                        \
+        FG_CHECK(d_)                                                            \
+        adj[p_] += d_;                                                          \
+        if (--mark[p_] == 1) {                                                  \
+            mark[p_] = 0;                                                       \
+            stack[sp++] = p_;                                                   \
+        }                                                                       \
+    } while (0)
     mark[out] = 0;
     stack[sp++] = out;
     while (sp > 0) {
         int32_t n = stack[--sp];
         double gn = adj[n];
         int o = op[n];
-        if (o == FG_OP_SUM) {
-            const int32_t *ops = opnd + A[n];
-            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
-                if (ops[k] >= 0) {
-                    FG_SEND(ops[k], gn);
-                }
-            }
-            continue;
-        }
-        if (o == FG_OP_DOT) {
-            const int32_t *ops = opnd + A[n];
-            const double *cs = ocst + A[n];
-            for (int32_t k = 0, cnt = B[n]; k < cnt; k += 2) {
-                int32_t p = ops[k], q = ops[k + 1];
-                double v = (p >= 0) ? val[p] : cs[k];
-                double w = (q >= 0) ? val[q] : cs[k + 1];
-                if (p >= 0) {
-                    FG_SEND(p, gn * w);
-                }
-                if (q >= 0) {
-                    FG_SEND(q, gn * v);
-                }
-            }
-            continue;
-        }
-        switch (o) {
-#define FG_REV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                              \
-        case FG_OP_##NAME:                                                     \
-            if (arity == 1) {                                                  \
-                double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];         \
-                (void)a; (void)b; (void)c; (void)y;                            \
-                FG_SEND(A[n], gn * (da));                                      \
-            } else if (arity == 2) {                                           \
-                double a = val[A[n]], b = val[B[n]], c = 0.0, y = val[n];      \
-                (void)a; (void)b; (void)c; (void)y;                            \
-                double da_ = (da), db_ = (db);                                 \
-                FG_SEND(A[n], gn * da_);                                       \
-                FG_SEND(B[n], gn * db_);                                       \
-            }                                                                  \
-            break;
-        FG_OP_TABLE(FG_REV_ROW)
-#undef FG_REV_ROW
-        }
+        FG_SWEEP_BODY
     }
 #undef FG_SEND
     return FG_OK;
@@ -152,6 +198,10 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite) {
 nonfinite:
     return FG_ENONFINITE;
 }
+
+#undef FG_CHECK
+#undef FG_REV_ROW
+#undef FG_SWEEP_BODY
 
 static int fg_fail_nonfinite(fg_graph_t *g, int32_t n) {
     /* The sweep stopped part way: mark[] still counts for unswept nodes. */
@@ -165,9 +215,9 @@ int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
     if (!fg_is_live(g, out)) {
         return FG_EINVAL;
     }
-    fg_reach(g, 1, &out, g->grad, 1);
+    fg_reach_t r = fg_reach(g, 1, &out, g->grad, 1);
     g->grad[out] += 1.0;
-    int rc = fg_sweep(g, out, g->grad, check_finite);
+    int rc = fg_sweep(g, out, g->grad, check_finite, r);
     return rc == FG_OK ? FG_OK : fg_fail_nonfinite(g, g->err_node);
 }
 
@@ -181,13 +231,13 @@ int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
             return FG_EINVAL;
         }
     }
-    fg_reach(g, 1, &out, adj, 0);
+    fg_reach_t r = fg_reach(g, 1, &out, adj, 0);
     /* Reachability is readable from mark[] only between the two passes. */
     for (int64_t k = 0; k < nwrt; k++) {
         result[k] = g->mark[wrt[k]] != 0 ? 1.0 : 0.0;
     }
     adj[out] = 1.0;
-    int rc = fg_sweep(g, out, adj, check_finite);
+    int rc = fg_sweep(g, out, adj, check_finite, r);
     if (rc != FG_OK) {
         return fg_fail_nonfinite(g, g->err_node);
     }
@@ -227,7 +277,7 @@ int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *or
     while (sp > 0) {
         int32_t n = stack[--sp];
         order[count++] = n;
-        switch (fg_op_arity(op[n])) {
+        switch (FG_ARITY[op[n]]) {
         case 2:
             FG_RELEASE(A[n]);
             FG_RELEASE(B[n]);

@@ -1,0 +1,119 @@
+/* fg_explain.c -- where each gradient came from: per-edge contributions.
+ *
+ * The drawing (fastgrad.to_dot) and fastgrad.explain need, for every edge
+ * parent -> consumer reachable from out, the share of d out / d parent that
+ * travels along it: (d out / d consumer) * (d consumer / d parent).  The
+ * adjoints come from fg_grad itself, so they are exactly what grad() returns,
+ * and each contribution is the same product the sweep added (same operands,
+ * same expression from the op table), so a node's contributions add up to its
+ * gradient up to the order of the additions.  Edges are listed in the order of
+ * fg_topo (consumers first), operands in order within a node.
+ */
+#include "fg_internal.h"
+
+int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnodes,
+                      double *adj, int64_t cap, int32_t *consumer, int32_t *pos,
+                      int32_t *parent, double *contrib) {
+    if (!fg_is_live(g, out) || cap < 0) {
+        return FG_EINVAL;
+    }
+    int64_t n_nodes = fg_topo(g, 1, &out, order);
+    if (n_nodes < 0) {
+        return n_nodes;
+    }
+    *nnodes = n_nodes;
+
+    const uint8_t *op = g->op;
+    const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
+    const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
+
+    int64_t count = 0;
+    for (int64_t i = 0; i < n_nodes; i++) {
+        int32_t n = order[i];
+        int arity = fg_op_arity(op[n]);
+        if (arity == -1) {
+            const int32_t *ops = opnd + A[n];
+            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
+                count += ops[k] >= 0;
+            }
+        } else {
+            count += arity;
+        }
+    }
+    if (count > cap) {
+        return count;
+    }
+
+    /* fg_grad without wrt: leaves adj[] = d out / d node on the reachable set. */
+    int rc = fg_grad(g, out, 0, NULL, NULL, adj, 0);
+    if (rc != FG_OK) {
+        return rc;
+    }
+
+    int64_t e = 0;
+/* One edge of node n: its rank among n's node operands, the parent, and the
+ * contribution; the guard keeps a miscounted graph from writing past cap. */
+#define FG_EDGE(p, d)                          \
+    do {                                       \
+        if (e < cap) {                         \
+            consumer[e] = n;                   \
+            pos[e] = rank;                     \
+            parent[e] = (p);                   \
+            contrib[e] = (d);                  \
+        }                                      \
+        e++;                                   \
+        rank++;                                \
+    } while (0)
+
+    for (int64_t i = 0; i < n_nodes; i++) {
+        int32_t n = order[i];
+        int o = op[n];
+        double gn = adj[n];
+        int32_t rank = 0;
+        if (o == FG_OP_SUM) {
+            const int32_t *ops = opnd + A[n];
+            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
+                if (ops[k] >= 0) {
+                    FG_EDGE(ops[k], gn);
+                }
+            }
+            continue;
+        }
+        if (o == FG_OP_DOT) {
+            const int32_t *ops = opnd + A[n];
+            const double *cs = ocst + A[n];
+            for (int32_t k = 0, cnt = B[n]; k + 1 < cnt; k += 2) {
+                int32_t p = ops[k], q = ops[k + 1];
+                double v = (p >= 0) ? val[p] : cs[k];
+                double w = (q >= 0) ? val[q] : cs[k + 1];
+                if (p >= 0) {
+                    FG_EDGE(p, gn * w);
+                }
+                if (q >= 0) {
+                    FG_EDGE(q, gn * v);
+                }
+            }
+            continue;
+        }
+        switch (o) {
+#define FG_EDGE_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)         \
+        case FG_OP_##NAME:                                                \
+            if (arity == 1) {                                             \
+                double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];    \
+                (void)a; (void)b; (void)c; (void)y;                       \
+                FG_EDGE(A[n], gn * (da));                                 \
+            } else if (arity == 2) {                                      \
+                double a = val[A[n]], b = val[B[n]], c = 0.0, y = val[n]; \
+                (void)a; (void)b; (void)c; (void)y;                       \
+                double da_ = (da), db_ = (db);                            \
+                FG_EDGE(A[n], gn * da_);                                  \
+                FG_EDGE(B[n], gn * db_);                                  \
+            }                                                             \
+            break;
+        FG_OP_TABLE(FG_EDGE_ROW)
+#undef FG_EDGE_ROW
+        }
+    }
+#undef FG_EDGE
+    return e;
+}

@@ -294,11 +294,30 @@ cdef object _binary(Value x, object other, int op, int cop, bint reflected):
             return _wrap(g, fg_binary(&g.g, op, (<Value>other).idx, x.idx))
         return _wrap(g, fg_binary(&g.g, op, x.idx, (<Value>other).idx))
     if not _is_number(other):
+        if isinstance(other, np.ndarray):
+            return _with_array(x, other, op, reflected)
         return NotImplemented
     c = _to_double(other)
     if cop == FG_OP_ADDC and op == FG_OP_SUB and not reflected:
         c = -c          # x - c == x + (-c) exactly in IEEE arithmetic
     return _wrap(g, fg_unary(&g.g, cop, x.idx, c))
+
+
+_PY_OPS = {
+    FG_OP_ADD: lambda a, b: a + b, FG_OP_SUB: lambda a, b: a - b,
+    FG_OP_MUL: lambda a, b: a * b, FG_OP_DIV: lambda a, b: a / b,
+    FG_OP_POW: lambda a, b: a ** b,
+}
+
+
+cdef object _with_array(Value x, object arr, int op, bint reflected):
+    """x op arr (arr op x when reflected) elementwise: an object array of
+    Values, as micrograd gives.  Value sets __array_ufunc__ = None so that a
+    numpy scalar operand defers to Value at once; arrays come here instead."""
+    f = _PY_OPS[op]
+    if reflected:
+        return np.frompyfunc(lambda e: f(e, x), 1, 1)(arr)
+    return np.frompyfunc(lambda e: f(x, e), 1, 1)(arr)
 
 
 cdef inline Value _unary(Value x, int op):
@@ -319,6 +338,10 @@ cdef class Value:
     ``out.backward()``, leaves hold d out/d leaf ADDED to their grad,
     intermediates hold it SET.  ``.name`` labels the node in drawings.
     """
+
+    # numpy scalars and arrays defer to Value's operators (a numpy scalar
+    # operand then costs what a float does; arrays go through _with_array).
+    __array_ufunc__ = None
 
     def __init__(self, data, name=None):
         cdef double d = _coerce(data, "Value(data)")
@@ -666,6 +689,46 @@ def dot(ws, xs, start=0.0):
     finally:
         if idx != small_idx:
             free(idx); free(cst)
+
+
+def _layer_forward(list neurons, x, neuron_type):
+    """[n(x) for n in neurons] in one call, for fastgrad.nn.Layer.
+
+    Each neuron of exactly neuron_type becomes dot(n.w, x, n.b) (+ relu when
+    n.nonlin), the same nodes Neuron.__call__ makes; x's operands are read
+    once for all of them.  Anything else (a subclass, a length mismatch) is
+    simply called.
+    """
+    cdef list xl = x if type(x) is list else list(x)
+    cdef int64_t nx = len(xl), total = 2 * nx + 2, k, j
+    cdef int32_t *idx = <int32_t *>malloc(total * sizeof(int32_t))
+    cdef double *cst = <double *>malloc(total * sizeof(double))
+    cdef Graph g = None, gx = None
+    cdef list out = []
+    cdef list w
+    cdef Value node
+    if idx == NULL or cst == NULL:
+        free(idx); free(cst)
+        raise MemoryError()
+    try:
+        for k in range(nx):
+            gx = _fill_operands(xl[k], 2 * k + 3, idx, cst, gx, "dot()")
+        idx[1] = -1
+        cst[1] = 1.0
+        for neuron in neurons:
+            if type(neuron) is not neuron_type or type(neuron.w) is not list or len(neuron.w) != nx \
+                    or type(neuron.b) is not Value:
+                out.append(neuron(xl))
+                continue
+            w = neuron.w
+            g = _fill_operands(neuron.b, 0, idx, cst, gx, "start")
+            for j in range(nx):
+                g = _fill_operands(w[j], 2 * j + 2, idx, cst, g, "dot()")
+            node = _nary(FG_OP_DOT, total, idx, cst, 0.0, g)
+            out.append(_unary(node, FG_OP_RELU) if neuron.nonlin else node)
+        return out
+    finally:
+        free(idx); free(cst)
 
 
 def grad(out, wrt):

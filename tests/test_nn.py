@@ -1,0 +1,86 @@
+"""fastgrad.nn: micrograd's Module/Neuron/Layer/MLP, same names and behaviour."""
+
+import random
+
+import numpy as np
+
+import fastgrad
+from fastgrad import Value
+from fastgrad.nn import MLP, Layer, Module, Neuron
+
+
+def test_mlp_shape_and_parameters_like_micrograd():
+    random.seed(0)
+    model = MLP(2, [16, 16, 1])
+    assert len(model.parameters()) == (2 + 1) * 16 + (16 + 1) * 16 + (16 + 1) * 1
+    assert repr(model).startswith("MLP of [Layer of [ReLUNeuron(2)")
+    assert "LinearNeuron(16)" in repr(model)
+    assert Module().parameters() == []
+
+
+def test_initial_weights_are_drawn_like_micrograd():
+    random.seed(7)
+    n = Neuron(3)
+    random.seed(7)
+    expected = [random.uniform(-1, 1) for _ in range(3)]
+    assert [w.data for w in n.w] == expected and n.b.data == 0.0
+
+
+def test_layer_call_equals_calling_each_neuron():
+    random.seed(1)
+    layer = Layer(3, 4)
+    x = [Value(0.5), -1.25, np.float64(2.0)]
+    fused = layer(x)
+    one_by_one = [n(x) for n in layer.neurons]
+    assert [v.data for v in fused] == [v.data for v in one_by_one]
+    out = fastgrad.sum(fused) * 2
+    out.backward()
+    assert x[0].grad == sum(2 * n.w[0].data * (v.data > 0) for n, v in zip(layer.neurons, fused))
+
+
+def test_layer_calls_neuron_subclasses_and_single_output_is_bare():
+    class Doubling(Neuron):
+        def __call__(self, x):
+            return super().__call__(x) * 2
+
+    random.seed(2)
+    layer = Layer(2, 1, nonlin=False)
+    plain = layer([1.0, 2.0])
+    assert isinstance(plain, Value)
+    layer.neurons = [Doubling(2, nonlin=False)]
+    layer.neurons[0].w = [Value(1.0), Value(1.0)]
+    assert layer([1.0, 2.0]).data == 6.0
+
+
+def test_zero_grad_and_sgd_step_reduce_the_loss():
+    from fastgrad.datasets import make_moons
+
+    X, y = make_moons(40)
+    random.seed(3)
+    model = MLP(2, [8, 1])
+
+    def loss():
+        scores = [model(list(row)) for row in X]
+        return fastgrad.sum((1 + -yi * s).relu() for yi, s in zip(y, scores)) * (1 / len(y))
+
+    first = loss()
+    for _ in range(20):
+        total = loss()
+        model.zero_grad()
+        total.backward()
+        for p in model.parameters():
+            p.data -= 0.1 * p.grad
+    assert loss().data < first.data
+    model.zero_grad()
+    assert all(p.grad == 0.0 for p in model.parameters())
+
+
+def test_numpy_arrays_with_values_give_object_arrays_like_micrograd():
+    v = Value(2.0)
+    out = np.array([1.0, 3.0]) * v
+    assert out.dtype == object and [o.data for o in out] == [2.0, 6.0]
+    out = v - np.array([1.0, 3.0])
+    assert [o.data for o in out] == [1.0, -1.0]
+    out = np.array([8.0]) / v
+    assert out[0].data == 4.0
+    assert (np.float64(3.0) * v).data == 6.0 and isinstance(np.float64(3.0) * v, Value)

@@ -32,6 +32,9 @@ int32_t fg_unary(fg_graph_t *g, int op, int32_t a, double c) {
     g->cst[i] = c;
     g->val[i] = fg_eval(op, g->val[a], 0.0, c);
     g->uses[a]++;
+    if (a > i) {
+        g->ordered = 0;   /* a reused slot below its parent */
+    }
     return i;
 }
 
@@ -46,6 +49,9 @@ int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b) {
     g->val[i] = fg_eval(op, g->val[a], g->val[b], 0.0);
     g->uses[a]++;
     g->uses[b]++;
+    if (a > i || b > i) {
+        g->ordered = 0;
+    }
     return i;
 }
 
@@ -91,6 +97,9 @@ int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
     for (int64_t k = 0; k < n; k++) {
         if (idx[k] >= 0) {
             g->uses[idx[k]]++;
+            if (idx[k] > i) {
+                g->ordered = 0;
+            }
         }
     }
     g->op[i] = (uint8_t)op;

@@ -60,6 +60,7 @@ int fg_graph_init(fg_graph_t *g, int64_t capacity) {
     memset(g, 0, sizeof *g);
     g->free_head = -1;
     g->err_node = -1;
+    g->ordered = 1;
     if (capacity < 16) {
         capacity = 16;
     }
@@ -253,6 +254,7 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget) {
          * emptied graph lays nodes out in creation order again. */
         g->top = 0;
         g->free_head = -1;
+        g->ordered = 1;
         g->oused = 0;
         g->odead = 0;
     }

@@ -48,12 +48,79 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
         }                                \
         mark[p_]++;                      \
     } while (0)
+/* The same, counting newly marked nodes as pending for the scan. */
+#define FG_VISIT_COUNTED(p)              \
+    do {                                 \
+        int32_t p_ = (p);                \
+        if (mark[p_] == 0) {             \
+            mark[p_] = 1;                \
+            queue[tail++] = p_;          \
+            pending++;                   \
+        }                                \
+        mark[p_]++;                      \
+    } while (0)
 
     for (int64_t r = 0; r < nroots; r++) {
         if (mark[roots[r]] == 0) {
             mark[roots[r]] = 1;
             queue[tail++] = roots[r];
         }
+    }
+    if (g->ordered && nroots == 1) {
+        /* Every parent has a lower index: expand the marked nodes by a
+         * descending scan (sequential, like a plain loop over the arrays)
+         * until none is pending.  If the marked nodes turn out sparse in the
+         * range, hand the unexpanded ones to the breadth-first walk below. */
+        int64_t pending = 1;
+        int32_t n = roots[0];
+        for (; n >= 0 && pending > 0; n--) {
+            if (mark[n] == 0) {
+                if ((int64_t)roots[0] - n > 8 * tail + 4096) {
+                    break;
+                }
+                continue;
+            }
+            pending--;
+            lo = n;
+            int o = op[n];
+            if (adj != NULL && !(leaves_add && o == FG_OP_LEAF)) {
+                adj[n] = 0.0;
+            }
+            switch (FG_ARITY[o]) {
+            case 2:
+                FG_VISIT_COUNTED(A[n]);
+                FG_VISIT_COUNTED(B[n]);
+                break;
+            case 1:
+                FG_VISIT_COUNTED(A[n]);
+                break;
+            case -1: {
+                const int32_t *ops = opnd + A[n];
+                for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
+                    if (ops[k] >= 0) {
+                        FG_VISIT_COUNTED(ops[k]);
+                    }
+                }
+                break;
+            }
+            default:
+                break;
+            }
+        }
+        if (pending == 0) {
+            fg_reach_t r = {tail, lo, 1};
+            return r;
+        }
+        /* Sparse: queue entries above n are expanded, those below are not. */
+        int64_t k = 0;
+        for (int64_t q = 0; q < tail; q++) {
+            if (queue[q] > n) {
+                int32_t t = queue[k];
+                queue[k++] = queue[q];
+                queue[q] = t;
+            }
+        }
+        head = k;
     }
     while (head < tail) {
         int32_t n = queue[head++];
@@ -86,6 +153,7 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
         }
     }
 #undef FG_VISIT
+#undef FG_VISIT_COUNTED
     fg_reach_t r = {tail, lo, ordered};
     return r;
 }

@@ -260,3 +260,35 @@ def test_detect_anomaly_backward_error_leaves_graph_consistent():
     x.grad = 0.0
     (x.exp() * 2).backward()   # a later sweep must see clean sort marks
     assert x.grad == 2.0
+
+
+def test_backward_reaches_a_far_sparse_subgraph_of_a_large_graph():
+    # Nodes made in index order, out near the top, its inputs far below it
+    # among many unrelated nodes: the sort's scan gives up on density and
+    # finishes breadth-first.
+    with fastgrad.Graph():
+        a, b = Value(1.5), Value(-2.0)
+        h = a * b
+        filler = [Value(float(i)) * 2 for i in range(20_000)]
+        k = h.tanh() + filler[-1]
+        out = k * a + h
+        out.backward()
+        expected_a = (1 - math.tanh(-3.0) ** 2) * -2.0 * 1.5 + math.tanh(-3.0) + filler[-1].data + -2.0
+        assert a.grad == pytest.approx(expected_a, rel=1e-14)
+        assert b.grad == pytest.approx((1 - math.tanh(-3.0) ** 2) * 1.5 * 1.5 + 1.5, rel=1e-14)
+        assert filler[0].grad == 0.0 and filler[-1].grad == 1.5
+        assert fastgrad.grad(out, [a, b]) == [a.grad, b.grad]
+
+
+def test_backward_after_slot_reuse_puts_parents_above_children():
+    with fastgrad.Graph():
+        x = Value(2.0)
+        tmp = [Value(0.0) for _ in range(10)]
+        del tmp                                  # free slots 1..10 for reuse
+        y = Value(3.0)                           # a high slot? no: reused, low
+        chain = x
+        for _ in range(30):
+            chain = chain * y + 1.0              # nodes land in reused and fresh slots
+        chain.backward()
+        assert x.grad == pytest.approx(3.0 ** 30, rel=1e-14)
+        assert fastgrad.grad(chain, x) == x.grad

@@ -20,19 +20,36 @@ from fastgrad.nn import MLP
 SEED_NAMES = ("x", "y", "z", "w", "x_multiply_y", "z_max_w", "xy_plus_zw", "residual_op", "multiply_2")
 
 
-def seed_example() -> List[Tuple[str, float, float]]:
-    """The residual example: (name, value, gradient of cost) for its nine nodes."""
+def seed_graph() -> Tuple[Value, Tuple[Value, ...]]:
+    """The residual example in a graph of its own, every node named as in the
+    seed: (cost, its nine nodes in SEED_NAMES order)."""
     with fastgrad.Graph():
-        x, y, z, w = Value(3.0), Value(-4.0), Value(2.0), Value(-1.0)
+        x, y, z, w = Value(3.0, name="x"), Value(-4.0, name="y"), Value(2.0, name="z"), Value(-1.0, name="w")
         x_multiply_y = x * y
         z_max_w = fastgrad.maximum(z, w)
         xy_plus_zw = z_max_w + x_multiply_y
         residual_op = x_multiply_y + xy_plus_zw
         multiply_2 = residual_op * 2
         cost = multiply_2 + 45
-        cost.backward()
-        nodes = (x, y, z, w, x_multiply_y, z_max_w, xy_plus_zw, residual_op, multiply_2)
-        return [(name, v.data, v.grad) for name, v in zip(SEED_NAMES, nodes)]
+    nodes = (x, y, z, w, x_multiply_y, z_max_w, xy_plus_zw, residual_op, multiply_2)
+    for name, v in zip(SEED_NAMES[4:], nodes[4:]):   # operators take no name: set it after
+        v.name = name
+    cost.name = "cost"
+    return cost, nodes
+
+
+def seed_example() -> List[Tuple[str, float, float]]:
+    """The residual example: (name, value, gradient of cost) for its nine nodes."""
+    cost, nodes = seed_graph()
+    cost.backward()
+    return [(name, v.data, v.grad) for name, v in zip(SEED_NAMES, nodes)]
+
+
+def draw_seed(path: str) -> None:
+    """Draw the residual example (values above the edges, gradients below)."""
+    cost, _ = seed_graph()
+    fastgrad.draw(cost, path)
+    print(f"Drew the residual example to {path}\n")
 
 
 def print_seed() -> None:
@@ -84,11 +101,19 @@ def train(steps: int, n_samples: int = 100, seed: int = 1337, out: TextIO = sys.
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastgrad", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    parser.add_argument("--draw", metavar="PATH",
+                        help="also draw the residual example to PATH (.svg, .png, .pdf via Graphviz; .dot, .gv)")
     args = parser.parse_args(argv)
     if args.steps < 0:
         parser.error("--steps must be >= 0")
     print(f"fastgrad {fastgrad.__version__}\n")
     print_seed()
+    if args.draw is not None:
+        try:
+            draw_seed(args.draw)
+        except (RuntimeError, ValueError, OSError) as exc:
+            print(f"python -m fastgrad --draw: {exc}", file=sys.stderr)
+            return 1
     train(args.steps)
     return 0
 

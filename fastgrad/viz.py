@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from fastgrad import _core
 from fastgrad._core import Value
@@ -39,6 +40,9 @@ SOURCE_SUFFIXES = ("dot", "gv")
 REPR_SVG_MAX_NODES = 200
 # explain() follows a path past its first edge for at most this many nodes.
 MAX_PATH_NODES = 12
+
+# One term of an Explanation: (path of node labels, contribution).
+Term = tuple[tuple[str, ...], float]
 
 VALUE_COLOR = "#1f5fbf"
 GRAD_COLOR = "#c0392b"
@@ -70,24 +74,25 @@ def _check_show(show: object) -> str:
 
 
 class _View:
-    """The arrays of _core._graph_view plus labels for its nodes."""
+    """The arrays of _core._graph_view, looked up by slot, and node labels."""
 
     def __init__(self, out: Value, names: Mapping[Value, str] | None = None,
                  node: Value | None = None) -> None:
         v = _core._graph_view(out, names, node)
         self.out: int = v["out"]
         self.node: int = v["node"]
-        self.nodes: np.ndarray = v["nodes"]
-        self.names: dict = v["names"]
-        self.consumer: np.ndarray = v["consumer"]
-        self.pos: np.ndarray = v["pos"]
-        self.parent: np.ndarray = v["parent"]
-        self.contrib: np.ndarray = v["contrib"]
-        slots = self.nodes.tolist()
-        self.op = dict(zip(slots, v["op"].tolist()))
-        self.val = dict(zip(slots, v["val"].tolist()))
-        self.cst = dict(zip(slots, v["cst"].tolist()))
-        self.grad = dict(zip(slots, v["grad"].tolist()))
+        self.nodes: npt.NDArray[np.int32] = v["nodes"]
+        self.names: dict[int, str] = v["names"]
+        self.consumer: npt.NDArray[np.int32] = v["consumer"]
+        self.parent: npt.NDArray[np.int32] = v["parent"]
+        self.contrib: npt.NDArray[np.float64] = v["contrib"]
+        self.op: npt.NDArray[np.uint8] = v["op"]
+        self.val: npt.NDArray[np.float64] = v["val"]
+        self.cst: npt.NDArray[np.float64] = v["cst"]
+        self.grad: npt.NDArray[np.float64] = v["grad"]
+        # index[slot]: the slot's position in the per-node arrays, -1 if unreached.
+        self.index = np.full(int(self.nodes.max()) + 1, -1, np.int64)
+        self.index[self.nodes] = np.arange(len(self.nodes))
         self._op_names = _core._op_names()
         codes = _core.op_codes()
         self._leaf = codes["LEAF"]
@@ -96,16 +101,24 @@ class _View:
                                ("ADDC", "MULC", "RSUBC", "DIVC", "RDIVC", "POWC", "RPOWC")}
         self._nary = {codes["SUM"], codes["DOT"]}
 
+    def reaches(self, slot: int) -> bool:
+        """Whether out depends on the node in this slot."""
+        return 0 <= slot < len(self.index) and bool(self.index[slot] >= 0)
+
+    def gradient(self, slot: int) -> float:
+        return float(self.grad[self.index[slot]])
+
     def op_text(self, slot: int) -> str:
-        op = self.op[slot]
+        i = self.index[slot]
+        op = int(self.op[i])
         text = self._op_names[op]
-        c = self.cst[slot]
+        c = float(self.cst[i])
         if op in self._with_constant or (op in self._nary and c != 0.0):
             text += f" {_fmt(c)}"
         return text
 
     def is_leaf(self, slot: int) -> bool:
-        return self.op[slot] == self._leaf
+        return bool(self.op[self.index[slot]] == self._leaf)
 
     def label(self, slot: int) -> str:
         """A short name for paths: the node's name, else its op and slot."""
@@ -114,7 +127,7 @@ class _View:
             return str(name)
         if slot == self.out:
             return "out"
-        return f"{self._op_names[self.op[slot]]}#{slot}"
+        return f"{self._op_names[int(self.op[self.index[slot]])]}#{slot}"
 
 
 # -- DOT -----------------------------------------------------------------------
@@ -160,17 +173,20 @@ def to_dot(out: Value, *, names: Mapping[Value, str] | None = None, show: str = 
             rows.append(f"<b>{html.escape(str(name))}</b>")
         rows.append(html.escape(view.op_text(slot)))
         if show in ("both", "grads"):
-            rows.append(f'<font color="{GRAD_COLOR}">grad {html.escape(_fmt(view.grad[slot]))}</font>')
+            rows.append(f'<font color="{GRAD_COLOR}">grad {html.escape(_fmt(view.gradient(slot)))}</font>')
         attrs = [f"label=<{'<br/>'.join(rows)}>"]
         if slot == view.out:
             attrs.append('style="bold,filled", fillcolor="#fff3c4", peripheries=2')
         elif view.is_leaf(slot):
             attrs.append('style="rounded,filled", fillcolor="#dce8fa"')
         lines.append(f"  n{slot} [{', '.join(attrs)}];")
-    for c, p, d in zip(view.consumer.tolist(), view.parent.tolist(), view.contrib.tolist()):
-        lines.append(f"  n{p} -> n{c} [label={_edge_label(view.val[p], d, show)}];")
+    sent_values = view.val[view.index[view.parent]].tolist()
+    for c, p, x, d in zip(view.consumer.tolist(), view.parent.tolist(), sent_values,
+                          view.contrib.tolist()):
+        lines.append(f"  n{p} -> n{c} [label={_edge_label(x, d, show)}];")
     lines.append("  result [shape=point, width=0.08];")
-    lines.append(f"  n{view.out} -> result [label={_edge_label(view.val[view.out], 1.0, show)}];")
+    out_value = float(view.val[view.index[view.out]])
+    lines.append(f"  n{view.out} -> result [label={_edge_label(out_value, 1.0, show)}];")
     legend = {"both": "blue: forward value, red: gradient of the output flowing back",
               "values": "blue: forward value", "grads": "red: gradient of the output flowing back"}
     lines.append(f'  label="{legend[show]}"; labelloc=b; fontname="Helvetica"; fontsize=10;')
@@ -240,31 +256,32 @@ class Explanation:
         out, node: the labels of the two nodes (their names when they have one).
         grad: d out / d node, the number ``fastgrad.grad(out, node)`` returns.
         terms: list of (path, contribution).  One term per edge leaving
-            ``node`` toward ``out`` (all paths through that edge, summed), in
-            the order the reverse sweep sends them; ``path`` is the tuple of
-            node labels from ``node`` along that edge, followed to ``out`` while
-            the way is unique ("…" where it branches).  The contributions sum
-            to ``grad`` (up to the order of the additions).
+            ``node`` toward ``out`` (all paths through that edge, summed),
+            largest magnitude first; ``path`` is the tuple of node labels from
+            ``node`` along that edge, followed to ``out`` while the way is
+            unique ("…" where it branches).  The contributions sum to ``grad``
+            (up to the order of the additions).  A folded last term (see
+            ``omitted``) has the path (node, "…", out).
         omitted: how many edges the last term folds together (0 if none):
             past ``limit`` terms, the smallest are summed into one.
 
     Iterating yields the terms; ``str()`` is a readable breakdown.
     """
 
-    def __init__(self, out: str, node: str, grad: float, terms: list, omitted: int) -> None:
+    def __init__(self, out: str, node: str, grad: float, terms: list[Term], omitted: int) -> None:
         self.out = out
         self.node = node
         self.grad = grad
-        self.terms = terms
+        self.terms: list[Term] = terms
         self.omitted = omitted
 
-    def __iter__(self) -> Iterator[tuple[tuple[str, ...], float]]:
+    def __iter__(self) -> Iterator[Term]:
         return iter(self.terms)
 
     def __len__(self) -> int:
         return len(self.terms)
 
-    def __getitem__(self, i: int) -> tuple[tuple[str, ...], float]:
+    def __getitem__(self, i: int) -> Term:
         return self.terms[i]
 
     def __repr__(self) -> str:
@@ -279,14 +296,18 @@ class Explanation:
             return head
         values = [f"{c:.6g}" for _, c in self.terms]
         if 1 < len(values) <= 6:
-            head += " = " + " + ".join(values)
-        width = max(map(len, values))
-        lines = [head]
-        for (path, _), text in zip(self.terms, values):
-            via = f"via {path[1]}" if len(path) > 1 else ""
-            lines.append(f"  {text:>{width}}  {via:<{max(len(via), 1)}}  {' -> '.join(path)}")
+            head += " = " + values[0] + "".join(
+                f" - {v[1:]}" if v.startswith("-") else f" + {v}" for v in values[1:])
+        vias = [f"via {path[1]}:" for path, _ in self.terms]
         if self.omitted:
-            lines.append(f"  (the last term sums the {self.omitted} edges with the smallest contributions)")
+            vias[-1] = f"via {self.omitted} more edges:"
+        width, via_width = max(map(len, values)), max(map(len, vias))
+        lines = [head]
+        for (path, _), text, via in zip(self.terms, values, vias):
+            lines.append(f"  {text:>{width}}  {via:<{via_width}} {' -> '.join(path)}")
+        if self.omitted:
+            lines.append(f"  (the last term sums the {self.omitted} edges with the smallest "
+                         "contributions)")
         return "\n".join(lines)
 
 
@@ -299,8 +320,8 @@ def explain(out: Value, node: Value, *, limit: int = 10) -> Explanation:
     ``fastgrad.grad(out, node)``.  For the residual example, ``x*y`` gets
     4 = 2 (via the residual add) + 2 (via ``max(z, w) + x*y``).
 
-    At most ``limit`` terms: past that, the edges with the smallest
-    contributions are summed into the last one.  The numbers come from one C
+    Terms come largest first.  At most ``limit`` of them: past that, the
+    edges with the smallest contributions are summed into the last one.  The numbers come from one C
     sweep; the cost is linear in the size of the graph behind ``out``.
     """
     if not isinstance(limit, (int, np.integer)) or isinstance(limit, bool):
@@ -310,33 +331,33 @@ def explain(out: Value, node: Value, *, limit: int = 10) -> Explanation:
     view = _View(out, None, node)
     slot = view.node
     out_label = view.label(view.out)
-    if slot not in view.grad:  # out does not depend on node
+    if not view.reaches(slot):  # out does not depend on node
         return Explanation(out_label, _unreached_label(node), 0.0, [], 0)
     node_label = view.label(slot)
-    grad = view.grad[slot]
+    grad = view.gradient(slot)
     if slot == view.out:
         return Explanation(out_label, node_label, grad, [((node_label,), grad)], 0)
 
     edges = np.flatnonzero(view.parent == slot)  # in sweep order
-    contrib = view.contrib[edges]
+    # Largest first (NaN counts as largest); ties keep the sweep's order.
+    size = np.where(np.isnan(view.contrib[edges]), np.inf, np.abs(view.contrib[edges]))
+    edges = edges[np.argsort(-size, kind="stable")]
     omitted = 0
     rest = None
     if len(edges) > limit:
-        # Keep the limit - 1 largest (NaN counts as largest), in sweep order.
-        size = np.where(np.isnan(contrib), np.inf, np.abs(contrib))
-        keep = np.sort(np.argsort(-size, kind="stable")[: limit - 1])
-        mask = np.zeros(len(edges), bool)
-        mask[keep] = True
-        rest = contrib[~mask]
-        omitted = int(len(rest))
-        edges, contrib = edges[keep], contrib[keep]
+        rest = view.contrib[edges[limit - 1:]]
+        omitted = len(rest)
+        edges = edges[: limit - 1]
+    contrib = view.contrib[edges]
 
     nxt = _unique_consumer(view)
-    terms = []
+    terms: list[Term] = []
     for e, c in zip(edges.tolist(), contrib.tolist()):
         terms.append((_path(view, slot, int(view.consumer[e]), nxt), c))
     if rest is not None:
-        terms.append(((node_label, f"… {omitted} more edges", out_label), float(np.sum(rest))))
+        with np.errstate(all="ignore"):  # inf + -inf is nan here as everywhere (IEEE)
+            folded = float(np.sum(rest))
+        terms.append(((node_label, "…", out_label), folded))
     return Explanation(out_label, node_label, grad, terms, omitted)
 
 
@@ -345,26 +366,24 @@ def _unreached_label(node: Value) -> str:
     return name if name is not None else node.op
 
 
-def _unique_consumer(view: _View) -> dict:
-    """{slot: its only consumer} for the nodes with exactly one consumer
+def _unique_consumer(view: _View) -> npt.NDArray[np.int64]:
+    """By slot: the node's only consumer, or -1 when it has none or several
     (several edges to the same consumer count once)."""
-    if len(view.parent) == 0:
-        return {}
     top = int(view.nodes.max()) + 1
-    pairs = np.unique(view.parent.astype(np.int64) * top + view.consumer)
-    parents, consumers = pairs // top, pairs % top
-    counts = np.bincount(parents, minlength=top)
-    single = counts[parents] == 1
-    return dict(zip(parents[single].tolist(), consumers[single].tolist()))
+    lo = np.full(top, top, np.int64)
+    hi = np.full(top, -1, np.int64)
+    np.minimum.at(lo, view.parent, view.consumer)
+    np.maximum.at(hi, view.parent, view.consumer)
+    return np.where(lo == hi, hi, -1)
 
 
-def _path(view: _View, start: int, first: int, nxt: dict) -> tuple:
+def _path(view: _View, start: int, first: int, nxt: npt.NDArray[np.int64]) -> tuple[str, ...]:
     path = [view.label(start), view.label(first)]
     c = first
     while c != view.out:
-        if c not in nxt or len(path) >= MAX_PATH_NODES:
+        if nxt[c] < 0 or len(path) >= MAX_PATH_NODES:
             path += ["…", view.label(view.out)]
             break
-        c = nxt[c]
+        c = int(nxt[c])
         path.append(view.label(c))
     return tuple(path)

@@ -11,9 +11,14 @@
  * (their rules are written in the kernels, one case each, next to the loop).
  *
  * Subgradient conventions (DESIGN.md section 3): relu'(0) = 0, abs'(0) = 0,
- * maximum/minimum ties split 0.5/0.5, a NaN operand of maximum/minimum gives a
- * NaN value and zero derivatives (PyTorch does the same).  x**0 has derivative 0
- * for every x, and 0**y has d/dy = 0 for y >= 0 (PyTorch's masking).
+ * maximum/minimum ties split 0.5/0.5 (as PyTorch and JAX).  A NaN operand of
+ * relu/maximum/minimum gets a zero derivative (maximum/minimum give a NaN
+ * value; PyTorch 2.x passes the gradient through instead).  x**0 has
+ * derivative 0 for every x, and 0**y has d/dy = 0 for y >= 0.  Derivatives
+ * are multiplied, never masked: an inf gradient arriving where the local
+ * derivative is 0 gives NaN (as micrograd; PyTorch masks some of these).
+ * Quotients differentiate as -y/b (not -a/(b*b), whose b*b under- or
+ * overflows long before the derivative does).
  */
 #ifndef FG_OPS_H
 #define FG_OPS_H
@@ -83,7 +88,7 @@ static inline double fg_d2pow_bb(double a, double e, double y) {
     X(ADD,     "add",     2, a + b,          1.0,                 1.0,                  0.0, 0.0, 0.0) \
     X(SUB,     "sub",     2, a - b,          1.0,                 -1.0,                 0.0, 0.0, 0.0) \
     X(MUL,     "mul",     2, a * b,          b,                   a,                    0.0, 1.0, 0.0) \
-    X(DIV,     "div",     2, a / b,          1.0 / b,             -a / (b * b),         0.0, -1.0 / (b * b), 2.0 * a / (b * b * b)) \
+    X(DIV,     "div",     2, a / b,          1.0 / b,             -y / b,               0.0, -(1.0 / b) / b, 2.0 * (y / b) / b) \
     X(POW,     "pow",     2, pow(a, b),      fg_dpow_base(a, b),  fg_dpow_exp(a, b, y), fg_d2pow_aa(a, b), fg_d2pow_ab(a, b), fg_d2pow_bb(a, b, y)) \
     X(MAX,     "maximum", 2, fg_max(a, b),   fg_max_share(a, b),  fg_max_share(b, a),   0.0, 0.0, 0.0) \
     X(MIN,     "minimum", 2, fg_min(a, b),   fg_max_share(b, a),  fg_max_share(a, b),   0.0, 0.0, 0.0) \
@@ -91,7 +96,7 @@ static inline double fg_d2pow_bb(double a, double e, double y) {
     X(MULC,    "mul",     1, a * c,          c,                   0.0,                  0.0, 0.0, 0.0) \
     X(RSUBC,   "rsub",    1, c - a,          -1.0,                0.0,                  0.0, 0.0, 0.0) \
     X(DIVC,    "div",     1, a / c,          1.0 / c,             0.0,                  0.0, 0.0, 0.0) \
-    X(RDIVC,   "rdiv",    1, c / a,          -c / (a * a),        0.0,                  2.0 * c / (a * a * a), 0.0, 0.0) \
+    X(RDIVC,   "rdiv",    1, c / a,          -y / a,              0.0,                  2.0 * (y / a) / a, 0.0, 0.0) \
     X(POWC,    "pow",     1, pow(a, c),      fg_dpow_base(a, c),  0.0,                  fg_d2pow_aa(a, c), 0.0, 0.0) \
     X(RPOWC,   "rpow",    1, pow(c, a),      fg_dpow_exp(c, a, y), 0.0,                 fg_d2pow_bb(c, a, y), 0.0, 0.0) \
     X(NEG,     "neg",     1, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0) \

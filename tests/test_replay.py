@@ -57,12 +57,15 @@ def test_replay_equals_a_fresh_dynamic_graph_at_new_inputs(program, data):
         assert close(grads[i], want_grads[i], scales[i]), (i, grads[i], want_grads[i])
 
     if all(math.isfinite(g) for g in want_grads) and math.isfinite(want_value):
-        t = data.draw(st.lists(st.floats(-2, 2), min_size=n, max_size=n), label="tangent")
+        # no subnormal seeds: halving one (a maximum tie) underflows to 0, which
+        # scaling the gradient afterwards does not
+        t = data.draw(st.lists(st.floats(-2, 2, allow_subnormal=False), min_size=n, max_size=n),
+                      label="tangent")
         out, tout = f.jvp([new], [t])
         assert same(out, want_value)
         want_t = math.fsum(g * ti for g, ti in zip(want_grads, t))
         assert close(tout, want_t, math.fsum(s * abs(ti) for s, ti in zip(scales, t)))
-        c = data.draw(st.floats(-3, 3), label="cotangent")
+        c = data.draw(st.floats(-3, 3, allow_subnormal=False), label="cotangent")
         out, (vj,) = f.vjp([new], c)
         for i in range(n):
             assert close(vj[i], c * want_grads[i], abs(c) * scales[i])

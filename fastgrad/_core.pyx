@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+# cython: language_level=3, cdivision=True, embedsignature=True
 """fastgrad._core -- the Cython glue between Python and the C node arrays.
 
 C (src_c/) owns the memory layout and every loop over nodes.  This module owns

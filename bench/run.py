@@ -40,7 +40,12 @@ TARGETS = {
     "mlp_speedup": 60.0,         # micrograd / fastgrad >= 60x on the demo step
     "floor_ratio": 2.5,          # fastgrad backward / C floor <= 2.5x
     "bytes_per_node": 48.0,      # node arrays <= 48 bytes per live node
+    "replay_floor_ratio": 1.2,   # compiled step / C loop over the same tape <= 1.2x
 }
+# mlp_compiled: (fastgrad row, peer) pairs where fastgrad must be faster (ratio < 1).
+FASTER_THAN = [("fastgrad", "casadi", "compiled replay vs CasADi SX Function"),
+               ("fastgrad", "torch", "compiled replay vs PyTorch tensors"),
+               ("fastgrad-batched", "jax", "batched replay vs JAX jit")]
 
 
 # Each repetition is preceded by one untimed call, unless one call takes longer
@@ -127,7 +132,9 @@ def measure(workload, variant, loaded, cfg, ctx, log):
             for name, c in extra(cases, {e.name: e for e in loaded}, variant, ctx).items():
                 if isinstance(c, Case):
                     cases[name] = c
-                elif isinstance(c, Unsupported):
+                    continue
+                cases.pop(name, None)  # an engine's case can be failed by a cross-check
+                if isinstance(c, Unsupported):
                     record(name, "skipped", str(c))
                 else:
                     record(name, "failed", failure(c))
@@ -312,6 +319,76 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+def modes(results) -> list[str]:
+    """How each engine runs each workload, where the adapter said (info["mode"])."""
+    seen: dict = {}
+    for rec in results:
+        mode = (rec.get("info") or {}).get("mode")
+        if mode and rec.get("status") == "ok":
+            seen.setdefault((rec["workload"], rec["engine"]), mode)
+    return [f"- {w} / {e}: {m}" for (w, e), m in seen.items()]
+
+
+def plot(results, path, title) -> str:
+    """Log-scale bars per workload variant (median, min-max whiskers); returns a
+    line for the log.  Skipped and failing engines are named under the axis."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    panels: dict = {}
+    for rec in results:
+        panels.setdefault((rec["workload"], rec["variant"]), []).append(rec)
+    if not panels:
+        return "nothing to plot"
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, ((workload, variant), recs) in zip(axes.flat, panels.items()):
+        names, vals, lo, hi, colors = [], [], [], [], []
+        for rec in recs:
+            if rec["status"] != "ok":
+                names.append(f"{rec['engine']}\n({'fails' if rec['status'] == 'failed' else 'skipped'})")
+                vals.append(0.0)
+                lo.append(0.0)
+                hi.append(0.0)
+                colors.append("none")
+                continue
+            if workload == "memory":
+                v, a, b = rec["info"]["rss_bytes_per_node"], None, None
+            else:
+                v, a, b = rec["median_s"], rec["min_s"], rec["max_s"]
+            names.append(rec["engine"])
+            vals.append(v)
+            lo.append(0.0 if a is None else v - a)
+            hi.append(0.0 if b is None else b - v)
+            colors.append("tab:orange" if rec["engine"].startswith("fastgrad") else
+                          "tab:gray" if rec["engine"] == "c_floor" else "tab:blue")
+        x = range(len(names))
+        ok = [v > 0 for v in vals]
+        ax.bar([i for i in x if ok[i]], [v for v, o in zip(vals, ok) if o],
+               yerr=[[v for v, o in zip(lo, ok) if o], [v for v, o in zip(hi, ok) if o]],
+               color=[c for c, o in zip(colors, ok) if o], capsize=3)
+        ax.set_yscale("log")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
+        unit = next((r["unit"] for r in recs if r.get("unit")), "")
+        ax.set_ylabel("bytes per node (RSS)" if workload == "memory" else f"seconds per {unit}", fontsize=8)
+        ax.set_title(f"{workload}\n{variant}", fontsize=9)
+        ax.grid(axis="y", which="major", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"wrote {os.path.relpath(path)}"
+
+
 def find(results, workload, engine, variant=None):
     for rec in results:
         if rec["workload"] == workload and rec["engine"] == engine and (variant is None or rec["variant"] == variant):
@@ -340,6 +417,18 @@ def targets(results) -> list[dict]:
                 r >= TARGETS["mlp_speedup"],
                 f"mlp_step [{rec['variant']}]: micrograd / fastgrad = {r:.1f}x "
                 f"(of the minima {rmin:.1f}x; target >= {TARGETS['mlp_speedup']:g}x)")
+    for rec in results:
+        # the same speed-up with micrograd's nn.py verbatim on fastgrad's Value (a neuron is
+        # sum(wi*xi): one node per op) instead of fastgrad.nn's fused dot
+        if rec["workload"] == "mlp_step" and rec["engine"] == "micrograd" and rec["status"] == "ok":
+            mine = find(results, "mlp_step", wl_mod.FG_MICROGRAD_NN, rec["variant"])
+            if mine and mine["status"] == "ok":
+                r, rmin = rec["median_s"] / mine["median_s"], rec["min_s"] / mine["min_s"]
+                add(f"mlp_step speedup, micrograd's nn.py ({rec['variant'].split(', ')[-1]})", r,
+                    TARGETS["mlp_speedup"], r >= TARGETS["mlp_speedup"],
+                    f"mlp_step [{rec['variant']}], micrograd's own nn.py on fastgrad: micrograd / "
+                    f"{wl_mod.FG_MICROGRAD_NN} = {r:.1f}x (of the minima {rmin:.1f}x; "
+                    f"target >= {TARGETS['mlp_speedup']:g}x)")
     fl = find(results, "random_backward", "c_floor")
     if fl and fl.get("vs_fastgrad"):
         r = 1.0 / fl["vs_fastgrad"]
@@ -348,6 +437,21 @@ def targets(results) -> list[dict]:
         add("random_backward vs C floor", r, TARGETS["floor_ratio"], r <= TARGETS["floor_ratio"],
             f"random_backward: fastgrad / C floor = {r:.2f}x "
             f"(of the minima {rmin:.2f}x; target <= {TARGETS['floor_ratio']:g}x)")
+    fg = find(results, "mlp_compiled", "fastgrad")
+    fl = find(results, "mlp_compiled", "c_floor")
+    if fg and fl and fg["status"] == fl["status"] == "ok":
+        r, rmin = fg["median_s"] / fl["median_s"], fg["min_s"] / fl["min_s"]
+        goal = TARGETS["replay_floor_ratio"]
+        add("compiled replay vs C floor", r, goal, r <= goal,
+            f"mlp_compiled: fastgrad value_and_grad step / C loop over the same tape = {r:.2f}x "
+            f"(of the minima {rmin:.2f}x; target <= {goal:g}x)")
+    for mine, peer, label in FASTER_THAN:
+        a, b = find(results, "mlp_compiled", mine), find(results, "mlp_compiled", peer)
+        if a and b and a["status"] == b["status"] == "ok":
+            r, rmin = b["median_s"] / a["median_s"], b["min_s"] / a["min_s"]
+            add(label, r, 1.0, r > 1.0,
+                f"mlp_compiled: {peer} / {mine} = {r:.2f}x (of the minima {rmin:.2f}x; target > 1x: "
+                f"{mine} faster)")
     mem = find(results, "memory", "fastgrad")
     if mem and mem["status"] == "ok" and "array_bytes_per_slot" in mem["info"]:
         b = mem["info"]["array_bytes_per_slot"]
@@ -399,6 +503,9 @@ def main(argv=None) -> int:
     p.add_argument("--workloads", default=None,
                    help="comma-separated subset of: " + ",".join(w.name for w in wl_mod.WORKLOADS) + ",memory")
     p.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"), help="where to write results")
+    p.add_argument("--plot", default=None,
+                   help="PNG of the results (default: beside --json, .png; needs matplotlib)")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--reps", type=int, default=None, help="override the repetition count")
     p.add_argument("--random-n", type=int, default=None, help="override random_backward's graph size")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -458,6 +565,13 @@ def main(argv=None) -> int:
         print("\nTargets (DESIGN.md section 5):\n")
         for t in tg:
             print(f"- [{'x' if t['met'] else ' '}] {t['text']}")
+    md = modes(results)
+    if md:
+        print("\nHow each engine runs it:\n")
+        print("\n".join(md))
+    if skipped:
+        print("\nEngines not installed (skipped):\n")
+        print("\n".join(f"- {name}: {why}" for name, why in skipped.items()))
     print("\nvs fastgrad = engine time / fastgrad time (memory: bytes / bytes); "
           "seed max(z,w) is (z-w).relu()+w on every engine.")
     doc = {"meta": meta(cfg, loaded, skipped, load_start), "results": results, "targets": tg, "elapsed_s": elapsed}
@@ -467,6 +581,12 @@ def main(argv=None) -> int:
             json.dump(doc, f, indent=1)
             f.write("\n")
         print(f"\nwrote {os.path.relpath(args.json)}")
+    if not args.no_plot and (args.plot or args.json):
+        path = args.plot or os.path.splitext(args.json)[0] + ".png"
+        load = doc["meta"]["loadavg_1_5_15_at_start"]
+        title = (f"fastgrad benchmark, {'quick' if cfg.quick else 'full'} run, {doc['meta']['cpu']} "
+                 f"x{doc['meta']['cpus']}" + (f", load {load[0]:.1f}" if load else ""))
+        print(plot(results, path, title))
     return 0
 
 

@@ -19,6 +19,7 @@ import math
 import os
 import random
 import sys
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -201,6 +202,114 @@ class MLPStep(Workload):
         del total
         return Case(run=step, unit="step", info=info, keep=model)
 
+    def extra_cases(self, cases, engines, variant, ctx):
+        """fastgrad running micrograd's own nn.py (bench/micrograd_nn.py, only the
+        import changed) beside the fastgrad row, which runs fastgrad.nn."""
+        eng = engines.get("fastgrad")
+        if eng is None:
+            return {}
+        try:
+            import micrograd_nn
+
+            api = type(eng.api)(**{**vars(eng.api), "MLP": micrograd_nn.MLP})
+            case = self.prepare(api, eng, variant, ctx)
+            case.info["mode"] = "micrograd's nn.py, import changed (a neuron is sum(wi*xi), one node per op)"
+            return {FG_MICROGRAD_NN: case}
+        except Exception as exc:  # reported in the table, never hidden
+            return {FG_MICROGRAD_NN: exc}
+
+
+FG_MICROGRAD_NN = "fastgrad[micrograd.nn]"
+
+
+# ----------------------------------------------------------------------------
+# 2b. mlp_compiled: the same step as compiled replays and tensor programs
+
+MLP_SIZES = (2, 16, 16, 1)
+MLP_ALPHA = 1e-4            # the demo's L2 weight
+
+
+def demo_params(seed: int = 1337) -> np.ndarray:
+    """The demo model's initial parameters, flat, in micrograd's (and fastgrad.nn's)
+    order: per layer, per neuron, its weights then its bias; drawn exactly as
+    micrograd's MLP(2, [16, 16, 1]) draws them after random.seed(seed)."""
+    random.seed(seed)
+    out: list = []
+    for nin, nout in zip(MLP_SIZES, MLP_SIZES[1:]):
+        for _ in range(nout):
+            out += [random.uniform(-1, 1) for _ in range(nin)] + [0.0]
+    return np.array(out)
+
+
+def unflatten(params) -> list:
+    """Flat parameters -> [W1, b1, W2, b2, W3, b3] (numpy), W of shape (nout, nin):
+    row j holds neuron j's weights."""
+    mats, k = [], 0
+    for nin, nout in zip(MLP_SIZES, MLP_SIZES[1:]):
+        block = np.asarray(params[k:k + nout * (nin + 1)]).reshape(nout, nin + 1)
+        mats += [np.ascontiguousarray(block[:, :nin]), np.ascontiguousarray(block[:, nin])]
+        k += nout * (nin + 1)
+    return mats
+
+
+def flatten(mats) -> np.ndarray:
+    """Inverse of unflatten (for gradients given per tensor)."""
+    parts = []
+    for W, b in zip(mats[0::2], mats[1::2]):
+        W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64).reshape(-1, 1)
+        parts.append(np.hstack([W.reshape(b.shape[0], -1), b]).ravel())
+    return np.concatenate(parts)
+
+
+def demo_lr(k: int) -> float:
+    """The demo's learning-rate schedule (k counts steps mod 100)."""
+    return 1.0 - 0.9 * k / 100
+
+
+class MLPCompiled(Workload):
+    name = "mlp_compiled"
+    what = ("the mlp_step step (loss over 100 moons + L2, gradient, SGD update) as a "
+            "traced/compiled function or tensor program; no accuracy, no graph building")
+
+    def variants(self, cfg):
+        return [Variant("MLP(2,[16,16,1]) x100, value_and_grad + SGD", {"n": 100})]
+
+    def prepare(self, api, engine, variant, ctx):
+        raise Unsupported(f"{engine.name} has no compiled or tensor mode")
+
+    @staticmethod
+    def data(variant, ctx):
+        if "moons" not in ctx:
+            ctx["moons"] = load_make_moons()(variant.params["n"])
+        return ctx["moons"]
+
+    def extra_cases(self, cases, engines, variant, ctx):
+        """fastgrad's batched replay and the C floor over fastgrad's tape; then every
+        engine's loss and gradient at the initial parameters against fastgrad's."""
+        out: dict = {}
+        eng = engines.get("fastgrad")
+        if eng is None:
+            return {"c_floor": Unsupported("the C floor runs over fastgrad's tape; fastgrad not measured")}
+        for name, make in (("fastgrad-batched", eng.mlp_batched_case), ("c_floor", eng.mlp_floor_case)):
+            try:
+                out[name] = make(variant, ctx)
+            except Exception as exc:  # reported in the table, never hidden
+                out[name] = exc
+        ref = cases.get("fastgrad")
+        if ref is not None:
+            loss0, grad0 = ref.keep["first"]
+            for name, case in list(cases.items()) + list(out.items()):
+                if name == "fastgrad" or not isinstance(case, Case) or "first" not in case.keep:
+                    continue
+                loss, grad = case.keep["first"]
+                ok = math.isclose(loss, loss0, rel_tol=1e-9) and np.allclose(grad, grad0, rtol=1e-7, atol=1e-12)
+                case.info["first_step_matches_fastgrad"] = bool(ok)
+                if not ok:
+                    err = float(np.max(np.abs(np.asarray(grad) - grad0)))
+                    out[name] = RuntimeError(f"loss/gradient at the initial parameters differ from "
+                                             f"fastgrad's (loss {loss} vs {loss0}, max |dgrad| {err:.3g})")
+        return out
+
 
 # ----------------------------------------------------------------------------
 # 3. random_backward: a random DAG, backward() timed; plus the plain-C floor
@@ -331,8 +440,9 @@ class RandomBackward(Workload):
         plan = self.plan(variant, ctx)
         with engine.graph_scope() as graph:
             leaves, out = build_random(api, plan)
-        out.backward()
-        return Case(run=out.backward, units=plan.n, unit="node",
+        run = engine.backward_fn(out)
+        run()
+        return Case(run=run, units=plan.n, unit="node",
                     info={"nodes": plan.n, "leaves": plan.n_leaves, "random_nodes": plan.n_random,
                           "reduction_adds": plan.n_reduce},
                     keep={"leaves": leaves, "out": out, "graph": graph})
@@ -351,7 +461,10 @@ class RandomBackward(Workload):
         for name, case in cases.items():
             if name == "fastgrad" or not isinstance(case, Case):
                 continue
-            got = np.array([float(v.grad) for v in case.keep["leaves"]])
+            if "leaf_grads" in case.keep:        # an engine without .grad on leaves
+                got = np.asarray(case.keep["leaf_grads"](), dtype=np.float64)
+            else:
+                got = np.array([float(v.grad) for v in case.keep["leaves"]])
             case.info["leaf_grads_match_fastgrad"] = bool(np.allclose(got, ref, rtol=1e-7, atol=1e-9))
         try:
             from cfloor import Floor
@@ -384,6 +497,7 @@ class RandomBackward(Workload):
 # 4. chain: x = x*1.0000001 + 0.1, fwd+bwd
 
 CHAIN_MUL, CHAIN_ADD = 1.0000001, 0.1
+CHAIN_CALL_CAP = 60.0       # seconds: a deeper chain predicted slower than this is not run
 
 
 def chain(Value, depth):
@@ -408,6 +522,7 @@ class Chain(Workload):
         if failed is not None:
             exc_name, at = failed
             raise _Inferred(f"{exc_name} (inferred: already failed at depth {sci(at)}; not re-run)")
+        self.check_estimate(engine, depth, ctx)
         Value = api.Value
 
         def run():
@@ -417,8 +532,37 @@ class Chain(Workload):
                 ctx[("chain_failed", engine.name)] = ("RecursionError", depth)
                 raise
 
-        return Case(run=run, units=depth, unit="step",
-                    info={"expected_grad": CHAIN_MUL ** depth})
+        return self.timed_case(Case(run=run, units=depth, unit="step",
+                                    info={"expected_grad": CHAIN_MUL ** depth}), engine, depth, ctx)
+
+    @staticmethod
+    def check_estimate(engine, depth, ctx):
+        """An engine whose call at a smaller depth predicts more than CHAIN_CALL_CAP
+        seconds per call at this one is not run (reported as skipped, with the estimate)."""
+        last = ctx.get(("chain_last", engine.name))
+        if last is not None:
+            at, seconds = last
+            est = seconds * depth / at
+            if est > CHAIN_CALL_CAP:
+                raise Unsupported(f"not run: ~{est:.0f} s per call estimated from depth {sci(at)} "
+                                  f"(cap {CHAIN_CALL_CAP:g} s per call)")
+
+    @staticmethod
+    def timed_case(case, engine, depth, ctx):
+        """Wraps case.run to remember its fastest call, for check_estimate."""
+        inner = case.run
+
+        def run():
+            t0 = time.perf_counter()
+            out = inner()
+            dt = time.perf_counter() - t0
+            last = ctx.get(("chain_last", engine.name))
+            if last is None or last[0] != depth or dt < last[1]:
+                ctx[("chain_last", engine.name)] = (depth, dt)
+            return out
+
+        case.run = run
+        return case
 
     @staticmethod
     def check(case, result):
@@ -446,8 +590,19 @@ def memory_probe(engine, n: int, mode: str) -> dict:
     the resident-set delta, mode 'tracemalloc' the Python-heap delta."""
     import tracemalloc
 
-    api = engine.api
-    Value = api.Value
+    own = getattr(engine, "memory_chain", None)   # engines that are not micrograd-shaped
+    Value = engine.api.Value if own is None else None
+
+    def build(m):
+        if own is not None:
+            return own(m)
+        w = Value(1.0000001)
+        x = Value(1.0)
+        for _ in range(m):
+            x = x * w
+        return x, x.data
+
+    build(100)   # untimed warm-up: lazy initialisation (torch, jax) is not per-node memory
     gc.collect()
     res = {"nodes": n, "mode": mode}
     st0 = engine.memory_stats()
@@ -455,10 +610,7 @@ def memory_probe(engine, n: int, mode: str) -> dict:
         tracemalloc.start()
     base_rss = rss_bytes()
     base_tm = tracemalloc.get_traced_memory()[0] if mode == "tracemalloc" else 0
-    w = Value(1.0000001)
-    x = Value(1.0)
-    for _ in range(n):
-        x = x * w
+    keep, last = build(n)
     gc.collect()
     if mode == "tracemalloc":
         res["tracemalloc_bytes_per_node"] = (tracemalloc.get_traced_memory()[0] - base_tm) / n
@@ -472,8 +624,9 @@ def memory_probe(engine, n: int, mode: str) -> dict:
             res["array_bytes_per_slot"] = st1["bytes"] / st1["capacity"]
         if st0 is not None and "bytes" in st0:
             res["array_bytes_delta_per_node"] = (st1["bytes"] - st0["bytes"]) / n
-    res["x"] = float(x.data)
+    res["x"] = float(last)
+    del keep
     return res
 
 
-WORKLOADS: list[Workload] = [Seed(), MLPStep(), RandomBackward(), Chain()]
+WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), RandomBackward(), Chain()]

@@ -2,7 +2,8 @@
 
 The loss is traced once into a Function; each step is then one call into C
 (`value_and_grad`), or, per-sample, one batched call over all rows
-(`batch_value_and_grad`).  Run: python examples/compiled_training.py
+(`batch_value_and_grad`), and an optimizer from fastgrad.optim updates the
+flat parameter array in place.  Run: python examples/compiled_training.py
 """
 
 import argparse
@@ -14,6 +15,7 @@ import numpy as np
 import fastgrad
 from fastgrad.datasets import make_moons
 from fastgrad.nn import MLP
+from fastgrad.optim import SGD
 
 SIZES = (2, 16, 16, 1)
 
@@ -54,20 +56,22 @@ def main(steps: int = 100) -> float:
     g = fastgrad.compile(sample_loss, params, rows[0])
     print(f"traced: {f}\n        {g}")
 
+    opt = SGD(params, lr=1.0)                                     # updates params in place
     start = time.perf_counter()
     for k in range(steps):
         loss, grad = f.value_and_grad(params, X.ravel(), y)       # argnums=0: params
-        params -= (1.0 - 0.9 * k / steps) * grad
+        opt.lr = 1.0 - 0.9 * k / steps                            # the demo's schedule
+        opt.step(grad)
     per_step = (time.perf_counter() - start) / max(steps, 1)
     print(f"value_and_grad:       loss {loss:.6f}, {per_step * 1e6:.0f} us per step")
 
     # The same training with the per-sample tape over all rows at once.
     params2 = params.copy()  # continue from where we are
+    opt2 = SGD(params2, lr=0.1, weight_decay=2e-4)                # the L2 term as weight decay
     start = time.perf_counter()
     for k in range(steps):
         losses, grad = g.batch_value_and_grad(params2, rows, batch_argnums=(1,))
-        grad = grad / len(rows) + 2e-4 * params2                  # mean + L2, in numpy
-        params2 -= 0.1 * grad
+        opt2.step(grad / len(rows))                               # the mean over the rows
     per_step = (time.perf_counter() - start) / max(steps, 1)
     print(f"batch_value_and_grad: loss {losses.mean() + 1e-4 * params2 @ params2:.6f}, "
           f"{per_step * 1e6:.0f} us per step")

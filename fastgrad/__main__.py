@@ -1,7 +1,9 @@
 """``python -m fastgrad``: the demo.
 
 First the origin example (a residual connection: the node used twice gets the
-sum of the gradients of both paths), then micrograd's two-moons training run.
+sum of the gradients of both paths), then micrograd's two-moons training run
+with a progress bar (tqdm when installed), the speed-up over micrograd when it
+is installed, and with --plot the decision boundary (matplotlib).
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import argparse
 import random
 import sys
 import time
-from typing import List, Sequence, TextIO, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, TextIO, Tuple
 
 import fastgrad
 from fastgrad import Value
 from fastgrad.datasets import make_moons
 from fastgrad.nn import MLP
+from fastgrad.optim import SGD
 
 SEED_NAMES = ("x", "y", "z", "w", "x_multiply_y", "z_max_w", "xy_plus_zw", "residual_op", "multiply_2")
 
@@ -60,42 +63,172 @@ def print_seed() -> None:
     print("  x_multiply_y is used twice, so its gradient is the sum of both paths: 2 + 2 = 4\n")
 
 
-def train(steps: int, n_samples: int = 100, seed: int = 1337, out: TextIO = sys.stdout) -> Tuple[float, float, float]:
-    """micrograd's demo: MLP(2, [16, 16, 1]), max-margin loss + L2, plain SGD.
+class TrainResult(NamedTuple):
+    model: MLP
+    X: Any
+    y: Any
+    history: List[Tuple[float, float]]     # (loss, accuracy) per epoch
+    loss: float
+    accuracy: float
+    per_step: float                        # seconds per epoch (forward + backward + update)
 
-    Returns (final loss, final accuracy, seconds per step).
-    """
+
+def demo_loss(model: MLP, X: Any, y: Any) -> Tuple[Value, float]:
+    """micrograd's demo loss over every point (max-margin + L2) and the accuracy."""
+    params = model.parameters()
+    scores = [model(list(map(Value, row))) for row in X]
+    losses = [(1 + -yi * si).relu() for yi, si in zip(y, scores)]
+    data_loss = fastgrad.sum(losses) * (1.0 / len(losses))
+    reg_loss = 1e-4 * fastgrad.dot(params, params)
+    accuracy = [(yi > 0) == (si.data > 0) for yi, si in zip(y, scores)]
+    return data_loss + reg_loss, sum(accuracy) / len(accuracy)
+
+
+class _Progress:
+    """tqdm's bar on stderr when tqdm is installed; else one plain line on stderr,
+    rewritten in place (only on a terminal: logs get the periodic lines instead)."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total = total
+        self.bar: Any = None
+        self.plain = False
+        if not enabled or total == 0:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.plain = sys.stderr.isatty()
+        else:
+            self.bar = tqdm(total=total, desc="training", unit="epoch", leave=False,
+                            disable=not sys.stderr.isatty())
+
+    def update(self, k: int, loss: float, acc: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", accuracy=f"{acc:.0%}", refresh=False)
+            self.bar.update(1)
+        elif self.plain:
+            print(f"\r  epoch {k + 1}/{self.total}  loss {loss:.6f}  accuracy {acc:.0%}   ",
+                  end="", file=sys.stderr, flush=True)
+
+    def write(self, line: str, out: TextIO) -> None:
+        if self.bar is not None:
+            self.bar.clear()
+        elif self.plain:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+        print(line, file=out, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.plain:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def train(steps: int, n_samples: int = 100, seed: int = 1337, out: TextIO = sys.stdout,
+          progress: bool = True) -> TrainResult:
+    """micrograd's demo: MLP(2, [16, 16, 1]), max-margin loss + L2, SGD with the
+    demo's decaying learning rate (``fastgrad.optim.SGD``).  One epoch is one
+    full-batch step over the points."""
     X, y = make_moons(n_samples, noise=0.1, seed=seed)
     random.seed(seed)
     model = MLP(2, [16, 16, 1])
-    params = model.parameters()
-    print(f"Training {model.__class__.__name__}(2, [16, 16, 1]) ({len(params)} parameters) "
-          f"on {n_samples} two-moons points for {steps} steps", file=out)
+    opt = SGD(model.parameters(), lr=1.0)
+    print(f"Training {model.__class__.__name__}(2, [16, 16, 1]) ({opt.size} parameters) "
+          f"on {n_samples} two-moons points for {steps} epochs", file=out)
 
-    def loss() -> Tuple[Value, float]:
-        inputs = [list(map(Value, row)) for row in X]
-        scores = [model(x) for x in inputs]
-        losses = [(1 + -yi * si).relu() for yi, si in zip(y, scores)]
-        data_loss = fastgrad.sum(losses) * (1.0 / len(losses))
-        reg_loss = 1e-4 * fastgrad.dot(params, params)
-        accuracy = [(yi > 0) == (si.data > 0) for yi, si in zip(y, scores)]
-        return data_loss + reg_loss, sum(accuracy) / len(accuracy)
-
+    history: List[Tuple[float, float]] = []
     total, acc = Value(0.0), 0.0
+    bar = _Progress(steps, progress)
     start = time.perf_counter()
-    for k in range(steps):
-        total, acc = loss()
-        model.zero_grad()
-        total.backward()
-        lr = 1.0 - 0.9 * k / steps
-        for p in params:
-            p.data -= lr * p.grad
-        if k % max(1, steps // 10) == 0 or k == steps - 1:
-            print(f"  step {k:4d}  loss {total.data:.6f}  accuracy {acc:.0%}", file=out)
+    try:
+        for k in range(steps):
+            total, acc = demo_loss(model, X, y)
+            opt.zero_grad()
+            total.backward()
+            opt.lr = 1.0 - 0.9 * k / steps
+            opt.step()
+            history.append((total.data, acc))
+            bar.update(k, total.data, acc)
+            if k % max(1, steps // 10) == 0 or k == steps - 1:
+                bar.write(f"  step {k:4d}  loss {total.data:.6f}  accuracy {acc:.0%}", out)
+    finally:
+        bar.close()
     per_step = (time.perf_counter() - start) / max(steps, 1)
     print(f"  {per_step * 1e3:.2f} ms per step (forward + backward + update, "
           f"{fastgrad.stats()['live_nodes']} live nodes now)", file=out)
-    return total.data, acc, per_step
+    return TrainResult(model, X, y, history, total.data, acc, per_step)
+
+
+def micrograd_step_time(X: Any, y: Any, steps: int = 2, seed: int = 1337) -> Optional[float]:
+    """Seconds per step of micrograd's own demo step (its Value and nn, the same
+    model and points), timed over a few steps; None if micrograd is missing."""
+    try:
+        from micrograd.engine import Value as MValue
+        from micrograd.nn import MLP as MMLP
+    except ImportError:
+        return None
+    random.seed(seed)
+    model = MMLP(2, [16, 16, 1])
+    start = time.perf_counter()
+    for k in range(steps):
+        scores = [model(list(map(MValue, row))) for row in X]
+        losses = [(1 + -yi * si).relu() for yi, si in zip(y, scores)]
+        total = sum(losses) * (1.0 / len(losses)) + 1e-4 * sum(p * p for p in model.parameters())
+        model.zero_grad()
+        total.backward()
+        for p in model.parameters():
+            p.data -= (1.0 - 0.9 * k / 100) * p.grad
+    return (time.perf_counter() - start) / steps
+
+
+def compare_with_micrograd(result: TrainResult, out: TextIO = sys.stdout) -> None:
+    mg = micrograd_step_time(result.X, result.y)
+    if mg is None:
+        print("micrograd is not installed (pip install micrograd): no speed-up measured", file=out)
+        return
+    print(f"micrograd, its own demo step on the same model and points: {mg * 1e3:.0f} ms per step "
+          f"(2 steps timed)\n  fastgrad is {mg / result.per_step:.0f}x faster on this machine", file=out)
+
+
+def plot_boundary(result: TrainResult, path: str) -> None:
+    """The decision boundary of the trained model over the points, beside the
+    loss and accuracy per epoch; written by matplotlib (headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    X, y = result.X, result.y
+    h = 0.05
+    xx, yy = np.meshgrid(np.arange(X[:, 0].min() - 1, X[:, 0].max() + 1, h),
+                         np.arange(X[:, 1].min() - 1, X[:, 1].max() + 1, h))
+    grid = np.c_[xx.ravel(), yy.ravel()]
+    scores = np.array([result.model(list(map(Value, row))).data for row in grid])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
+    ax.contourf(xx, yy, (scores > 0).reshape(xx.shape), cmap=plt.cm.Spectral, alpha=0.8)
+    ax.scatter(X[:, 0], X[:, 1], c=y, s=30, cmap=plt.cm.Spectral, edgecolors="k")
+    ax.set_xlim(xx.min(), xx.max())
+    ax.set_ylim(yy.min(), yy.max())
+    ax.set_title(f"decision boundary after {len(result.history)} epochs "
+                 f"(accuracy {result.accuracy:.0%})")
+    if result.history:
+        epochs = range(1, len(result.history) + 1)
+        ax2.plot(epochs, [h_[0] for h_ in result.history], color="tab:red", label="loss")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("loss", color="tab:red")
+        ax2.set_yscale("log")
+        acc_ax = ax2.twinx()
+        acc_ax.plot(epochs, [h_[1] for h_ in result.history], color="tab:blue", label="accuracy")
+        acc_ax.set_ylabel("accuracy", color="tab:blue")
+        acc_ax.set_ylim(0, 1.05)
+    ax2.set_title(f"training: {result.per_step * 1e3:.1f} ms per epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"Drew the decision boundary to {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,9 +236,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
     parser.add_argument("--draw", metavar="PATH",
                         help="also draw the residual example to PATH (.svg, .png, .pdf via Graphviz; .dot, .gv)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="draw the trained model's decision boundary to PATH (a PNG; needs matplotlib: "
+                             "pip install 'fastgrad[plot]')")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="do not time micrograd for the speed-up (it takes a few seconds)")
     args = parser.parse_args(argv)
     if args.steps < 0:
         parser.error("--steps must be >= 0")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("python -m fastgrad --plot needs matplotlib, which is not installed: "
+                  "pip install 'fastgrad[plot]' (or pip install matplotlib)", file=sys.stderr)
+            return 1
     print(f"fastgrad {fastgrad.__version__}\n")
     print_seed()
     if args.draw is not None:
@@ -114,7 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (RuntimeError, ValueError, OSError) as exc:
             print(f"python -m fastgrad --draw: {exc}", file=sys.stderr)
             return 1
-    train(args.steps)
+    result = train(args.steps)
+    if not args.no_compare and args.steps > 0:
+        compare_with_micrograd(result)
+    if args.plot is not None:
+        try:
+            plot_boundary(result, args.plot)
+        except (OSError, ValueError) as exc:
+            print(f"python -m fastgrad --plot: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -2,7 +2,7 @@
 # Included by _core.pyx (one extension module); the kernels are src_c/fg_tape.c.
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait as _futures_wait
 
 cdef int64_t FORMAT_VERSION = 1
 # Below this many node-rows a batch is not split across threads: handing the
@@ -22,8 +22,9 @@ _pool_size = 0
 def _thread_pool(int n):
     global _pool, _pool_size
     if _pool is None or _pool_size < n:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
+        # The old pool is dropped, never shut down: another thread may hold it
+        # between _thread_pool() and submit() (shutdown made that submit raise
+        # RuntimeError).  Its idle workers exit when it is collected.
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastgrad")
         _pool_size = n
     return _pool
@@ -125,7 +126,7 @@ cdef class Function:
     cdef int _write(self, tuple args, double *v, str what) except -1:
         """Each argument's values into v at its inputs' tape indices."""
         cdef int64_t k, i, off, size
-        cdef double[::1] mv
+        cdef const double[::1] mv   # read-only arrays are fine
         self._check_nargs(args, what)
         for k in range(len(args)):
             arr = _real_array(args[k], f"{what} argument {k}", 1)
@@ -145,7 +146,7 @@ cdef class Function:
         else:
             fg_tape_forward(&self.t, 1, 1, v, NULL)
 
-    cdef void _reverse(self, double *v, double *adj, double *seed) noexcept:
+    cdef void _reverse(self, double *v, double *adj, const double *seed) noexcept:
         if self.t.n > NOGIL_MIN_NODES:
             with nogil:
                 fg_tape_reverse(&self.t, 1, 1, v, adj, seed, NULL)
@@ -254,7 +255,7 @@ cdef class Function:
         cot = _real_array(cotangent, "cotangent", 0 if self.single else 1)
         if cot.size != self.t.n_out:
             raise ValueError(f"cotangent has {cot.size} entries for {self.t.n_out} outputs")
-        cdef double[::1] mc = cot.reshape(-1)
+        cdef const double[::1] mc = cot.reshape(-1)
         cdef double *v = self._take_ws()
         cdef double *adj = v + self.t.n
         try:
@@ -325,7 +326,7 @@ cdef class Function:
         cdef double *adj = w + n
         cdef double *tan = w + 2 * n
         cdef double *adjt = w + 3 * n
-        cdef double[::1] mv
+        cdef const double[::1] mv   # read-only arrays are fine
         try:
             self._write(args, w, "hvp")
             memset(tan, 0, self.t.n_in * sizeof(double))
@@ -414,10 +415,16 @@ cdef class Function:
             return [0]
         bounds = [B * k // nthreads for k in range(nthreads + 1)]
         pool = _thread_pool(nthreads - 1)
-        futures = [pool.submit(self._chunk, <size_t>pV, <size_t>pA, <size_t>&mu[0], B,
-                               bounds[k], bounds[k + 1])
-                   for k in range(1, nthreads)]
-        self._chunk(<size_t>pV, <size_t>pA, <size_t>&mu[0], B, bounds[0], bounds[1])
+        futures = []
+        try:
+            for k in range(1, nthreads):
+                futures.append(pool.submit(self._chunk, <size_t>pV, <size_t>pA, <size_t>&mu[0], B,
+                                           bounds[k], bounds[k + 1]))
+            self._chunk(<size_t>pV, <size_t>pA, <size_t>&mu[0], B, bounds[0], bounds[1])
+        finally:
+            # Whatever happened, no worker may still write into V and ADJ once
+            # this returns or raises (the caller owns and frees them).
+            _futures_wait(futures)
         for f in futures:
             f.result()
         return bounds[:nthreads]
@@ -532,7 +539,14 @@ def _function_from_state(state, source="state"):
     if (sizes < 0).any():
         raise ValueError(f"{source}: negative argument length")
     cdef int64_t n = state["op"].shape[0], m = state["opnd"].shape[0]
-    cdef int64_t n_out = state["out"].shape[0], n_in = int(sizes.sum())
+    # Summed as Python ints: numpy's int64 sum wraps, and hostile lengths could
+    # wrap to a small count that passes the checks below.
+    total_in = 0
+    for s in sizes.tolist():
+        total_in += s
+    if total_in > n:
+        raise ValueError(f"{source}: argument lengths add up to {total_in}, more than the {n} nodes")
+    cdef int64_t n_out = state["out"].shape[0], n_in = total_in
     for key in ("a", "b", "cst"):
         if state[key].shape[0] != n:
             raise ValueError(f"{source}: array {key!r} has {state[key].shape[0]} entries for {n} nodes")

@@ -324,6 +324,9 @@ def explain(out: Value, node: Value, *, limit: int = 10) -> Explanation:
     edges with the smallest contributions are summed into the last one.  The numbers come from one C
     sweep; the cost is linear in the size of the graph behind ``out``.
     """
+    if not isinstance(out, Value) or not isinstance(node, Value):
+        bad = out if not isinstance(out, Value) else node
+        raise TypeError(f"explain() needs Values for out and node, got {type(bad).__name__}")
     if not isinstance(limit, (int, np.integer)) or isinstance(limit, bool):
         raise TypeError(f"limit must be an int, got {type(limit).__name__}")
     if limit < 1:

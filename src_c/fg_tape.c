@@ -387,9 +387,46 @@ static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *
     }
 }
 
+/* One row (nb == 1): values and adjoints are plain scalars, so each node's
+ * result is accumulated in a register and stored once. */
+static void fg_forward_one(const fg_tape_t *t, double *v) {
+    const uint8_t *op = t->op;
+    const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
+    const double *cst = t->cst, *ocst = t->ocst;
+    for (int64_t i = t->n_in; i < t->n; i++) {
+        const double c = cst[i];
+        const int o = op[i];
+        double y = 0.0;
+        if (o == FG_OP_DOT) {
+            y = c;
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
+                int32_t p = opnd[k], q = opnd[k + 1];
+                y += ((p >= 0) ? v[p] : ocst[k]) * ((q >= 0) ? v[q] : ocst[k + 1]);
+            }
+        } else if (o == FG_OP_SUM) {
+            y = c;
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
+                y += (opnd[k] >= 0) ? v[opnd[k]] : ocst[k];
+            }
+        } else switch (o) {
+#define FG_T1F_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                \
+        case FG_OP_##NAME: {                                                    \
+            double a = (arity >= 1) ? v[A[i]] : 0.0;                            \
+            double b = (arity == 2) ? v[B[i]] : 0.0;                            \
+            (void)a; (void)b;                                                   \
+            y = (arity == 0) ? c : (fwd);                                       \
+            break;                                                              \
+        }
+        FG_OP_TABLE(FG_T1F_ROW)
+#undef FG_T1F_ROW
+        }
+        v[i] = y;
+    }
+}
+
 void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, const uint8_t *uni) {
-    if (nb == 1) {
-        fg_forward_rows(t, 1, 1, v, NULL);   /* lets the compiler specialise the row loops */
+    if (nb == 1 && ld == 1) {   /* not a one-row chunk of a batch: that one has stride ld */
+        fg_forward_one(t, v);
     } else {
         fg_forward_rows(t, ld, nb, v, uni);
     }
@@ -545,10 +582,52 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
     }
 }
 
+static void fg_reverse_one(const fg_tape_t *t, const double *v, double *adj, const double *seed) {
+    const uint8_t *op = t->op;
+    const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
+    const double *cst = t->cst, *ocst = t->ocst;
+    memset(adj, 0, (size_t)t->n * sizeof *adj);
+    for (int64_t k = 0; k < t->n_out; k++) {
+        adj[t->out[k]] += seed ? seed[k] : 1.0;
+    }
+    for (int64_t i = t->n - 1; i >= t->n_in; i--) {
+        const double g = adj[i];
+        const double c = cst[i];
+        const int o = op[i];
+        if (o == FG_OP_DOT) {
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
+                int32_t p = opnd[k], q = opnd[k + 1];
+                double w = (p >= 0) ? v[p] : ocst[k], x = (q >= 0) ? v[q] : ocst[k + 1];
+                if (p >= 0) adj[p] += g * x;
+                if (q >= 0) adj[q] += g * w;
+            }
+        } else if (o == FG_OP_SUM) {
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
+                if (opnd[k] >= 0) adj[opnd[k]] += g;
+            }
+        } else switch (o) {
+#define FG_T1R_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                \
+        case FG_OP_##NAME:                                                      \
+            if (arity >= 1) {                                                   \
+                double a = v[A[i]], b = (arity == 2) ? v[B[i]] : 0.0, y = v[i]; \
+                (void)a; (void)b; (void)y;                                      \
+                double da_ = (da), db_ = (db);                                  \
+                (void)db_;                                                      \
+                adj[A[i]] += g * da_;                                           \
+                if (arity == 2) adj[B[i]] += g * db_;                           \
+            }                                                                   \
+            (void)c;                                                            \
+            break;
+        FG_OP_TABLE(FG_T1R_ROW)
+#undef FG_T1R_ROW
+        }
+    }
+}
+
 void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
                      const double *seed, const uint8_t *uni) {
-    if (nb == 1) {
-        fg_reverse_rows(t, 1, 1, v, adj, seed, NULL);
+    if (nb == 1 && ld == 1) {
+        fg_reverse_one(t, v, adj, seed);
     } else {
         fg_reverse_rows(t, ld, nb, v, adj, seed, uni);
     }

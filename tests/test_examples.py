@@ -50,3 +50,30 @@ def test_demo_prints_the_seed_table_then_trains():
 def test_demo_rejects_negative_steps():
     proc = run(["-m", "fastgrad", "--steps", "-1"])
     assert proc.returncode == 2 and "--steps" in proc.stderr
+
+
+def test_demo_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "moons.png"
+    proc = run(["-m", "fastgrad", "--steps", "5", "--no-compare", "--plot", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Drew the decision boundary to {out}" in proc.stdout
+
+
+def test_demo_plot_without_matplotlib_says_how_to_get_it(tmp_path):
+    # matplotlib hidden from the child: `import matplotlib` raises ImportError
+    code = ("import runpy, sys; sys.modules['matplotlib'] = None; "
+            f"sys.argv = ['fastgrad', '--steps', '1', '--plot', {str(tmp_path / 'x.png')!r}]; "
+            "runpy.run_module('fastgrad', run_name='__main__')")
+    proc = run(["-c", code])
+    assert proc.returncode == 1
+    assert "needs matplotlib" in proc.stderr and "fastgrad[plot]" in proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_demo_reports_the_speedup_over_micrograd_when_installed():
+    pytest.importorskip("micrograd")
+    proc = run(["-m", "fastgrad", "--steps", "3"])
+    assert proc.returncode == 0, proc.stderr
+    assert "micrograd, its own demo step" in proc.stdout and "x faster" in proc.stdout

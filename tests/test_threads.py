@@ -1,0 +1,213 @@
+"""Threads (DESIGN.md section 2 and 4): each thread builds into its own graphs,
+sweeps run with the GIL released, Functions may be called from several
+threads at once, and a handle may be dropped from any thread.
+
+Every result computed while other threads run must equal, bit for bit, the
+same computation done alone: the kernels are deterministic, so any
+difference is a race.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import fastgrad
+from fastgrad import Value
+
+PARAMS = np.random.default_rng(7).normal(size=2 * 16 + 16 + 16 + 1) * 0.5
+ROWS = np.random.default_rng(8).normal(size=(512, 3))
+
+
+def mlp(p: list, x: list) -> Any:
+    """2-16-1 MLP: p holds 16 (w0, w1, b) triples, then 16 weights and a bias."""
+    hidden = [fastgrad.dot(p[3 * k:3 * k + 2], x, p[3 * k + 2]).tanh() for k in range(16)]
+    return fastgrad.dot(p[48:64], hidden, p[64])
+
+
+def row_loss(p: list, row: list) -> Any:
+    return (1.0 + -row[2] * mlp(p, row[:2])).relu()
+
+
+FUNCTION = fastgrad.compile(row_loss, PARAMS, ROWS[0])
+
+
+def dynamic_step(seed: int) -> tuple:
+    """One micrograd-style step in this thread's own graph, big enough
+    (about 4k nodes) that backward() and grad() release the GIL."""
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(100, 3))
+    with fastgrad.Graph() as g:
+        params = [Value(float(x)) for x in PARAMS]
+        losses = [row_loss(params, [Value(float(v)) for v in r]) for r in rows]
+        total = fastgrad.sum(losses) * (1.0 / len(losses))
+        total.backward()
+        grads = [p.grad for p in params]
+        again = fastgrad.grad(total, params[:5])
+        assert g.stats()["live_nodes"] > 2048
+    return total.data, grads, again
+
+
+def batch_step(threads: int) -> tuple:
+    values, grad = FUNCTION.batch_value_and_grad(PARAMS, ROWS, batch_argnums=(1,), threads=threads)
+    v1, g1 = FUNCTION.value_and_grad(PARAMS, ROWS[3])
+    return values.tolist(), grad.tolist(), v1, g1.tolist()
+
+
+def run_concurrently(jobs: list[Callable[[], Any]], rounds: int) -> list[list]:
+    """Runs every job `rounds` times, each in its own thread, all released at
+    once; returns each job's results.  Exceptions in a thread fail the test."""
+    results: list[list] = [[] for _ in jobs]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(jobs))
+
+    def worker(k: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(rounds):
+                results[k].append(jobs[k]())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_threads_building_graphs_beside_batched_replay_match_single_threaded(n):
+    seeds = list(range(n))
+    want_dynamic = {s: dynamic_step(s) for s in seeds}
+    want_batch = batch_step(2)
+    # n threads differentiate their own graphs while n others run batched
+    # replay split over 2 pool threads, every one with the GIL released.
+    jobs: list[Callable[[], Any]] = [functools.partial(dynamic_step, s) for s in seeds]
+    jobs += [functools.partial(batch_step, 2) for _ in range(n)]
+    results = run_concurrently(jobs, rounds=2)
+    for s, got in zip(seeds, results[:n]):
+        assert all(r == want_dynamic[s] for r in got)
+    for got in results[n:]:
+        assert all(r == want_batch for r in got)
+
+
+def test_concurrent_batches_with_different_thread_counts():
+    """Regression: a call asking for more pool threads used to shut the
+    shared pool down under a call that was submitting to it
+    (RuntimeError: cannot schedule new futures after shutdown)."""
+    counts = [2, 3, 5, 8, 2, 4]
+    want = {t: batch_step(t) for t in set(counts)}
+    results = run_concurrently([functools.partial(batch_step, t) for t in counts], rounds=20)
+    for t, got in zip(counts, results):
+        assert all(r == want[t] for r in got)
+
+
+def test_batch_thread_counts_agree_with_one_thread():
+    values1, grad1 = FUNCTION.batch_value_and_grad(PARAMS, ROWS, threads=1)
+    for t in (2, 3, 8, 64, 10_000):
+        values, grad = FUNCTION.batch_value_and_grad(PARAMS, ROWS, threads=t)
+        assert np.array_equal(values, values1)       # rows are independent: exact
+        np.testing.assert_allclose(grad, grad1, rtol=1e-12, atol=1e-12)   # summed per chunk
+
+
+@pytest.mark.parametrize("rows, threads", [(2, 2), (3, 2), (5, 4), (7, 7)])
+def test_one_row_chunks_of_a_batch(rows, threads):
+    """Regression: a chunk of one row took the single-row kernel path, which
+    ignores the batch stride, and gave wrong values and gradients."""
+    block = ROWS[:rows]
+    values, grads = FUNCTION.batch_value_and_grad(PARAMS, block, batch_argnums=(1,),
+                                                  argnums=(0, 1), threads=threads)
+    for r in range(rows):
+        v, (gp, gx) = FUNCTION.value_and_grad(PARAMS, block[r], argnums=(0, 1))
+        assert values[r] == v
+        np.testing.assert_array_equal(grads[1][r], gx)
+    want = sum(FUNCTION.value_and_grad(PARAMS, block[r])[1] for r in range(rows))
+    np.testing.assert_allclose(grads[0], want, rtol=1e-12, atol=1e-14)
+
+
+def test_one_function_called_from_many_threads():
+    """value_and_grad shares a cached workspace: a second caller gets its own."""
+    xs = ROWS[:16]
+    want = [FUNCTION.value_and_grad(PARAMS, r) for r in xs]
+
+    def job(k: int) -> Callable[[], Any]:
+        return lambda: FUNCTION.value_and_grad(PARAMS, xs[k])
+
+    results = run_concurrently([job(k) for k in range(8)], rounds=50)
+    for k, got in enumerate(results):
+        for v, g in got:
+            assert v == want[k][0] and np.array_equal(g, want[k][1])
+
+
+def test_handles_dropped_from_a_foreign_thread_while_the_owner_runs_a_big_backward():
+    """The dropped uses are handed back to the owner, which frees them at its
+    next op: never while its sweep runs with the GIL released."""
+    overlapped = 0
+    for _ in range(5):
+        with fastgrad.Graph() as g:
+            xs = [Value(0.001 * i) for i in range(3000)]
+            doomed = [x * 2.0 + 1.0 for x in xs]          # 2 nodes each, dropped elsewhere
+            y = fastgrad.sum(xs)
+            for _ in range(400_000):                      # a long chain: a slow backward
+                y = y * 1.0 + 0.0
+            live_before = g.stats()["live_nodes"]
+            started, done = threading.Event(), threading.Event()
+            dropped_during: list[int] = []
+
+            def drop() -> None:
+                started.wait()
+                count = 0
+                while doomed:
+                    doomed.pop()
+                    count += not done.is_set()
+                dropped_during.append(count)
+
+            t = threading.Thread(target=drop)
+            t.start()
+            started.set()
+            y.backward()          # > 2048 live nodes: the GIL is released
+            done.set()
+            t.join()
+            overlapped += dropped_during[0] > 0
+            assert all(x.grad == 1.0 for x in xs)
+            # The owner's next op (stats counts as one) frees the handed-back nodes.
+            assert g.stats()["live_nodes"] == live_before - 2 * len(xs)
+            z = xs[0] * 3.0
+            assert z.data == 0.0
+            del y, z
+            assert g.stats()["live_nodes"] == len(xs)
+    assert overlapped, "the foreign thread never dropped a handle during a backward"
+
+
+def test_ops_on_a_graph_from_another_thread_raise_and_leave_it_intact():
+    with fastgrad.Graph() as g:
+        x = Value(2.0)
+        y = x * x
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        for op in (lambda: x + 1, lambda: y.backward(), lambda: fastgrad.grad(y, x),
+                   lambda: fastgrad.sum([x, y]), lambda: fastgrad.maximum(x, 1.0)):
+            try:
+                op()
+            except RuntimeError as exc:
+                assert "another thread" in str(exc)
+            else:
+                errors.append(AssertionError("no RuntimeError"))
+        assert x.data == 2.0        # reading is fine from any thread
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert not errors
+    assert g.stats()["live_nodes"] == 2
+    y.backward()
+    assert x.grad == 4.0

@@ -1,0 +1,227 @@
+"""Fuzzes fastgrad.load (and unpickling) with atheris: hostile saved Functions.
+
+    pip install atheris==3.0.0
+    python tools/fuzz_load.py -max_total_time=60          # a bounded run
+    python tools/fuzz_load.py -runs=100000 corpus_dir/    # libFuzzer flags as usual
+    python tools/fuzz_load.py --write-seeds corpus_dir/   # the seed corpus only
+    python tools/fuzz_load.py crash-<sha1>                # replay one input
+
+The promise (DESIGN.md section 4): whatever the bytes, ``fastgrad.load``
+raises ValueError (OSError for the file itself; MemoryError when a hostile
+header asks for more memory than there is) or returns a Function that is
+safe to run -- never a crash, never an out-of-bounds read.  Anything else
+(a segfault, an ASan report, another exception type) is a finding: libFuzzer
+stops and writes the input to crash-<sha1>.
+
+Each input is read two ways, chosen by its first byte:
+- raw: the bytes are the file (a seed corpus of real saved Functions is
+  written at start-up, so mutations start from valid archives);
+- structured: a valid Function's arrays (the plain arrays of the .npz) with
+  fuzzer-chosen edits -- an entry set to a boundary value, an array cut or
+  grown, a wrong dtype or rank, a key dropped -- then saved and loaded, or
+  unpickled.  This reaches the validator (fg_tape_validate) with near-valid
+  tapes, where raw bytes rarely get past the zip checksums.
+A Function that loads is then run through every entry point (call,
+value_and_grad, jvp, vjp, jacobian, hvp, batch, batch_value_and_grad), so a
+hole in validation shows as an out-of-bounds read -- caught for certain when
+the extension is built with ASan (tools/sanitize.sh runs this fuzzer on its
+instrumented build when FUZZ_SECONDS is set).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import tempfile
+import zipfile
+
+import atheris
+
+# The checkout (or the scratch copy tools/sanitize.sh built) this file is in.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fastgrad
+import numpy as np
+from fastgrad._core import _function_from_state
+
+KEYS = ["version", "sizes", "single", "op", "a", "b", "cst", "opnd", "ocst", "out"]
+DTYPES = [np.int64, np.int32, np.uint8, np.bool_, np.float64, np.int16, np.uint32, np.float32]
+SPECIAL = [0, 1, 2, -1, -2, 3, 7, 255, 256, 2**31 - 1, -(2**31), 2**31, 2**32 - 1, 2**62, 2**63 - 1, -(2**63)]
+TMP = tempfile.mkdtemp(prefix="fastgrad-fuzz-load.")
+PATH = os.path.join(TMP, "f.npz")
+
+
+def _examples() -> list:
+    """A few small Functions covering every op kind, n-ary nodes and several outputs."""
+    def mlp(p, x):
+        h = [fastgrad.dot(p[0:2], x, p[2]).tanh(), fastgrad.dot(p[3:5], x, p[5]).relu()]
+        return fastgrad.dot(p[6:8], h, p[8]).sigmoid()
+
+    def every_op(x):
+        a, b = x[0], x[1]
+        return [a + b, a - 2.0, 3.0 - a, a * b, a / b, 2.0 / b, a ** b, a ** 2, 2.0 ** a,
+                fastgrad.maximum(a, b), fastgrad.minimum(a, 0.5), -a, abs(a), a.relu(),
+                a.tanh(), a.exp(), b.log(), a.sigmoid(), b.sqrt(), a.sin(), a.cos(),
+                fastgrad.sum([a, b, 1.0], 2.0), fastgrad.dot([a, 2.0], [b, a], 1.0)]
+
+    return [
+        fastgrad.compile(mlp, np.linspace(-1, 1, 9), [0.5, -0.25]),
+        fastgrad.compile(every_op, [0.7, 1.3]),
+        fastgrad.compile(lambda x, y: x[0] * y[0] + y[1], [1.0], [2.0, 3.0]),
+        fastgrad.compile(lambda x: x[0], [1.0]),
+    ]
+
+
+EXAMPLES = [f._state() for f in _examples()]
+
+
+def _write_seeds(corpus: str) -> None:
+    for k, f in enumerate(_examples()):
+        buf = io.BytesIO()
+        np.savez(buf, **f._state())
+        with open(os.path.join(corpus, f"seed{k}.npz"), "wb") as fh:
+            fh.write(b"\x00" + buf.getvalue())      # first byte 0: the raw reading
+
+
+def _edit(fdp: atheris.FuzzedDataProvider, state: dict) -> dict:
+    state = {k: v.copy() for k, v in state.items()}
+    for _ in range(fdp.ConsumeIntInRange(1, 6)):
+        key = fdp.PickValueInList(KEYS)
+        arr = state.get(key)
+        kind = fdp.ConsumeIntInRange(0, 9)
+        if arr is None:
+            state[key] = np.zeros(fdp.ConsumeIntInRange(0, 4), dtype=fdp.PickValueInList(DTYPES))
+        elif kind <= 4 and arr.size:                 # one entry
+            i = fdp.ConsumeIntInRange(0, arr.size - 1)
+            if arr.dtype.kind == "f":
+                v: object = fdp.PickValueInList([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e308,
+                                                 fdp.ConsumeRegularFloat()])
+            elif arr.dtype.kind == "b":
+                v = fdp.ConsumeBool()
+            else:
+                v = fdp.PickValueInList(SPECIAL + [arr.size, arr.size - 1, i, i + 1,
+                                                   fdp.ConsumeIntInRange(-40, 40)])
+                info = np.iinfo(arr.dtype)
+                v = int(v) % (int(info.max) - int(info.min) + 1) + int(info.min) \
+                    if not int(info.min) <= int(v) <= int(info.max) else v
+            arr.reshape(-1)[i] = v
+        elif kind == 5:                              # cut or grow
+            n = fdp.ConsumeIntInRange(0, arr.size + 3)
+            state[key] = np.resize(arr, n) if n else arr[:0]
+        elif kind == 6:                              # another dtype
+            state[key] = arr.astype(fdp.PickValueInList(DTYPES))
+        elif kind == 7:                              # another rank
+            state[key] = arr.reshape(1, -1) if arr.ndim == 1 else arr.reshape(-1)
+        elif kind == 8:
+            del state[key]
+        else:                                        # swap two entries
+            if arr.size > 1:
+                flat = arr.reshape(-1)
+                i, j = fdp.ConsumeIntInRange(0, arr.size - 1), fdp.ConsumeIntInRange(0, arr.size - 1)
+                flat[i], flat[j] = flat[j], flat[i]
+    return state
+
+
+def _exercise(f, fdp: atheris.FuzzedDataProvider) -> None:
+    """Every entry point of a Function that loaded; only ValueError/TypeError
+    (a multi-output function asked for a gradient, ...) may come out."""
+    sizes = f.arg_sizes
+    if sum(sizes) > 10_000 or f.n_nodes > 100_000:
+        return
+    args = [np.array(fdp.ConsumeFloatList(s) + [0.5] * s)[:s] for s in sizes]
+    calls = [
+        lambda: f(*args),
+        lambda: f.value_and_grad(*args),
+        lambda: f.jvp(args, args),
+        lambda: f.vjp(args, 1.0 if f.n_outputs == 1 else np.ones(f.n_outputs)),
+        lambda: f.jacobian(*args),
+        lambda: f.hvp(args, args[0]),
+        lambda: f.batch(*[np.stack([a, a + 1.0]) for a in args], batch_argnums=tuple(range(len(args)))),
+        lambda: f.batch_value_and_grad(*[np.stack([a, a]) for a in args],
+                                       batch_argnums=tuple(range(len(args))), threads=2),
+    ]
+    for call in calls:
+        try:
+            call()
+        except (ValueError, TypeError):
+            pass
+
+
+def _outcome(msg: str) -> None:
+    """Coverage feedback from inside the compiled loader: the reason a state
+    was refused becomes a Python branch, so libFuzzer keeps an input that
+    reaches a new check (the C validator itself is not instrumented)."""
+    for key in ("not a saved", "missing array", "must be 1-D", "format version", "negative",
+                "entries for", "operands", "output count", "impossible sizes", "corrupt tape",
+                "Bad", "zip", "CRC", "pickle", "header", "EOF", "shape", "dtype", "descr"):
+        if key in msg:
+            return
+
+
+def TestOneInput(data: bytes) -> None:
+    if not data:
+        return
+    if data[0] % 2 == 0:                 # raw bytes are the file
+        with open(PATH, "wb") as fh:
+            fh.write(data[1:])
+        try:
+            f = fastgrad.load(PATH)
+        except (ValueError, OSError, MemoryError) as exc:
+            _outcome(str(exc))
+            return
+        _exercise(f, atheris.FuzzedDataProvider(data[1:64]))
+        return
+    fdp = atheris.FuzzedDataProvider(data[1:])
+    state = _edit(fdp, EXAMPLES[fdp.ConsumeIntInRange(0, len(EXAMPLES) - 1)])
+    how = fdp.ConsumeIntInRange(0, 2)
+    try:
+        if how == 0:
+            with open(PATH, "wb") as fh:
+                np.savez(fh, **state)
+            f = fastgrad.load(PATH)
+        elif how == 1:
+            f = pickle.loads(pickle.dumps(_function_from_state_reducer(state)))
+        else:
+            f = _function_from_state(state)
+    except (ValueError, MemoryError) as exc:
+        _outcome(str(exc))
+        return
+    _exercise(f, fdp)
+
+
+class _function_from_state_reducer:
+    """Pickles as fastgrad's own Function reduction, with hostile arrays."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def __reduce__(self):
+        return (_function_from_state, (self.state,))
+
+
+def _replaying(argv: list) -> bool:
+    """-runs=0 over a corpus, or single input files: no coverage needed."""
+    return "-runs=0" in argv or any(os.path.isfile(a) for a in argv[1:] if not a.startswith("-"))
+
+
+def main() -> None:
+    argv = list(sys.argv)
+    if argv[1:2] == ["--write-seeds"]:            # fill a corpus directory and stop
+        _write_seeds(argv[2])
+        return
+    if not any(not a.startswith("-") for a in argv[1:]):
+        corpus = tempfile.mkdtemp(prefix="fastgrad-fuzz-load-corpus.")
+        _write_seeds(corpus)
+        argv.append(corpus)
+    # Python-level coverage: this harness, numpy's .npy/.npz readers, zipfile
+    # (about 15 s at start-up; not needed to replay inputs).
+    if not _replaying(argv):
+        atheris.instrument_all()
+    atheris.Setup(argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,8 @@ cdef int64_t FORMAT_VERSION = 1
 # Below this many node-rows a batch is not split across threads: handing the
 # work to a pool costs more than it saves.
 cdef int64_t THREAD_MIN_WORK = 200_000
+# A Function keeps its batch blocks between calls up to this many doubles each.
+cdef int64_t BLOCK_CACHE_MAX = 8_000_000
 
 _STATE_DTYPES = {
     "version": np.int64, "sizes": np.int64, "single": np.bool_,
@@ -87,6 +89,8 @@ cdef class Function:
     cdef bint single            # fn returned one Value (not a sequence)
     cdef double *ws             # cached workspace: 4 * n doubles
     cdef bint ws_busy           # taken by a call (another thread may run one)
+    cdef object blocks          # cached (V, ADJ) node x row blocks of the last batch size
+    cdef bint blocks_busy
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Functions are made by fastgrad.compile() or fastgrad.load()")
@@ -349,8 +353,42 @@ cdef class Function:
 
     # ------------------------------------------------------------ batches
 
-    cdef tuple _batch_inputs(self, tuple args, object batch_argnums, str what):
-        """(V, B): the node-major value block (n x B) with every input row written."""
+    cdef list _bounds(self, int64_t B, object threads):
+        """Row ranges, one per thread: [b0=0, b1, ..., B]."""
+        cdef int64_t nthreads, k
+        if threads is None:
+            nthreads = os.cpu_count() or 1
+            if self.t.n * B < THREAD_MIN_WORK:
+                nthreads = 1
+        else:
+            nthreads = threads
+            if nthreads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+        nthreads = max(1, min(nthreads, B))
+        return [B * k // nthreads for k in range(nthreads + 1)]
+
+    cdef tuple _take_blocks(self, int64_t B):
+        """(V, ADJ), n x B each: the cached pair when free and of this size.
+        Fresh blocks every call would cost page faults that dwarf the sweep."""
+        c = self.blocks
+        if not self.blocks_busy and c is not None and c[0].shape[1] == B:
+            self.blocks_busy = True
+            return c
+        V = np.empty((self.t.n, B))
+        c = (V, np.empty_like(V))
+        if not self.blocks_busy and self.t.n * B <= BLOCK_CACHE_MAX:
+            self.blocks = c
+            self.blocks_busy = True
+        return c
+
+    cdef void _give_blocks(self, tuple c):
+        if c is self.blocks:
+            self.blocks_busy = False
+
+    cdef tuple _batch_inputs(self, tuple args, object batch_argnums, str what, object threads):
+        """(V, ADJ, B, bnums, uni, bounds): value and adjoint blocks (n x B),
+        every batched input row written; shared inputs, uniform, are written
+        only in each chunk's first row (the only row their readers read)."""
         self._check_nargs(args, what)
         bnums, _ = _argnums(batch_argnums, len(self.sizes))
         arrays = []
@@ -369,7 +407,8 @@ cdef class Function:
             arrays.append(arr)
         if B < 0:
             raise ValueError(f"{what} needs at least one batched argument (batch_argnums)")
-        V = np.empty((self.t.n, B))
+        bounds = self._bounds(B, threads)
+        starts = bounds[:len(bounds) - 1] if B else []
         batched = np.zeros(self.t.n_in + 1, dtype=np.uint8)
         uni = np.empty(self.t.n + 1, dtype=np.uint8)
         for k in bnums:
@@ -377,43 +416,39 @@ cdef class Function:
         cdef const uint8_t[::1] mb = batched
         cdef uint8_t[::1] mu = uni
         fg_tape_uniform(&self.t, &mb[0], &mu[0])
-        for k in range(len(args)):
-            off = self.offsets[k]
-            size = self.sizes[k]
-            if k in bnums:
-                V[off:off + size, :] = arrays[k].T
-            else:
-                V[off:off + size, :] = arrays[k][:, None]
-        return V, B, bnums, uni
+        blocks = self._take_blocks(B)
+        V = blocks[0]
+        try:
+            for k in range(len(args)):
+                off = self.offsets[k]
+                size = self.sizes[k]
+                if k in bnums:
+                    V[off:off + size, :] = arrays[k].T
+                elif B:
+                    V[off:off + size, starts] = arrays[k][:, None]
+        except BaseException:
+            self._give_blocks(blocks)
+            raise
+        return blocks, B, bnums, uni, bounds
 
-    cdef object _run_batch(self, object V, object ADJ, int64_t B, object threads, object uni):
-        """Runs the rows in chunks; returns the chunks' first rows (where the
-        uniform nodes and their row-summed adjoints live)."""
-        cdef int64_t nthreads, k
+    cdef object _run_batch(self, object V, object ADJ, int64_t B, list bounds, object uni):
+        """Runs the rows in chunks (bounds); returns the chunks' first rows
+        (where the uniform nodes and their row-summed adjoints live)."""
+        cdef int64_t nthreads = len(bounds) - 1, k
         cdef double[:, ::1] mV = V
         cdef double[:, ::1] mA
         cdef const uint8_t[::1] mu = uni
         cdef double *pV = &mV[0, 0] if B > 0 else NULL
         cdef double *pA = NULL
-        if threads is None:
-            nthreads = os.cpu_count() or 1
-            if self.t.n * B < THREAD_MIN_WORK:
-                nthreads = 1
-        else:
-            nthreads = threads
-            if nthreads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
         if B == 0:
             return [0]
         if ADJ is not None:
             mA = ADJ
             pA = &mA[0, 0]
-        nthreads = min(nthreads, B)
         if nthreads == 1:
             with nogil:
                 _rows(&self.t, B, 0, B, pV, pA, &mu[0])
             return [0]
-        bounds = [B * k // nthreads for k in range(nthreads + 1)]
         pool = _thread_pool(nthreads - 1)
         futures = []
         try:
@@ -443,13 +478,17 @@ cdef class Function:
         the batch is large enough) split the rows with the GIL released.
         """
         args = tuple(args)
-        V, B, _, uni = self._batch_inputs(args, batch_argnums, "batch")
-        self._run_batch(V, None, B, threads, uni)
-        outs = np.empty((self.t.n_out, B))
-        for k in range(self.t.n_out):
-            # a uniform output was computed once per chunk, in its first row
-            outs[k] = V[self.t.out[k], 0] if uni[self.t.out[k]] and B else V[self.t.out[k]]
-        return outs[0] if self.single else np.ascontiguousarray(outs.T)
+        blocks, B, _, uni, bounds = self._batch_inputs(args, batch_argnums, "batch", threads)
+        V = blocks[0]
+        try:
+            self._run_batch(V, None, B, bounds, uni)
+            outs = np.empty((self.t.n_out, B))
+            for k in range(self.t.n_out):
+                # a uniform output was computed once per chunk, in its first row
+                outs[k] = V[self.t.out[k], 0] if uni[self.t.out[k]] and B else V[self.t.out[k]]
+            return outs[0] if self.single else np.ascontiguousarray(outs.T)
+        finally:
+            self._give_blocks(blocks)
 
     def batch_value_and_grad(self, *args, batch_argnums=(1,), argnums=0, threads=None):
         """(per-row values, gradient) of a scalar output over a batch.
@@ -462,16 +501,24 @@ cdef class Function:
         self._scalar_output("batch_value_and_grad")
         args = tuple(args)
         nums, single = _argnums(argnums, len(self.sizes))
-        V, B, bnums, uni = self._batch_inputs(args, batch_argnums, "batch_value_and_grad")
-        ADJ = np.empty_like(V)
-        starts = self._run_batch(V, ADJ, B, threads, uni)
+        blocks, B, bnums, uni, bounds = self._batch_inputs(args, batch_argnums, "batch_value_and_grad",
+                                                           threads)
+        try:
+            return self._value_and_grad_rows(blocks, B, bnums, uni, bounds, nums, single)
+        finally:
+            self._give_blocks(blocks)
+
+    cdef tuple _value_and_grad_rows(self, tuple blocks, int64_t B, tuple bnums, object uni, list bounds,
+                                    tuple nums, bint single):
+        V, ADJ = blocks
+        starts = self._run_batch(V, ADJ, B, bounds, uni)
         out = self.t.out[0]
         values = np.full(B, V[out, 0]) if uni[out] and B else V[out].copy()
         grads = []
         for k in nums:
             lo, hi = self.offsets[k], self.offsets[k] + self.sizes[k]
             if k in bnums:
-                grads.append(np.ascontiguousarray(ADJ[lo:hi].T))
+                grads.append(np.array(ADJ[lo:hi].T, order="C"))   # a copy: ADJ is reused
             elif B == 0:
                 grads.append(np.zeros(hi - lo))
             else:

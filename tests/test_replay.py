@@ -414,3 +414,14 @@ def test_unpickling_a_tampered_state_raises_value_error():
     state["a"][-1] = 99
     with pytest.raises(ValueError, match="corrupt"):
         func(state)
+
+
+def test_batch_results_are_fresh_arrays_not_views_of_reused_blocks():
+    f = fastgrad.compile(lambda w, x: w[0] * x[0], [2.0], [3.0])   # one-element arguments
+    rows1, rows2 = np.array([[1.0], [2.0]]), np.array([[10.0], [20.0]])
+    v1, (gw1, gx1) = f.batch_value_and_grad([2.0], rows1, argnums=(0, 1))
+    out1 = f.batch([2.0], rows1)
+    f.batch_value_and_grad([5.0], rows2, argnums=(0, 1))              # same block size
+    f.batch([5.0], rows2)
+    assert v1.tolist() == [2.0, 4.0] and out1.tolist() == [2.0, 4.0]
+    assert gw1.tolist() == [3.0] and gx1.tolist() == [[2.0], [2.0]]

@@ -20,7 +20,8 @@
 # of the corpus it grew is replayed once under this ASan+UBSan build, so an
 # out-of-bounds access that did not crash the ordinary build is still caught.
 #
-# Linux with gcc or clang; the python running it needs cython>=3,
+# Linux with gcc (CC=...; the runtimes come from `$CC -print-file-name`); the
+# python running it needs cython>=3,
 # setuptools>=77 and numpy>=2 (the build) besides the test requirements.
 # FASTGRAD_SANITIZE picks the sanitizers (default address,undefined); KEEP=1
 # keeps the scratch copy.
@@ -96,17 +97,18 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
         CORPUS="$WORK/corpus-$fuzzer"
         LOG="$WORK/$fuzzer.log"
         mkdir -p "$CORPUS"
-        if [ "$fuzzer" = fuzz_load ]; then "$PY" "$ROOT/tools/fuzz_load.py" --write-seeds "$CORPUS"; fi
+        if [ "$fuzzer" = fuzz_load ]; then TMPDIR="$WORK" "$PY" "$ROOT/tools/fuzz_load.py" --write-seeds "$CORPUS"; fi
         echo "== $fuzzer: ${FUZZ_SECONDS}s coverage-guided on the ordinary build"
         set +e
-        (cd "$ROOT" && env -u PYTHONMALLOC -u FASTGRAD_SANITIZED "$PY" "tools/$fuzzer.py" \
+        # TMPDIR: the fuzzers' scratch files go where the trap removes them.
+        (cd "$ROOT" && env -u PYTHONMALLOC -u FASTGRAD_SANITIZED TMPDIR="$WORK" "$PY" "tools/$fuzzer.py" \
             -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -artifact_prefix="$WORK/artifacts/" \
             "$CORPUS" >"$LOG" 2>&1)
         r1=$?
         grep -E "^(Done|stat::number_of_executed_units|stat::new_units_added)" "$LOG"
         [ "$r1" = 0 ] || { tail -60 "$LOG"; frc=1; }
         echo "== $fuzzer: its corpus ($(ls "$CORPUS" | wc -l) inputs) replayed under ASan+UBSan"
-        LD_PRELOAD="$PRELOAD" "$PY" "tools/$fuzzer.py" -runs=0 -artifact_prefix="$WORK/artifacts/" \
+        LD_PRELOAD="$PRELOAD" TMPDIR="$WORK" "$PY" "tools/$fuzzer.py" -runs=0 -artifact_prefix="$WORK/artifacts/" \
             "$CORPUS" >"$LOG.asan" 2>&1
         r2=$?
         set -e

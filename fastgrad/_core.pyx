@@ -239,7 +239,7 @@ cdef class Graph:
         """
         if self.owner == _thread_id() and self.ndeferred:
             self._drain()
-        cdef int64_t node_bytes = fg_graph_bytes(&self.g) - self.g.ocap * 12
+        cdef int64_t node_bytes = fg_graph_bytes(&self.g) - self.g.ocap * <int64_t>(sizeof(int32_t) + sizeof(double))
         return {
             "live_nodes": int(self.g.live),
             "capacity": int(self.g.capacity),
@@ -716,12 +716,15 @@ def _layer_forward(list neurons, x, neuron_type):
         idx[1] = -1
         cst[1] = 1.0
         for neuron in neurons:
-            if type(neuron) is not neuron_type or type(neuron.w) is not list or len(neuron.w) != nx \
-                    or type(neuron.b) is not Value:
+            if type(neuron) is not neuron_type:
                 out.append(neuron(xl))
                 continue
-            w = neuron.w
-            g = _fill_operands(neuron.b, 0, idx, cst, gx, "start")
+            wl, b = neuron.w, neuron.b
+            if type(wl) is not list or len(wl) != nx or type(b) is not Value:
+                out.append(neuron(xl))
+                continue
+            w = wl
+            g = _fill_operands(b, 0, idx, cst, gx, "start")
             for j in range(nx):
                 g = _fill_operands(w[j], 2 * j + 2, idx, cst, g, "dot()")
             node = _nary(FG_OP_DOT, total, idx, cst, 0.0, g)

@@ -30,7 +30,7 @@ int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnode
     int64_t count = 0;
     for (int64_t i = 0; i < n_nodes; i++) {
         int32_t n = order[i];
-        int arity = fg_op_arity(op[n]);
+        int arity = FG_ARITY[op[n]];
         if (arity == -1) {
             const int32_t *ops = opnd + A[n];
             for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {

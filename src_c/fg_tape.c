@@ -68,7 +68,7 @@ int fg_tape_validate(const fg_tape_t *t) {
         if (op >= FG_OP_COUNT || op == FG_OP_FREE || op == FG_OP_LEAF) {
             return FG_EINVAL;
         }
-        switch (fg_op_arity(op)) {
+        switch (FG_ARITY[op]) {
         case 2:
             if (t->b[i] < 0 || t->b[i] >= i) {
                 return FG_EINVAL;
@@ -122,7 +122,7 @@ static int fg_tape_prune(fg_tape_t *t) {
         if (!remap[i] || t->op[i] == FG_OP_CONST) {
             continue;
         }
-        int arity = fg_op_arity(t->op[i]);
+        int arity = FG_ARITY[t->op[i]];
         if (arity >= 1) remap[t->a[i]] = 1;
         if (arity == 2) remap[t->b[i]] = 1;
         if (arity == -1) {
@@ -138,7 +138,7 @@ static int fg_tape_prune(fg_tape_t *t) {
             continue;
         }
         remap[i] = (int32_t)j;
-        int arity = fg_op_arity(t->op[i]);
+        int arity = FG_ARITY[t->op[i]];
         t->op[j] = t->op[i];
         t->cst[j] = t->cst[i];
         t->a[j] = (arity >= 1) ? remap[t->a[i]] : t->a[i];
@@ -195,7 +195,7 @@ int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inpu
         int32_t x = order[k];
         if (pos[x] < 0) {
             n++;
-            if (fg_op_arity(g->op[x]) == -1) {
+            if (FG_ARITY[g->op[x]] == -1) {
                 nopnd += g->b[x];
             }
         }
@@ -217,7 +217,7 @@ int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inpu
             continue;   /* an input */
         }
         int op = g->op[x];
-        int arity = fg_op_arity(op);
+        int arity = FG_ARITY[op];
         int folded = (op == FG_OP_LEAF);   /* a leaf that is no input: a constant */
         if (arity == 1) {
             folded = t->op[pos[g->a[x]]] == FG_OP_CONST;
@@ -280,7 +280,7 @@ void fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *
             continue;
         }
         int u = 1;
-        switch (fg_op_arity(t->op[i])) {
+        switch (FG_ARITY[t->op[i]]) {
         case 2:
             u = uni[t->b[i]];
             /* fall through */

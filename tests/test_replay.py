@@ -316,6 +316,23 @@ def test_number_outputs_become_constants():
 
 # ---------------------------------------------------------------- storage ---
 
+def test_a_function_of_no_arguments_is_a_constant(tmp_path):
+    # found by tools/fuzz_load.py: the harness assumed every loaded Function
+    # has an argument; the library's contract for none is this
+    f = fastgrad.compile(lambda: Value(2.0) * 3)
+    assert f.arg_sizes == () and f() == 6.0
+    assert f.jvp([], []) == (6.0, 0.0) and f.vjp([], 1.0) == (6.0, ())
+    for call in (f.value_and_grad, f.jacobian, lambda: f.hvp([], np.zeros(0)),
+                 lambda: f.batch_value_and_grad(batch_argnums=())):
+        with pytest.raises(ValueError, match="argnums must index the 0 arguments"):
+            call()
+    with pytest.raises(ValueError, match="at least one batched argument"):
+        f.batch(batch_argnums=())
+    f.save(tmp_path / "const.npz")
+    assert fastgrad.load(tmp_path / "const.npz")() == 6.0
+    assert pickle.loads(pickle.dumps(f))() == 6.0
+
+
 def test_pickle_and_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     params = rng.uniform(-1, 1, 17)

@@ -137,7 +137,7 @@ def _exercise(f, fdp: atheris.FuzzedDataProvider) -> None:
         lambda: f.jvp(args, args),
         lambda: f.vjp(args, 1.0 if f.n_outputs == 1 else np.ones(f.n_outputs)),
         lambda: f.jacobian(*args),
-        lambda: f.hvp(args, args[0]),
+        lambda: f.hvp(args, args[0] if args else np.zeros(0)),
         lambda: f.batch(*[np.stack([a, a + 1.0]) for a in args], batch_argnums=tuple(range(len(args)))),
         lambda: f.batch_value_and_grad(*[np.stack([a, a]) for a in args],
                                        batch_argnums=tuple(range(len(args))), threads=2),

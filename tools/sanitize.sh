@@ -19,6 +19,8 @@
 # ordinary build (the checkout's, or the installed package), then every input
 # of the corpus it grew is replayed once under this ASan+UBSan build, so an
 # out-of-bounds access that did not crash the ordinary build is still caught.
+# FUZZ_SEED=N fixes libFuzzer's seed (.ci/run does, so a CI finding replays
+# the same way here); unset, every run explores from a new random seed.
 #
 # Linux with gcc (CC=...; the runtimes come from `$CC -print-file-name`); the
 # python running it needs cython>=3,
@@ -102,7 +104,7 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
         set +e
         # TMPDIR: the fuzzers' scratch files go where the trap removes them.
         (cd "$ROOT" && env -u PYTHONMALLOC -u FASTGRAD_SANITIZED TMPDIR="$WORK" "$PY" "tools/$fuzzer.py" \
-            -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -artifact_prefix="$WORK/artifacts/" \
+            -max_total_time="$FUZZ_SECONDS" ${FUZZ_SEED:+-seed="$FUZZ_SEED"} -print_final_stats=1 -artifact_prefix="$WORK/artifacts/" \
             "$CORPUS" >"$LOG" 2>&1)
         r1=$?
         grep -E "^(Done|stat::number_of_executed_units|stat::new_units_added)" "$LOG"

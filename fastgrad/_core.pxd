@@ -42,6 +42,7 @@ cdef extern from "fastgrad.h" nogil:
         FG_ENOMEM
         FG_ENONFINITE
         FG_EINVAL
+        FG_EPINNED
 
     ctypedef struct fg_graph_t:
         uint8_t *op
@@ -65,6 +66,9 @@ cdef extern from "fastgrad.h" nogil:
         int64_t odead
         int32_t err_node
         int32_t err_op
+        int32_t *origin
+        int32_t tag
+        int32_t pinned
 
     int fg_graph_init(fg_graph_t *g, int64_t capacity)
     void fg_graph_free(fg_graph_t *g)
@@ -74,12 +78,14 @@ cdef extern from "fastgrad.h" nogil:
     int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget)
     void fg_release_resume(fg_graph_t *g, int64_t pending)
     int64_t fg_graph_bytes(const fg_graph_t *g)
+    int fg_track_origins(fg_graph_t *g)
     const char *fg_op_name(int op)
     const char *fg_op_key(int op)
     int fg_op_arity(int op)
     void fg_fail_alloc_after(int64_t n)
 
     int32_t fg_leaf(fg_graph_t *g, double value)
+    int32_t fg_leaf_block(fg_graph_t *g, int64_t n, const double *values)
     int32_t fg_unary(fg_graph_t *g, int op, int32_t a, double c)
     int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b)
     int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
@@ -134,6 +140,8 @@ cdef class Graph:
     cdef int64_t ndeferred
     cdef int64_t deferred_cap
     cdef dict names                 # {slot: name} where the node's named flag is set
+    cdef list origins               # anomaly mode: tag -> "file:line (in func)"
+    cdef dict origin_tags           # and back
     cdef int _drain(self) except -1
 
 

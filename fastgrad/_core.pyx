@@ -29,6 +29,8 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 import numbers
+import os
+import sys
 import threading
 
 import numpy as np
@@ -96,7 +98,52 @@ cdef inline int _enter(Graph g) except -1:
             "graphs (create the Values in this thread)")
     if g.ndeferred:
         g._drain()
+    if g.anomaly.depth or g.g.tag:
+        _stamp(g)
     return 0
+
+
+# The package's own files: the line that made a node is the first frame
+# outside them (user code calling fastgrad.nn, say, not nn.py itself).
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+cdef str _user_line():
+    f = sys._getframe(0)        # Cython functions add no frame of their own
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back
+    if f is None:
+        return "<unknown>"
+    return f"{f.f_code.co_filename}:{f.f_lineno} (in {f.f_code.co_name})"
+
+
+cdef int _stamp(Graph g) except -1:
+    """Anomaly mode: tag the nodes the coming op makes with the Python line
+    making them (outside it, tag 0: "not recorded")."""
+    cdef object tag
+    if not g.anomaly.depth:
+        g.g.tag = 0
+        return 0
+    if fg_track_origins(&g.g) != FG_OK:
+        raise MemoryError(f"fastgrad: cannot allocate the origin array of {g!r}")
+    where = _user_line()
+    if g.origins is None:
+        g.origins = ["<not recorded: made outside detect_anomaly()>"]
+        g.origin_tags = {}
+    tag = g.origin_tags.get(where)
+    if tag is None:
+        tag = len(g.origins)
+        g.origins.append(where)
+        g.origin_tags[where] = tag
+    g.g.tag = <int32_t>tag
+    return 0
+
+
+cdef str _origin(Graph g, int32_t node):
+    """The line recorded for node (see _stamp)."""
+    if g.origins is None or g.g.origin == NULL or node < 0 or node >= g.g.top:
+        return "<not recorded: made outside detect_anomaly()>"
+    return g.origins[g.g.origin[node]]
 
 
 # ---------------------------------------------------------------- errors ---
@@ -111,7 +158,14 @@ cdef int _raise_status(Graph g, int rc) except -1:
     if rc == FG_ENONFINITE:
         raise FloatingPointError(
             f"detect_anomaly: the backward of '{_op_str(g.g.err_op)}' "
-            f"(node {g.g.err_node}) produced a non-finite gradient")
+            f"(node {g.g.err_node}, made at {_origin(g, g.g.err_node)}) "
+            "produced a non-finite gradient")
+    if rc == FG_EPINNED:
+        raise BufferError(
+            f"fastgrad: {g!r} is full and cannot grow while numpy views of its "
+            "values or gradients are alive (Module.parameter_arrays(), "
+            "fastgrad.leaf_arrays()); delete those arrays first, or make the "
+            "graph with room: fastgrad.Graph(capacity=...)")
     if rc == FG_EINVAL:
         raise ValueError(f"fastgrad: invalid node index for {g!r}")
     raise SystemError(f"fastgrad: unexpected status {rc}")
@@ -127,9 +181,11 @@ cdef inline Value _wrap(Graph g, int32_t idx):
         y = g.g.val[idx]
         if not isfinite(y):
             op = g.g.op[idx]
+            where = _origin(g, idx)
             fg_decref(&g.g, idx)
             raise FloatingPointError(
-                f"detect_anomaly: '{_op_str(op)}' produced {y!r} in the forward pass")
+                f"detect_anomaly: '{_op_str(op)}' produced {y!r} in the forward pass, "
+                f"at {where}")
     v = Value.__new__(Value)
     v.graph = g
     v.idx = idx
@@ -191,8 +247,9 @@ cdef class Graph:
 
     def __cinit__(self, int64_t capacity=256):
         global _graph_serial
-        if capacity < 0:
-            raise ValueError("capacity must be >= 0")
+        if capacity < 0 or capacity > 2147483647:
+            raise ValueError(f"capacity must be in [0, 2**31 - 1] (node indices are 32-bit), "
+                             f"got {capacity}")
         if fg_graph_init(&self.g, capacity) != FG_OK:
             fg_graph_free(&self.g)
             raise MemoryError("fastgrad: cannot allocate a graph")
@@ -234,7 +291,9 @@ cdef class Graph:
         live_nodes  nodes reachable from live Values
         capacity    node slots allocated
         bytes       bytes of node storage (per-node arrays + operand arrays)
-        bytes_per_node  bytes of the per-node arrays per slot
+        bytes_per_node  bytes of the per-node arrays per slot (46; 50 once
+                        the graph was used under detect_anomaly, which
+                        records the line that made each node)
         operand_slots   n-ary operand entries allocated
         """
         if self.owner == _thread_id() and self.ndeferred:
@@ -782,7 +841,10 @@ class detect_anomaly:
 
     Inside the block, an op whose forward value is nan/inf, or a backward
     sweep that produces a non-finite gradient, raises FloatingPointError naming
-    the op.  Per thread; nestable.
+    the op and the Python line that made the node ("file:line (in function)",
+    the first frame outside fastgrad's own files).  Nodes made outside the
+    block have no line recorded.  Recording costs a frame lookup per op and 4
+    bytes per node while on.  Per thread; nestable.
     """
 
     def __enter__(self):

@@ -15,6 +15,11 @@
  *   order   int32   scratch: sort queue, ready stack, free cascade stack
  *   named   uint8   1 when the glue holds a name for this node (the names
  *                   themselves live in the glue); 0 in every fresh slot
+ * and, only once fg_track_origins was called (anomaly mode), 4 bytes more:
+ *   origin  int32   the glue's tag for the Python line that made the node
+ *                   (the value of `tag` when the slot was handed out)
+ * Slots in [top, capacity) are never read, so growth does not touch them:
+ * a large capacity costs address space, not memory, until it is used.
  * n-ary operands (SUM, DOT) live in a side array of (int32 index, double
  * constant) pairs; index -1 means "this operand is the constant".
  */
@@ -38,6 +43,7 @@ typedef enum {
 #define FG_ENOMEM     -1   /* an allocation failed or a size overflowed */
 #define FG_ENONFINITE -2   /* anomaly mode saw a non-finite value; see err_node */
 #define FG_EINVAL     -3   /* an index from outside was not a live node */
+#define FG_EPINNED    -4   /* growth refused: pinned > 0 (views of val/grad held) */
 
 typedef struct {
     uint8_t  *op;
@@ -64,6 +70,10 @@ typedef struct {
 
     int32_t   err_node;   /* node that raised FG_ENONFINITE */
     int32_t   err_op;     /* op code of that node */
+
+    int32_t  *origin;     /* NULL until fg_track_origins */
+    int32_t   tag;        /* stamped into origin[] of every new node */
+    int32_t   pinned;     /* views of val/grad held outside: growth refused */
 } fg_graph_t;
 
 /* Storage (fg_graph.c). */
@@ -78,6 +88,9 @@ void     fg_decref(fg_graph_t *g, int32_t i);
 int64_t  fg_release(fg_graph_t *g, int32_t i, int64_t budget);
 void     fg_release_resume(fg_graph_t *g, int64_t pending);
 int64_t  fg_graph_bytes(const fg_graph_t *g);
+/* Starts recording g->tag into origin[] for every node made from now on
+ * (earlier nodes get tag 0).  FG_OK or FG_ENOMEM; a no-op when on already. */
+int      fg_track_origins(fg_graph_t *g);
 const char *fg_op_name(int op);   /* user-facing name: "add", "relu", ... */
 const char *fg_op_key(int op);    /* the table's NAME: "ADD", "ADDC", ... */
 int      fg_op_arity(int op);
@@ -89,6 +102,9 @@ void     fg_fail_alloc_after(int64_t n);
  * negative status.  Parents are not validated here: the glue passes only
  * indices it holds handles for. */
 int32_t  fg_leaf(fg_graph_t *g, double value);
+/* n leaves in consecutive fresh slots [first, first + n) (never reused slots,
+ * so their val/grad entries are one contiguous run); returns first. */
+int32_t  fg_leaf_block(fg_graph_t *g, int64_t n, const double *values);
 int32_t  fg_unary(fg_graph_t *g, int op, int32_t a, double c);
 int32_t  fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b);
 /* SUM: y = c + sum(operands).  DOT: y = c + sum(operands[2k] * operands[2k+1]).

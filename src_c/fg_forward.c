@@ -12,6 +12,18 @@ int32_t fg_leaf(fg_graph_t *g, double value) {
     return i;
 }
 
+int32_t fg_leaf_block(fg_graph_t *g, int64_t n, const double *values) {
+    int64_t first = fg_alloc_fresh(g, n);
+    if (first < 0) {
+        return (int32_t)first;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        g->op[first + k] = FG_OP_LEAF;
+        g->val[first + k] = values[k];
+    }
+    return (int32_t)first;
+}
+
 static double fg_eval(int op, double a, double b, double c) {
     switch (op) {
 #define FG_FWD_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) \

@@ -21,35 +21,39 @@ static void *fg_realloc(void *p, int64_t count, size_t elem) {
     return realloc(p, (size_t)count * elem);
 }
 
-/* Grows array *pp from old to new elements, zero-filling the new part.  On
- * failure *pp is left as it was (still valid, still old elements long). */
-static int fg_grow_array(void **pp, int64_t old, int64_t new_count, size_t elem) {
+/* Grows array *pp to new_count elements.  The new part is left as realloc
+ * gives it: slots past top are never read (fg_alloc_node initialises a slot
+ * when it hands it out), so a large capacity is not touched until used.  On
+ * failure *pp is left as it was (still valid, still as long as before). */
+static int fg_grow_array(void **pp, int64_t new_count, size_t elem) {
     void *p = fg_realloc(*pp, new_count, elem);
     if (p == NULL) {
         return FG_ENOMEM;
     }
-    memset((char *)p + (size_t)old * elem, 0, (size_t)(new_count - old) * elem);
     *pp = p;
     return FG_OK;
 }
 
 static int fg_grow_nodes(fg_graph_t *g, int64_t new_cap) {
-    int64_t old = g->capacity;
+    if (g->pinned) {
+        return FG_EPINNED;
+    }
     if (new_cap > INT32_MAX) {
         return FG_ENOMEM;  /* indices are int32 */
     }
     /* A failure part way leaves some arrays longer than capacity: harmless,
      * capacity only moves once every array has the room. */
-    if (fg_grow_array((void **)&g->op, old, new_cap, sizeof *g->op) ||
-        fg_grow_array((void **)&g->uses, old, new_cap, sizeof *g->uses) ||
-        fg_grow_array((void **)&g->a, old, new_cap, sizeof *g->a) ||
-        fg_grow_array((void **)&g->b, old, new_cap, sizeof *g->b) ||
-        fg_grow_array((void **)&g->val, old, new_cap, sizeof *g->val) ||
-        fg_grow_array((void **)&g->grad, old, new_cap, sizeof *g->grad) ||
-        fg_grow_array((void **)&g->cst, old, new_cap, sizeof *g->cst) ||
-        fg_grow_array((void **)&g->mark, old, new_cap, sizeof *g->mark) ||
-        fg_grow_array((void **)&g->order, old, new_cap, sizeof *g->order) ||
-        fg_grow_array((void **)&g->named, old, new_cap, sizeof *g->named)) {
+    if (fg_grow_array((void **)&g->op, new_cap, sizeof *g->op) ||
+        fg_grow_array((void **)&g->uses, new_cap, sizeof *g->uses) ||
+        fg_grow_array((void **)&g->a, new_cap, sizeof *g->a) ||
+        fg_grow_array((void **)&g->b, new_cap, sizeof *g->b) ||
+        fg_grow_array((void **)&g->val, new_cap, sizeof *g->val) ||
+        fg_grow_array((void **)&g->grad, new_cap, sizeof *g->grad) ||
+        fg_grow_array((void **)&g->cst, new_cap, sizeof *g->cst) ||
+        fg_grow_array((void **)&g->mark, new_cap, sizeof *g->mark) ||
+        fg_grow_array((void **)&g->order, new_cap, sizeof *g->order) ||
+        fg_grow_array((void **)&g->named, new_cap, sizeof *g->named) ||
+        (g->origin != NULL && fg_grow_array((void **)&g->origin, new_cap, sizeof *g->origin))) {
         return FG_ENOMEM;
     }
     g->capacity = new_cap;
@@ -80,6 +84,7 @@ void fg_graph_free(fg_graph_t *g) {
     free(g->named);
     free(g->opnd);
     free(g->ocst);
+    free(g->origin);
     memset(g, 0, sizeof *g);
     g->free_head = -1;
 }
@@ -92,7 +97,23 @@ int64_t fg_graph_bytes(const fg_graph_t *g) {
     int64_t per_node = sizeof *g->op + sizeof *g->uses + sizeof *g->a + sizeof *g->b +
                        sizeof *g->val + sizeof *g->grad + sizeof *g->cst +
                        sizeof *g->mark + sizeof *g->order + sizeof *g->named;
+    if (g->origin != NULL) {
+        per_node += sizeof *g->origin;
+    }
     return g->capacity * per_node + g->ocap * (int64_t)(sizeof *g->opnd + sizeof *g->ocst);
+}
+
+int fg_track_origins(fg_graph_t *g) {
+    if (g->origin != NULL) {
+        return FG_OK;
+    }
+    int32_t *origin = (int32_t *)fg_realloc(NULL, g->capacity, sizeof *origin);
+    if (origin == NULL) {
+        return FG_ENOMEM;
+    }
+    memset(origin, 0, (size_t)g->top * sizeof *origin);   /* made before: tag 0 */
+    g->origin = origin;
+    return FG_OK;
 }
 
 const char *fg_op_name(int op) {
@@ -122,21 +143,8 @@ int fg_op_arity(int op) {
     return 0;
 }
 
-/* Internal to the C core (declared in fg_internal.h). */
-int32_t fg_alloc_node(fg_graph_t *g) {
-    int32_t i;
-    if (g->free_head >= 0) {
-        i = g->free_head;
-        g->free_head = g->a[i];
-    } else {
-        if (g->top == g->capacity) {
-            int64_t cap = g->capacity * 2;
-            if (fg_grow_nodes(g, cap) != FG_OK) {
-                return FG_ENOMEM;
-            }
-        }
-        i = (int32_t)g->top++;
-    }
+/* Hands out slot i with one use and every field but op and val set. */
+static void fg_init_slot(fg_graph_t *g, int32_t i) {
     g->live++;
     g->uses[i] = 1;
     g->grad[i] = 0.0;
@@ -144,7 +152,43 @@ int32_t fg_alloc_node(fg_graph_t *g) {
     g->a[i] = -1;
     g->b[i] = -1;
     g->named[i] = 0;      /* a reused slot must not inherit a freed node's name */
-    return i;
+    if (g->origin != NULL) {
+        g->origin[i] = g->tag;
+    }
+}
+
+/* Internal to the C core (declared in fg_internal.h). */
+int64_t fg_alloc_fresh(fg_graph_t *g, int64_t n) {
+    if (n < 0 || n > INT32_MAX - g->top) {
+        return FG_ENOMEM;
+    }
+    if (g->top + n > g->capacity) {
+        int64_t cap = g->capacity;
+        while (cap < g->top + n) {
+            cap = (cap > INT32_MAX / 2) ? INT32_MAX : cap * 2;
+        }
+        int rc = fg_grow_nodes(g, cap);
+        if (rc != FG_OK) {
+            return rc;
+        }
+    }
+    int64_t first = g->top;
+    for (int64_t i = first; i < first + n; i++) {
+        g->mark[i] = 0;   /* the sort's invariant; reused slots keep their 0 */
+        fg_init_slot(g, (int32_t)i);
+    }
+    g->top += n;
+    return first;
+}
+
+int32_t fg_alloc_node(fg_graph_t *g) {
+    if (g->free_head >= 0) {
+        int32_t i = g->free_head;
+        g->free_head = g->a[i];
+        fg_init_slot(g, i);
+        return i;
+    }
+    return (int32_t)fg_alloc_fresh(g, 1);
 }
 
 void fg_incref(fg_graph_t *g, int32_t i) {
@@ -203,8 +247,8 @@ int64_t fg_alloc_operands(fg_graph_t *g, int64_t n) {
             while (cap < g->oused + n) {
                 cap *= 2;
             }
-            if (fg_grow_array((void **)&g->opnd, g->ocap, cap, sizeof *g->opnd) ||
-                fg_grow_array((void **)&g->ocst, g->ocap, cap, sizeof *g->ocst)) {
+            if (fg_grow_array((void **)&g->opnd, cap, sizeof *g->opnd) ||
+                fg_grow_array((void **)&g->ocst, cap, sizeof *g->ocst)) {
                 return FG_ENOMEM;
             }
             g->ocap = cap;

@@ -6,6 +6,9 @@
 
 /* A fresh slot with one use, or FG_ENOMEM. */
 int32_t fg_alloc_node(fg_graph_t *g);
+/* The first of n consecutive fresh slots at top (each with one use), or a
+ * negative status. */
+int64_t fg_alloc_fresh(fg_graph_t *g, int64_t n);
 /* Offset of n fresh side-array entries, or FG_ENOMEM. */
 int64_t fg_alloc_operands(fg_graph_t *g, int64_t n);
 

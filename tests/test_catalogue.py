@@ -73,15 +73,17 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
     ("uninitialised-value", lambda: Value.__new__(Value) + 1, ValueError,
      "uninitialised Value (made with Value.__new__)"),
     ("pickle-a-value", lambda: pickle.dumps(x()), TypeError, "cannot pickle"),
-    ("negative-capacity", lambda: fastgrad.Graph(capacity=-1), ValueError, "capacity must be >= 0"),
-    ("capacity-past-int32", lambda: fastgrad.Graph(capacity=2**31), MemoryError, "cannot allocate a graph"),
+    ("negative-capacity", lambda: fastgrad.Graph(capacity=-1), ValueError,
+     "capacity must be in [0, 2**31 - 1] (node indices are 32-bit), got -1"),
+    ("capacity-past-int32", lambda: fastgrad.Graph(capacity=2**31), ValueError,
+     "capacity must be in [0, 2**31 - 1] (node indices are 32-bit), got 2147483648"),
     # -- NaN and inf under detect_anomaly
     ("anomaly-forward", lambda: _anomaly(lambda: Value(-1.0).log()), FloatingPointError,
-     "detect_anomaly: 'log' produced nan in the forward pass"),
+     "detect_anomaly: 'log' produced nan in the forward pass, at "),
     ("anomaly-forward-operand", lambda: _anomaly(lambda: x() + INF), FloatingPointError,
      "'add' produced inf in the forward pass"),
     ("anomaly-backward", lambda: _anomaly(lambda: Value(0.0).sqrt().backward()), FloatingPointError,
-     "the backward of 'sqrt'"),
+     "the backward of 'sqrt' (node "),
     ("anomaly-grad", lambda: _anomaly(lambda: fastgrad.grad(Value(0.0).sqrt(), [])), FloatingPointError,
      "the backward of 'sqrt'"),
     # -- graphs and threads
@@ -301,6 +303,54 @@ def test_detect_anomaly_points_at_the_creating_line(g):
             raise AssertionError("no FloatingPointError")
 
 
+def test_backward_anomaly_names_the_line_that_made_the_node(g):
+    import inspect
+
+    with fastgrad.detect_anomaly():
+        x = Value(0.0)
+        line = inspect.currentframe().f_lineno + 1
+        root = x.sqrt()
+        out = root * 2.0 + x
+        with pytest.raises(FloatingPointError) as info:
+            out.backward()
+        msg = str(info.value)
+        assert msg.startswith("detect_anomaly: the backward of 'sqrt' (node "), msg
+        assert msg.endswith(f", made at {__file__}:{line} (in test_backward_anomaly_names_the_line_"
+                            "that_made_the_node)) produced a non-finite gradient"), msg
+        with pytest.raises(FloatingPointError, match=f"made at {__file__}:{line} "):
+            fastgrad.grad(out, [x])
+
+
+def test_anomaly_line_skips_fastgrad_frames(g):
+    """A node made inside fastgrad.nn names the user's line that called the model."""
+    import inspect
+    import random
+
+    from fastgrad.nn import Layer
+
+    random.seed(0)
+    layer = Layer(2, 1, nonlin=False)
+    with fastgrad.detect_anomaly():
+        line = inspect.currentframe().f_lineno + 2
+        with pytest.raises(FloatingPointError) as info:
+            layer([Value(INF), Value(1.0)])
+    assert f"'dot' produced " in str(info.value) and f"at {__file__}:{line} " in str(info.value)
+
+
+def test_anomaly_line_of_a_node_made_outside_is_not_recorded(g):
+    """Also when the node reuses the slot of one made inside detect_anomaly."""
+    with fastgrad.detect_anomaly():
+        inside = Value(0.0).sqrt()
+    top = len(g.arrays()["op"])
+    del inside
+    outside = Value(0.0).sqrt()            # the freed slots again
+    assert len(g.arrays()["op"]) == top
+    with fastgrad.detect_anomaly():
+        with pytest.raises(FloatingPointError,
+                           match=r"made at <not recorded: made outside detect_anomaly\(\)>"):
+            outside.backward()
+
+
 def test_arrays_of_any_layout_just_work():
     f = _f()
     want = f([1.0, 2.0], [3.0, 4.0])
@@ -387,6 +437,46 @@ def test_memory_limit_gives_memory_error_and_the_process_keeps_working():
     assert out["live_after_free"] == 1
     assert 1.0 < out["after"] < 2.0
     assert out["new_graph"] == 499500.0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS is enforced on Linux")
+@pytest.mark.skipif(bool(os.environ.get("FASTGRAD_SANITIZED")),
+                    reason="ASan reserves terabytes of address space: no RLIMIT_AS under it")
+def test_the_largest_capacity_is_memory_error_under_a_limit_and_lazy_without():
+    """Graph(capacity=2**31 - 1) asks for 46 bytes x 2**31 of address space:
+    past a limit it is MemoryError (and the process goes on); without one
+    the slots are not touched until used, so it costs next to no memory."""
+    script = textwrap.dedent("""
+        import json, resource
+        import fastgrad
+        from fastgrad import Value
+        out = {}
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            with fastgrad.Graph(capacity=2**31 - 1) as g:
+                y = Value(2.0) * 3.0
+                out["value"] = y.data
+                out["capacity"] = g.stats()["capacity"]
+        except MemoryError as exc:
+            out["error"] = str(exc)
+        out["rss_growth_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+        limit = 2 * 2**30
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:
+            fastgrad.Graph(capacity=2**31 - 1)
+        except MemoryError as exc:
+            out["limited_error"] = str(exc)
+        out["after"] = (Value(1.5) * 2.0).data
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["limited_error"] == "fastgrad: cannot allocate a graph"
+    assert out["after"] == 3.0
+    if "error" not in out:            # the machine granted the address space
+        assert out["value"] == 6.0 and out["capacity"] == 2**31 - 1
+        assert out["rss_growth_kb"] < 64 * 1024, out
 
 
 def test_explain_of_a_non_value_is_type_error(g):

@@ -8,6 +8,7 @@ One Python operator is one call into C.
 """
 
 cimport cython
+from cpython.buffer cimport PyBUF_FORMAT
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
 
@@ -834,6 +835,170 @@ def grad(out, wrt):
         return [res[k] for k in range(n)]
     finally:
         free(idx); free(res); free(adj)
+
+
+# ---------------------------------------------------------------- leaf blocks ---
+
+def leaves(data):
+    """One Value per number of ``data`` (a sequence or 1-D array of reals),
+    laid out in consecutive fresh slots of the current graph, so their values
+    and gradients are one contiguous run of the node arrays: ``leaf_arrays``
+    exposes it to numpy.  ``fastgrad.nn`` makes its parameters this way.
+    """
+    if isinstance(data, np.ndarray) and (<object>data).ndim != 1:
+        raise ValueError(f"leaves() needs a 1-D sequence of numbers, got a {data.ndim}-D array")
+    cdef list items = list(data)
+    cdef int64_t n = len(items), k
+    cdef double *vals = <double *>malloc((n + 1) * sizeof(double))
+    cdef Graph g = _current_graph()
+    cdef int32_t first
+    cdef Value v
+    cdef list out = []
+    if vals == NULL:
+        raise MemoryError()
+    try:
+        for k in range(n):
+            vals[k] = _coerce(items[k], f"leaves() element {k}")
+        _enter(g)
+        first = fg_leaf_block(&g.g, n, vals)
+        if first < 0:
+            _raise_status(g, first)
+        for k in range(n):
+            v = Value.__new__(Value)
+            v.graph = g
+            v.idx = <int32_t>(first + k)
+            out.append(v)
+        return out
+    finally:
+        free(vals)
+
+
+cdef char *_DOUBLE_FORMAT = "d"
+
+
+@cython.final
+@cython.no_gc
+cdef class _SlotView:
+    """The buffer of ``val`` or ``grad`` over slots [first, first + n) of a
+    graph.  While a consumer (a numpy array) holds it, the graph is pinned:
+    growing it raises BufferError instead of moving the memory under the
+    array.  ``keep`` holds the Values of those slots, so the slots stay theirs."""
+    cdef Graph graph
+    cdef object keep
+    cdef int64_t first, n
+    cdef bint grad
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        cdef double *base = self.graph.g.grad if self.grad else self.graph.g.val
+        self.shape[0] = self.n
+        self.strides[0] = sizeof(double)
+        buf.buf = <void *>(base + self.first)
+        buf.obj = self
+        buf.len = self.n * sizeof(double)
+        buf.readonly = 0
+        buf.itemsize = sizeof(double)
+        buf.format = NULL
+        if flags & PyBUF_FORMAT:
+            buf.format = _DOUBLE_FORMAT
+        buf.ndim = 1
+        buf.shape = self.shape
+        buf.strides = self.strides
+        buf.suboffsets = NULL
+        buf.internal = NULL
+        self.graph.g.pinned += 1
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        self.graph.g.pinned -= 1
+
+
+cdef object _slot_view(Graph g, int64_t first, int64_t n, bint grad, object keep):
+    if first < 0 or n < 0 or first + n > g.g.top:
+        raise ValueError(f"fastgrad: slots [{first}, {first + n}) are outside {g!r}")
+    cdef _SlotView s = _SlotView.__new__(_SlotView)
+    s.graph = g
+    s.first = first
+    s.n = n
+    s.grad = grad
+    s.keep = keep
+    return np.asarray(s)
+
+
+cdef tuple _run_of(list values):
+    """(graph, first slot) when values are Values in consecutive slots of one
+    graph, in order; else (None, reason)."""
+    cdef int64_t n = len(values), k
+    cdef Value v0, v
+    if n == 0:
+        return None, "no Values"
+    for k in range(n):
+        if type(values[k]) is not Value:
+            return None, f"element {k} is a {type(values[k]).__name__}, not a Value"
+        v = <Value>values[k]
+        if v.graph is None:
+            return None, f"element {k} is an uninitialised Value"
+        v0 = <Value>values[0]
+        if v.graph is not v0.graph:
+            return None, f"elements 0 and {k} belong to two graphs"
+        if v.idx != v0.idx + k:
+            return None, (f"element {k} is not in the slot after element {k - 1} "
+                          "(make the Values with fastgrad.leaves(), as fastgrad.nn does)")
+    return v0.graph, v0.idx
+
+
+def leaf_arrays(values):
+    """``(data, grad)``: writable numpy views of the values and gradients of
+    ``values``, Values in consecutive slots of one graph (from ``leaves`` or
+    ``fastgrad.nn``; ``Module.parameter_arrays()`` calls this).
+
+    Writing ``data`` sets the Values' ``.data`` (``data -= lr * grad`` is a
+    whole SGD step).  While either array is alive the graph cannot grow:
+    making more nodes than its capacity holds raises BufferError until the
+    arrays are gone, so take them for the update and drop them (``del``),
+    or make the graph with room (``Graph(capacity=...)``).  The arrays keep
+    the Values alive.  ValueError when the Values are not one run.
+    """
+    cdef list vl = list(values)
+    g, first = _run_of(vl)
+    if g is None:
+        raise ValueError(f"leaf_arrays(): the Values are not consecutive slots of one graph: {first}")
+    return (_slot_view(<Graph>g, first, len(vl), False, vl),
+            _slot_view(<Graph>g, first, len(vl), True, vl))
+
+
+def _leaf_run(values):
+    """(graph, first) of a run of Values (see leaf_arrays), or None."""
+    g, first = _run_of(list(values))
+    return None if g is None else (g, first)
+
+
+def _slot_arrays(Graph g, int64_t first=0, int64_t n=-1):
+    """(val, grad) views of slots [first, first + n) of g (n -1: up to the
+    last slot handed out), for an update that drops them at once
+    (fastgrad.optim); nothing keeps the slots' Values."""
+    if n == -1:
+        n = g.g.top - first
+    return _slot_view(g, first, n, False, None), _slot_view(g, first, n, True, None)
+
+
+def _slot_indices(values):
+    """[(graph, slot indices, positions in values)] per graph of a list of
+    Values, for gathering and scattering them with numpy (fastgrad.optim)."""
+    cdef dict groups = {}
+    cdef int64_t k
+    cdef Value v
+    for k, item in enumerate(values):
+        if type(item) is not Value:
+            raise TypeError(f"element {k} is a {type(item).__name__}, not a fastgrad Value")
+        v = <Value>item
+        v._live_graph()
+        groups.setdefault(id(v.graph), (v.graph, [], []))
+        entry = groups[id(v.graph)]
+        entry[1].append(v.idx)
+        entry[2].append(k)
+    return [(gr, np.array(idx, dtype=np.intp), np.array(pos, dtype=np.intp))
+            for gr, idx, pos in groups.values()]
 
 
 class detect_anomaly:

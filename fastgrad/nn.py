@@ -6,14 +6,22 @@ so micrograd's README and demo code run with only the import changed and, from
 the same ``random.seed``, start from the same parameters.  A neuron is one
 fused ``fastgrad.dot`` node (plus its relu): ``w . x + b`` computed in the
 same order as micrograd's ``sum((wi*xi for ...), b)``.
+
+Parameters live in contiguous storage: each neuron's ``w`` and ``b`` are made
+by one ``fastgrad.leaves`` call, in consecutive fresh slots, so a model built
+in one go has all its parameters in one run of the node arrays.
+``model.parameter_arrays()`` gives numpy views of their values and gradients,
+which ``fastgrad.optim`` updates in one vectorised operation per step.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, List, Sequence, Union
+from typing import Any, List, Sequence, Tuple, Union
 
-from fastgrad._core import Value, _layer_forward, dot
+import numpy as np
+
+from fastgrad._core import Value, _layer_forward, _leaf_run, _slot_arrays, dot, leaf_arrays, leaves
 
 Number = Union[int, float]
 
@@ -22,19 +30,37 @@ class Module:
     """Base class: ``parameters()`` and ``zero_grad()``."""
 
     def zero_grad(self) -> None:
-        for p in self.parameters():
+        params = self.parameters()
+        run = _leaf_run(params) if params else None
+        if run is not None:                     # one contiguous run: one fill
+            _slot_arrays(run[0], run[1], len(params))[1].fill(0.0)
+            return
+        for p in params:
             p.grad = 0.0
 
     def parameters(self) -> List[Value]:
         return []
+
+    def parameter_arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(data, grad)``: writable numpy views of the values and gradients
+        of ``parameters()``, in that order (``fastgrad.leaf_arrays``).
+
+        ``data -= 0.05 * grad`` is micrograd's whole update loop.  While the
+        arrays are alive the graph cannot grow (BufferError when it would
+        have to), so take them for the update and drop them.  ValueError when
+        the parameters are not one contiguous run (a model whose modules were
+        built in between other nodes, or whose parameters were replaced).
+        """
+        return leaf_arrays(self.parameters())
 
 
 class Neuron(Module):
     """``relu(w . x + b)`` (or linear with ``nonlin=False``)."""
 
     def __init__(self, nin: int, nonlin: bool = True) -> None:
-        self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
-        self.b = Value(0)
+        params = leaves([random.uniform(-1, 1) for _ in range(nin)] + [0.0])
+        self.w = params[:nin]
+        self.b = params[nin]
         self.nonlin = nonlin
 
     def __call__(self, x: Sequence[Union[Value, Number]]) -> Value:

@@ -19,9 +19,11 @@ updates the array in place from the gradient ``value_and_grad`` returned.
         value, grad = f.value_and_grad(params, xs, ys)
         opt.step(grad)
 
-Each step is vectorised: the parameters' values and gradients are gathered into
-numpy arrays, updated in a few numpy operations, and written back; the
-optimizer's state (momentum buffer, Adam's moments) lives in numpy arrays.
+Each step is one vectorised update: parameters made by ``fastgrad.nn`` (or
+``fastgrad.leaves``) lie in one contiguous run of the node arrays, and the
+step updates numpy views of it in place; any other list of Values is gathered
+and scattered with numpy fancy indexing (no Python per parameter either way).
+The optimizer's state (momentum buffer, Adam's moments) lives in numpy arrays.
 The update formulas follow ``torch.optim`` operation by operation (float64,
 ``maximize=False``, no ``nesterov``/``dampening``/``amsgrad``), so a run
 matches PyTorch's step for step to rounding.  ``lr`` (and every other
@@ -31,18 +33,15 @@ schedule it.
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from fastgrad._core import Value
+from fastgrad._core import Value, _leaf_run, _slot_arrays, _slot_indices
 
 __all__ = ["Adam", "Optimizer", "SGD"]
 
 Params = Union[Iterable[Value], np.ndarray]
-_DATA = attrgetter("data")
-_GRAD = attrgetter("grad")
 
 
 def _check_hyper(name: str, value: float, low: float = 0.0, high: Optional[float] = None) -> float:
@@ -68,6 +67,8 @@ class Optimizer:
         self.lr = _check_hyper("lr", lr)
         self._array: Optional[np.ndarray] = None
         self.params: Optional[List[Value]] = None
+        self._run: Optional[Tuple[Any, int]] = None
+        self._groups: List[Tuple[Any, np.ndarray, np.ndarray]] = []
         if isinstance(params, np.ndarray):
             if params.ndim != 1 or params.dtype != np.float64:
                 raise TypeError(f"an array of parameters must be 1-D float64, got {params.ndim}-D "
@@ -89,13 +90,21 @@ class Optimizer:
                 raise ValueError("the optimizer got an empty parameter list")
             self.params = values
             self.size = len(values)
+            # One contiguous run (fastgrad.nn): views; else index arrays per graph.
+            self._run = _leaf_run(values)
+            if self._run is None:
+                self._groups = _slot_indices(values)
 
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to 0 (as ``Module.zero_grad``); a
         no-op for an array of parameters, whose gradient ``step`` takes."""
-        if self.params is not None:
-            for p in self.params:
-                p.grad = 0.0
+        if self.params is None:
+            return
+        if self._run is not None:
+            _slot_arrays(self._run[0], self._run[1], self.size)[1].fill(0.0)
+            return
+        for g, idx, _ in self._groups:
+            _slot_arrays(g)[1][idx] = 0.0
 
     def step(self, grad: Any = None) -> None:
         """One update.  Values: from their ``.grad`` (pass no ``grad``).
@@ -111,14 +120,20 @@ class Optimizer:
             return
         if grad is not None:
             raise TypeError("step() on Values reads their .grad; it takes no gradient argument")
-        # Until the parameters' storage is exposed to numpy, one gather and one
-        # scatter in Python (about 0.04 us per parameter each way).
-        n = self.size
-        data = np.fromiter(map(_DATA, self.params), dtype=np.float64, count=n)
-        g = np.fromiter(map(_GRAD, self.params), dtype=np.float64, count=n)
+        if self._run is not None:
+            # The views pin the graph only for this statement (no node is made in it).
+            data, g = _slot_arrays(self._run[0], self._run[1], self.size)
+            data[...] = self._update(data, g)
+            return
+        data = np.empty(self.size)
+        g = np.empty(self.size)
+        for graph, idx, pos in self._groups:
+            val, gr = _slot_arrays(graph)
+            data[pos] = val[idx]
+            g[pos] = gr[idx]
         new = self._update(data, g)
-        for p, x in zip(self.params, new.tolist()):
-            p.data = x
+        for graph, idx, pos in self._groups:
+            _slot_arrays(graph)[0][idx] = new[pos]
 
     def _update(self, data: np.ndarray, grad: np.ndarray) -> np.ndarray:
         raise NotImplementedError

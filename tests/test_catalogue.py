@@ -77,6 +77,14 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
      "capacity must be in [0, 2**31 - 1] (node indices are 32-bit), got -1"),
     ("capacity-past-int32", lambda: fastgrad.Graph(capacity=2**31), ValueError,
      "capacity must be in [0, 2**31 - 1] (node indices are 32-bit), got 2147483648"),
+    ("leaves-of-a-matrix", lambda: fastgrad.leaves(np.zeros((2, 2))), ValueError,
+     "leaves() needs a 1-D sequence of numbers, got a 2-D array"),
+    ("leaves-of-a-str", lambda: fastgrad.leaves([1.0, _any("a")]), TypeError,
+     "leaves() element 1 must be a real number, got str"),
+    ("leaf-arrays-not-a-run", lambda: fastgrad.leaf_arrays([x(), x()]), ValueError,
+     "leaf_arrays(): the Values are not consecutive slots of one graph: element 1 is not in the slot after element 0"),
+    ("growth-while-viewed", lambda: _grow_while_viewed(), BufferError,
+     "is full and cannot grow while numpy views of its values or gradients are alive"),
     # -- NaN and inf under detect_anomaly
     ("anomaly-forward", lambda: _anomaly(lambda: Value(-1.0).log()), FloatingPointError,
      "detect_anomaly: 'log' produced nan in the forward pass, at "),
@@ -159,6 +167,13 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
 
 
 # -- helpers the rows use ----------------------------------------------------------
+
+
+def _grow_while_viewed() -> None:
+    with fastgrad.Graph(capacity=16):
+        data, grad = fastgrad.leaf_arrays(fastgrad.leaves([1.0, 2.0]))
+        keep = [Value(float(i)) for i in range(15)]
+        del keep
 
 
 def _anomaly(fn: Callable[[], Any]) -> Any:

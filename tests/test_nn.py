@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+import pytest
 
 import fastgrad
 from fastgrad import Value
@@ -84,3 +85,53 @@ def test_numpy_arrays_with_values_give_object_arrays_like_micrograd():
     out = np.array([8.0]) / v
     assert out[0].data == 4.0
     assert (np.float64(3.0) * v).data == 6.0 and isinstance(np.float64(3.0) * v, Value)
+
+
+def test_parameters_are_one_contiguous_run_exposed_as_numpy_views():
+    random.seed(3)
+    with fastgrad.Graph(capacity=4096):
+        model = MLP(3, [4, 4, 1])
+        params = model.parameters()
+        data, grad = model.parameter_arrays()
+        assert data.dtype == np.float64 and data.shape == (len(params),) == (41,)
+        assert data.tolist() == [p.data for p in params]
+        loss = (model([0.5, -1.0, 2.0]) - 1.0) ** 2
+        model.zero_grad()
+        loss.backward()
+        assert grad.tolist() == [p.grad for p in params] and grad.any()
+        before = data.copy()
+        data -= 0.1 * grad                       # micrograd's update loop, in one line
+        assert [p.data for p in params] == (before - 0.1 * grad).tolist()
+        model.zero_grad()
+        assert not grad.any()
+
+
+def test_parameter_views_pin_the_graph_and_keep_the_values():
+    with fastgrad.Graph(capacity=16) as g:
+        w = fastgrad.leaves([1.0, 2.0, 3.0])
+        data, grad = fastgrad.leaf_arrays(w)
+        part = data[1:]                          # a view of the view pins too
+        del w
+        made = []
+        with pytest.raises(BufferError, match=r"cannot grow while numpy views .* are alive"):
+            for i in range(100):
+                made.append(Value(float(i)) * 2.0)
+        assert g.stats()["live_nodes"] == 3 + 2 * len(made) and g.stats()["capacity"] == 16
+        assert data.tolist() == [1.0, 2.0, 3.0]  # the Values are held by the views
+        del data, grad
+        with pytest.raises(BufferError):          # `part` still pins it
+            for _ in range(100):
+                made.append(Value(1.0))
+        copy = part.copy()
+        del part
+        made.extend(Value(float(i)) * 2.0 for i in range(100))   # free to grow again
+        assert copy.tolist() == [2.0, 3.0] and g.stats()["capacity"] >= 200
+
+
+def test_parameter_arrays_refuse_parameters_that_are_not_one_run():
+    random.seed(0)
+    model = MLP(2, [2, 1])
+    model.layers[0].neurons[0].b = Value(0.0)    # replaced: no longer in the run
+    with pytest.raises(ValueError, match="not consecutive slots of one graph: element 2 is not in the slot"):
+        model.parameter_arrays()
+    model.zero_grad()                             # still works, one parameter at a time

@@ -207,9 +207,10 @@ def test_matches_torch_optim_on_a_backward_pass():
     torch = pytest.importorskip("torch")
     xs = [(0.5, -1.0), (1.5, 0.25), (-0.75, 2.0)]
     w0 = [0.3, -0.8, 0.1]
-    w = [Value(x) for x in w0]
+    w = fastgrad.leaves(w0)                       # one run: the step updates views
     tw = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
     opt = Adam(w, lr=0.05, weight_decay=0.01)
+    assert opt._run is not None
     topt = torch.optim.Adam([tw], lr=0.05, weight_decay=0.01)
     for _ in range(10):
         loss = fastgrad.sum([(w[0] * a + w[1] * b + w[2]).tanh() ** 2 for a, b in xs])
@@ -221,3 +222,58 @@ def test_matches_torch_optim_on_a_backward_pass():
         tloss.backward()
         topt.step()
         np.testing.assert_allclose([v.data for v in w], tw.detach().numpy(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the two update paths
+
+def _scattered(values):
+    """Values of the given numbers with other nodes made between them: no run."""
+    out, junk = [], []
+    for x in values:
+        out.append(Value(x))
+        junk.append(Value(0.0) * 2.0)
+    return out, junk
+
+
+@pytest.mark.parametrize("cls,kw", CONFIGS, ids=IDS)
+def test_view_and_gather_paths_take_the_same_steps_as_the_array_path(cls, kw):
+    """A contiguous run (fastgrad.leaves, as fastgrad.nn makes parameters) is
+    updated through views; any other list by gather/scatter.  Both equal the
+    array path exactly, also for a run given out of order and for Values of
+    two graphs."""
+    arr = P0.copy()
+    run = fastgrad.leaves(P0)
+    scattered, junk = _scattered(P0)
+    backwards = fastgrad.leaves(P0[::-1])[::-1]
+    with fastgrad.Graph():
+        other = [Value(x) for x in P0[3:]]
+    two_graphs = fastgrad.leaves(P0[:3]) + other
+    lists = [run, scattered, backwards, two_graphs]
+    opts = [cls(vals, **kw) for vals in lists]
+    assert opts[0]._run is not None and all(o._run is None for o in opts[1:])
+    a = cls(arr, **kw)
+    for _ in range(5):
+        g = fake_grad(arr)
+        for vals in lists:
+            for v, gi in zip(vals, g):
+                v.grad = gi
+        a.step(g)
+        for o in opts:
+            o.step()
+    for vals in lists:
+        np.testing.assert_array_equal([v.data for v in vals], arr)
+    assert [j.data for j in junk] == [0.0] * len(junk)      # the nodes between are untouched
+    for o, vals in zip(opts, lists):
+        o.zero_grad()
+        assert [v.grad for v in vals] == [0.0] * len(vals)
+
+
+def test_a_step_leaves_the_graph_free_to_grow():
+    with fastgrad.Graph(capacity=16) as g:
+        w = fastgrad.leaves([1.0, 2.0])
+        opt = Adam(w, lr=0.1)
+        (w[0] * w[1]).backward()
+        opt.step()
+        opt.zero_grad()
+        nodes = [Value(float(i)) * 2.0 for i in range(100)]      # grows the graph 16 -> 256
+        assert g.stats()["capacity"] >= 200 and len(nodes) == 100

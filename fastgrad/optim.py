@@ -24,6 +24,8 @@ Each step is one vectorised update: parameters made by ``fastgrad.nn`` (or
 step updates numpy views of it in place; any other list of Values is gathered
 and scattered with numpy fancy indexing (no Python per parameter either way).
 The optimizer's state (momentum buffer, Adam's moments) lives in numpy arrays.
+Arithmetic is IEEE as everywhere in fastgrad: an inf or nan gradient gives
+inf/nan parameters, with no exception and no numpy warning.
 The update formulas follow ``torch.optim`` operation by operation (float64,
 ``maximize=False``, no ``nesterov``/``dampening``/``amsgrad``), so a run
 matches PyTorch's step for step to rounding.  ``lr`` (and every other
@@ -116,14 +118,16 @@ class Optimizer:
             if g.shape != (self.size,):
                 raise ValueError(f"grad has shape {g.shape}, the parameters ({self.size},)")
             assert self._array is not None
-            self._array[...] = self._update(self._array, g)
+            with np.errstate(all="ignore"):
+                self._array[...] = self._update(self._array, g)
             return
         if grad is not None:
             raise TypeError("step() on Values reads their .grad; it takes no gradient argument")
         if self._run is not None:
             # The views pin the graph only for this statement (no node is made in it).
             data, g = _slot_arrays(self._run[0], self._run[1], self.size)
-            data[...] = self._update(data, g)
+            with np.errstate(all="ignore"):
+                data[...] = self._update(data, g)
             return
         data = np.empty(self.size)
         g = np.empty(self.size)
@@ -131,7 +135,8 @@ class Optimizer:
             val, gr = _slot_arrays(graph)
             data[pos] = val[idx]
             g[pos] = gr[idx]
-        new = self._update(data, g)
+        with np.errstate(all="ignore"):
+            new = self._update(data, g)
         for graph, idx, pos in self._groups:
             _slot_arrays(graph)[0][idx] = new[pos]
 

@@ -277,3 +277,18 @@ def test_a_step_leaves_the_graph_free_to_grow():
         opt.zero_grad()
         nodes = [Value(float(i)) * 2.0 for i in range(100)]      # grows the graph 16 -> 256
         assert g.stats()["capacity"] >= 200 and len(nodes) == 100
+
+
+@pytest.mark.parametrize("cls,kw", CONFIGS, ids=IDS)
+def test_non_finite_gradients_give_ieee_results_without_warnings(cls, kw):
+    """pytest turns warnings into errors here, so a numpy RuntimeWarning fails."""
+    inf, nan = float("inf"), float("nan")
+    for params in (fastgrad.leaves([inf, 1.0, -inf]), _scattered([inf, 1.0, -inf])[0]):
+        opt = cls(params, **kw)
+        for p, g in zip(params, [inf, nan, -inf]):
+            p.grad = g
+        opt.step()
+        assert math.isnan(params[1].data)
+    arr = np.array([inf, 1.0, -inf])
+    cls(arr, **kw).step(np.array([inf, nan, -inf]))
+    assert math.isnan(arr[1])

@@ -86,10 +86,11 @@ class Node:
 class Handle:
     """One live fastgrad Value and its model node (the machine holds the only reference)."""
 
-    __slots__ = ("v", "node")
+    __slots__ = ("v", "node", "block")
 
     def __init__(self, v: Any, node: Node) -> None:
         self.v, self.node = v, node
+        self.block: tuple[int, int] | None = None   # (block serial, position) for leaves()
 
 
 def reachable(nodes: list[Node]) -> set[Node]:
@@ -173,6 +174,7 @@ class GraphLifetimes(RuleBasedStateMachine):
         self.base.__enter__()
         self.stack: list[Any] = [self.base]       # entered graphs, innermost last
         self.functions: list[tuple[Any, Node, list[Node]]] = []
+        self.blocks = 0
 
     def teardown(self) -> None:
         while self.stack:
@@ -333,6 +335,40 @@ class GraphLifetimes(RuleBasedStateMachine):
             return
         h.v.data = x
         h.node.ref.data = x
+
+    @rule(xs=st.lists(NUMBERS, min_size=1, max_size=5))
+    def leaf_block(self, xs: list) -> None:
+        vs = fastgrad.leaves(xs)
+        self.blocks += 1
+        for k, (v, x) in enumerate(zip(vs, xs)):
+            assert v.graph is self.stack[-1]
+            self.add(v, "leaf", "leaf", (), ref.RValue(x)).block = (self.blocks, k)
+
+    @precondition(lambda self: any(h.block for h in self.handles))
+    @rule(i=PICK, lr=NUMBERS)
+    def step_through_views(self, i: int, lr: float) -> None:
+        """``data -= lr * grad`` on numpy views of the longest run of one
+        leaves() block around a picked leaf, none of them consumed by a node
+        (as set_leaf_data)."""
+        in_blocks = [o for o in self.handles if o.block is not None]
+        h = in_blocks[i % len(in_blocks)]
+        assert h.block is not None
+        at = {o.block[1]: o for o in self.handles if o.block is not None and o.block[0] == h.block[0]}
+        lo = hi = h.block[1]
+        while lo - 1 in at:
+            lo -= 1
+        while hi + 1 in at:
+            hi += 1
+        run = [at[k] for k in range(lo, hi + 1)]
+        consumed = {p for n in reachable([o.node for o in self.handles]) for p in n.parents()}
+        if any(o.node in consumed for o in run):
+            return
+        data, grad = fastgrad.leaf_arrays([o.v for o in run])
+        with np.errstate(all="ignore"):
+            data -= lr * grad
+        del data, grad
+        for o in run:
+            o.node.ref.data = o.node.ref.data - lr * o.node.ref.grad
 
     # ------------------------------------------------------------ rules: gradients
 

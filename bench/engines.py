@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import types
 
 import numpy as np
@@ -106,6 +107,21 @@ class Fastgrad(Engine):
     def memory_stats(self):
         st = getattr(self.fg, "stats", None)
         return dict(st()) if st is not None else None
+
+    # --- optim_step: fastgrad.optim over fastgrad.nn's parameters (one contiguous run)
+
+    def prepare_optim_step(self, variant, ctx):
+        import fastgrad.optim
+
+        random.seed(1337)
+        model = self.fg.nn.MLP(2, [16, 16, 1])
+        params = model.parameters()
+        for p, g in zip(params, wl.opt_grads(len(params)).tolist()):
+            p.grad = g
+        opt = getattr(fastgrad.optim, variant.params["opt"])(params, lr=wl.OPT_LR)
+        return Case(run=opt.step, unit="step", keep=model,
+                    info={"parameters": len(params),
+                          "mode": f"fastgrad.optim.{variant.params['opt']}: numpy on views of the parameters' storage"})
 
     # --- mlp_compiled: the demo's loss traced once, replayed per step
 
@@ -347,6 +363,22 @@ class Torch(Engine):
                           "threads": torch.get_num_threads()})
 
 
+    def prepare_optim_step(self, variant, ctx):
+        """torch.optim (default foreach path) over the MLP as six float64 tensors."""
+        torch = self.torch
+        params = [torch.tensor(np.asarray(m), dtype=torch.float64).requires_grad_()
+                  for m in wl.unflatten(wl.demo_params())]
+        grads = wl.opt_grads(sum(p.numel() for p in params))
+        at = 0
+        for p in params:
+            p.grad = torch.tensor(grads[at:at + p.numel()], dtype=torch.float64).reshape(p.shape)
+            at += p.numel()
+        opt = getattr(torch.optim, variant.params["opt"])(params, lr=wl.OPT_LR)
+        return Case(run=opt.step, unit="step", keep=params,
+                    info={"parameters": int(grads.size),
+                          "mode": f"torch.optim.{variant.params['opt']} over 6 float64 tensors"})
+
+
 class Jax(Engine):
     """JAX (CPU) in float64: jit(grad) for the seed, jit of value_and_grad plus the
     update for the tensor MLP."""
@@ -354,6 +386,7 @@ class Jax(Engine):
     name = "jax"
     unsupported = {
         "mlp_step": "JAX has no mutable Value objects for micrograd's code; the tensor form is in mlp_compiled",
+        "optim_step": "JAX itself has no optimizer (optax is a separate library, not a peer here)",
         "chain": "JAX traces functions, it keeps no dynamic graph: a Python loop of 1e6 ops is either "
                  "dispatched op by op (~10 µs each) or unrolled into a 1e6-op program for jit",
         "random_backward": "JAX keeps no graph to run backward() on; jit of a 1e6-op scalar program "
@@ -450,6 +483,7 @@ class Casadi(Engine):
     unsupported = {
         "mlp_step": "CasADi builds symbolic expressions, not micrograd's eager Values; its Function "
                     "of the step is in mlp_compiled",
+        "optim_step": "CasADi has no optimizer step over parameters; its solvers take whole problems",
         "chain": "an SX Function evaluates a fixed expression; building one is symbolic work, not a "
                  "forward+backward pass",
         "random_backward": "CasADi keeps no numeric graph to run backward on; an SX Function "
@@ -533,6 +567,7 @@ class Autograd(Engine):
     unsupported = {
         "mlp_step": "HIPS autograd differentiates numpy functions, it has no micrograd-style Value "
                     "objects; its tensor form of the step is in mlp_compiled",
+        "optim_step": "autograd.misc.optimizers runs whole training loops, it has no per-step API",
     }
 
     def load(self):

@@ -572,6 +572,58 @@ class Chain(Workload):
             raise RuntimeError(f"chain gradient {x0.grad} != {want}")
 
 
+# ----------------------------------------------------------------------------
+# 4b. optim_step: one optimizer update of the demo MLP's 337 parameters
+
+OPT_LR = 1e-6               # small, so thousands of steps keep the values put
+
+
+def opt_grads(n: int) -> np.ndarray:
+    """The gradients every engine's parameters hold during the workload."""
+    return np.sin(np.arange(1.0, n + 1.0))
+
+
+class OptimStep(Workload):
+    name = "optim_step"
+    what = "one optimizer step on the demo MLP's 337 parameters (gradients already there)"
+
+    def variants(self, cfg):
+        return [Variant("SGD, 337 parameters", {"opt": "SGD"}),
+                Variant("Adam, 337 parameters", {"opt": "Adam"})]
+
+    def prepare(self, api, engine, variant, ctx):
+        """A micrograd-shaped engine without an optimizer library: the demo's own
+        update loop, ``p.data -= lr * p.grad`` per parameter (SGD only)."""
+        if variant.params["opt"] != "SGD":
+            raise Unsupported("no optimizer library; the demo's update is a per-parameter SGD loop")
+        random.seed(1337)
+        model = api.MLP(2, [16, 16, 1])
+        params = model.parameters()
+        for p, g in zip(params, opt_grads(len(params)).tolist()):
+            p.grad = g
+
+        def step():
+            for p in params:
+                p.data -= OPT_LR * p.grad
+
+        return Case(run=step, unit="step", keep=model,
+                    info={"parameters": len(params), "mode": "the demo's loop: p.data -= lr * p.grad"})
+
+    def extra_cases(self, cases, engines, variant, ctx):
+        """fastgrad Values updated by the demo's loop, beside fastgrad.optim."""
+        eng = engines.get("fastgrad")
+        if eng is None or variant.params["opt"] != "SGD":
+            return {}
+        try:
+            case = self.prepare(eng.api, eng, variant, ctx)
+            return {FG_LOOP: case}
+        except Exception as exc:  # reported in the table, never hidden
+            return {FG_LOOP: exc}
+
+
+FG_LOOP = "fastgrad[demo loop]"
+
+
 class _Inferred(Exception):
     """A failure predicted from a smaller variant: reported as a failure, not run."""
 
@@ -629,4 +681,4 @@ def memory_probe(engine, n: int, mode: str) -> dict:
     return res
 
 
-WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), RandomBackward(), Chain()]
+WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain()]

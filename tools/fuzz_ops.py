@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from fastgrad import Value  # noqa: E402
 
 ALLOWED = (TypeError, ValueError, OverflowError, FloatingPointError, RuntimeError, MemoryError,
-           ZeroDivisionError)
+           ZeroDivisionError, BufferError)
 TMP = tempfile.mkdtemp(prefix="fastgrad-fuzz-ops.")
 UNARY = ["neg", "abs", "relu", "tanh", "exp", "log", "sigmoid", "sqrt", "sin", "cos"]
 BINOPS = [operator.add, operator.sub, operator.mul, operator.truediv, operator.pow,
@@ -52,8 +52,8 @@ SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 3.0, 1e308, -1e308, 5e-324, float("in
            float("nan"), 710.0, -745.0, 1e155]
 DTYPES = [np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.int8, np.bool_,
           np.complex128, object, "U3", "M8[s]", "V8"]
-# No capacity between about 1e7 and 2**31 - 1: those really allocate (and zero-fill)
-# gigabytes, which is the caller asking for it, not a bug to find.
+# No capacity between about 1e7 and 2**31 - 1: a graph takes that much address space
+# at once, which libFuzzer's memory limits would report; the caller asked for it.
 CAPACITIES = [-1, 0, 1, 2, 16, 1000, 10**6, 2**31, 2**62, 2**63, -(2**63) - 1]
 ARGNUMS = [0, 1, 2, -1, 5, (0, 1), (), [0], (0, 0), True, 1.5, "0", None, np.int64(0), (1, 0)]
 THREADS = [None, 1, 2, 3, 8, 0, -1, 2**40, 1.5, "2"]
@@ -137,7 +137,7 @@ class Fuzz:
 
     def step(self) -> None:
         fdp = self.fdp
-        k = fdp.ConsumeIntInRange(0, 19)
+        k = fdp.ConsumeIntInRange(0, 20)
         anomaly = fdp.ConsumeIntInRange(0, 7) == 0
         if anomaly:
             with fastgrad.detect_anomaly():
@@ -222,6 +222,21 @@ class Fuzz:
         elif k == 18:
             x = self.pick()
             pickle.dumps(x)
+        elif k == 19:
+            what = fdp.ConsumeIntInRange(0, 2)
+            if what == 0:
+                for v in fastgrad.leaves(self.array()):   # type: ignore[arg-type]
+                    self.keep(v)
+            else:
+                vals = [self.pick() for _ in range(fdp.ConsumeIntInRange(0, 4))]
+                if what == 2:
+                    vals = fastgrad.leaves([self.number() for _ in range(fdp.ConsumeIntInRange(0, 4))])
+                data, grad = fastgrad.leaf_arrays(vals)
+                data += self.number()
+                grad *= self.number()
+                # grow while pinned: BufferError once the graph is full, never a crash
+                for _ in range(fdp.ConsumeIntInRange(0, 300)):
+                    self.keep(Value(self.number()) * 2.0)
         else:
             self.keep(Value(self.number()))
 

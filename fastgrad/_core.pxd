@@ -59,6 +59,8 @@ cdef extern from "fastgrad.h" nogil:
         int64_t top
         int64_t live
         int32_t free_head
+        int32_t ordered
+        int64_t freed
         int32_t *opnd
         double *ocst
         int64_t ocap

@@ -61,6 +61,7 @@ typedef struct {
     int64_t   live;       /* slots in use */
     int32_t   free_head;  /* first free slot below top, -1 if none */
     int32_t   ordered;    /* every live edge goes from a higher index to a lower */
+    int64_t   freed;      /* nodes freed since top and the free list were last trimmed */
 
     int32_t  *opnd;       /* side array: operand node index or -1 */
     double   *ocst;       /* side array: constant operand where opnd == -1 */

@@ -259,6 +259,43 @@ int64_t fg_alloc_operands(fg_graph_t *g, int64_t n) {
     return off;
 }
 
+/* After many frees (a training step's graph dropped while its parameters
+ * live on): lowers top past the free slots at the end, rebuilds the free list
+ * in address order (lowest slot out first), and recomputes `ordered` from the
+ * live edges.  The next graph is then laid out in creation order again, which
+ * keeps the sweeps on their descending-scan path.  O(top), run after at least
+ * top/2 frees since the last time: amortised O(1) per freed node. */
+static void fg_trim(fg_graph_t *g) {
+    int64_t top = g->top;
+    while (top > 0 && g->op[top - 1] == FG_OP_FREE) {
+        top--;
+    }
+    int32_t head = -1;
+    int ordered = 1;
+    for (int64_t i = top - 1; i >= 0; i--) {
+        int op = g->op[i];
+        if (op == FG_OP_FREE) {
+            g->a[i] = head;
+            head = (int32_t)i;
+            continue;
+        }
+        int arity = FG_ARITY[op];
+        if (arity == -1) {
+            const int32_t *opnd = g->opnd + g->a[i];
+            for (int32_t k = 0; k < g->b[i]; k++) {
+                ordered &= opnd[k] < i;
+            }
+        } else {
+            ordered &= arity < 1 || g->a[i] < i;
+            ordered &= arity < 2 || g->b[i] < i;
+        }
+    }
+    g->top = top;
+    g->free_head = head;
+    g->ordered = ordered;
+    g->freed = 0;
+}
+
 /* Frees the nodes on the cascade stack (order[0, top)) and, in turn, the
  * parents whose uses reach 0: an explicit stack instead of recursion, so a
  * chain of any length frees without touching the C stack.  A node is pushed
@@ -292,6 +329,7 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget) {
         g->b[n] = -1;
         g->free_head = n;
         g->live--;
+        g->freed++;
     }
     if (top == 0 && g->live == 0) {
         /* Nothing is reachable: restart the slot and operand counters so an
@@ -301,6 +339,9 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget) {
         g->ordered = 1;
         g->oused = 0;
         g->odead = 0;
+        g->freed = 0;
+    } else if (top == 0 && g->freed * 2 >= g->top) {
+        fg_trim(g);
     }
     return top;
 }

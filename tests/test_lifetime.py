@@ -101,6 +101,43 @@ def test_micrograd_style_loop_runs_at_flat_memory():
     assert capacity["operand_slots"] < 8 * 2 * counts[-1]
 
 
+def _edges_point_down(g) -> bool:
+    """Every live node's parents sit below it (the layout the sweeps scan fastest)."""
+    arr = g.arrays()
+    codes = fastgrad._core.op_codes()
+    unary_or_binary = {c for name, c in codes.items() if name not in ("FREE", "LEAF", "CONST", "SUM", "DOT")}
+    for i, op in enumerate(arr["op"].tolist()):
+        if op in unary_or_binary:
+            a, b = int(arr["a"][i]), int(arr["b"][i])
+            if a >= i or b >= i:
+                return False
+    return True
+
+
+def test_a_dropped_step_graph_gives_its_slots_back_in_creation_order(own_graph):
+    """After a training step's graph is dropped (parameters live on), the
+    slots past the last live node are given back and the free list is in
+    address order, so each step's graph is laid out in creation order again
+    (slot reuse without the trim hands slots out in reverse)."""
+    from fastgrad.nn import MLP
+
+    model = MLP(2, [8, 8, 1])
+    n = len(model.parameters())
+    want = None
+    for step in range(4):
+        xs = [[Value(0.25 * i), Value(1.0 - 0.5 * i)] for i in range(6)]
+        loss = fastgrad.sum([(1.0 - model(x)).relu() for x in xs])
+        model.zero_grad()
+        loss.backward()
+        assert _edges_point_down(own_graph), f"step {step}"
+        grads = [p.grad for p in model.parameters()]
+        assert want is None or grads == want
+        want = grads
+        del loss
+        assert len(own_graph.arrays()["op"]) == n + 12        # only the inputs above the parameters
+        del xs
+
+
 def test_values_outlive_their_graph_block():
     with fastgrad.Graph() as g:
         a = Value(2.0)

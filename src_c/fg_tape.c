@@ -301,6 +301,15 @@ void fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *
 
 #define FG_UNI(p) (uni != NULL && uni[p])
 
+/* The forward and reverse kernels below serve a block of rows and, inlined
+ * with ld = nb = 1 and uni = NULL, one row: the constants fold their row
+ * loops away, so one row runs as scalar code from the same source. */
+#if defined(_MSC_VER)
+#define FG_ALWAYS_INLINE __forceinline
+#else
+#define FG_ALWAYS_INLINE inline __attribute__((always_inline))
+#endif
+
 /* The operand group at k of an n-ary node, in a row block: parent indices p, q
  * (-1: a constant); rp, rq say whether the operand has rows of its own; P, Q
  * point at those rows, and a0, b0 hold the one value of an operand that has
@@ -336,8 +345,8 @@ void fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *
     }
 
 /* Forward: v[i*ld + r] for r < nb; rows of the inputs are already written. */
-static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *v,
-                            const uint8_t *uni) {
+static FG_ALWAYS_INLINE void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb,
+                                             double *v, const uint8_t *uni) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
     const double *cst = t->cst, *ocst = t->ocst;
@@ -399,45 +408,9 @@ static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *
     }
 }
 
-/* One row (nb == 1): values and adjoints are plain scalars, so each node's
- * result is accumulated in a register and stored once. */
-static void fg_forward_one(const fg_tape_t *t, double *v) {
-    const uint8_t *op = t->op;
-    const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
-    const double *cst = t->cst, *ocst = t->ocst;
-    for (int64_t i = t->n_in; i < t->n; i++) {
-        const double c = cst[i];
-        const int o = op[i];
-        double y = 0.0;
-#define FG_T1F_NARY(NAME, group, term, da, db, dab)                            \
-        if (o == FG_OP_##NAME) {                                                \
-            y = c;                                                              \
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
-                FG_GROUP_AT(k, group, opnd, ocst, v)                            \
-                y += (term);                                                    \
-            }                                                                   \
-        } else
-        FG_NARY_TABLE(FG_T1F_NARY)
-#undef FG_T1F_NARY
-        switch (o) {
-#define FG_T1F_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                \
-        case FG_OP_##NAME: {                                                    \
-            double a = (arity >= 1) ? v[A[i]] : 0.0;                            \
-            double b = (arity == 2) ? v[B[i]] : 0.0;                            \
-            (void)a; (void)b;                                                   \
-            y = (arity == 0) ? c : (fwd);                                       \
-            break;                                                              \
-        }
-        FG_OP_TABLE(FG_T1F_ROW)
-#undef FG_T1F_ROW
-        }
-        v[i] = y;
-    }
-}
-
 void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, const uint8_t *uni) {
     if (nb == 1 && ld == 1) {   /* not a one-row chunk of a batch: that one has stride ld */
-        fg_forward_one(t, v);
+        fg_forward_rows(t, 1, 1, v, NULL);
     } else {
         fg_forward_rows(t, ld, nb, v, uni);
     }
@@ -458,6 +431,9 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
     return (s0 + s1) + (s2 + s3);
 }
 
+/* The adjoint of the node being swept, at row r. */
+#define FG_G(r) (one_row ? g0 : g[r])
+
 /* *OUT += the sum over rows r < m of g[r] * D, with a = A_R and b = B_R: four
  * accumulators, as fg_sum_rows. */
 #define FG_ROW_TERM(s, row, A_R, B_R, D)                                        \
@@ -466,7 +442,7 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
         const double a = (A_R), b = (B_R);                                      \
         (void)a;                                                                \
         (void)b;                                                                \
-        s += g[r] * (D);                                                        \
+        s += FG_G(r) * (D);                                                     \
     }
 #define FG_DOT_ROWS(A_R, B_R, m, OUT, D)                                        \
     {                                                                           \
@@ -490,12 +466,12 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
     {                                                                           \
         double *gx = (GX);                                                      \
         if (RX) {                                                               \
-            FG_ROWS_BIND(FG_EACH_ROW, m, gx[r] += g[r] * (D))                   \
+            FG_ROWS_BIND(FG_EACH_ROW, m, gx[r] += FG_G(r) * (D))                \
         } else if (ui || !(RO)) {                                               \
             const double a = a0, b = b0;                                        \
             (void)a;                                                            \
             (void)b;                                                            \
-            gx[0] += (ui ? g[0] : fg_sum_rows(g, m)) * (D);                     \
+            gx[0] += (ui ? g0 : fg_sum_rows(g, m)) * (D);                       \
         } else {                                                                \
             FG_ROWS_BIND(FG_DOT_ROWS, m, gx, D)                                 \
         }                                                                       \
@@ -503,9 +479,13 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
 
 /* Reverse: zeroes adj, seeds the outputs, sweeps down.  seed[k*ld + r] is the
  * cotangent of output k in row r; NULL seeds every output with 1.  A uniform
- * output stands for nb equal rows, so its seed is their sum. */
-static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
-                            double *adj, const double *seed, const uint8_t *uni) {
+ * output stands for nb equal rows, so its seed is their sum.
+ * one_row (a constant: 1 only with ld = nb = 1) reads the node's adjoint once
+ * into a register: the compiler cannot tell that the stores into its parents'
+ * adjoints leave it unchanged, and would load it again for every operand. */
+static FG_ALWAYS_INLINE void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb,
+                                             const double *v, double *adj, const double *seed,
+                                             const uint8_t *uni, const int one_row) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
     const double *cst = t->cst, *ocst = t->ocst;
@@ -523,6 +503,7 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
     double d[64];   /* per-row local derivatives of one parent, reduced in blocks */
     for (int64_t i = t->n - 1; i >= t->n_in; i--) {
         const double *g = adj + i * ld;
+        const double g0 = g[0];
         const double c = cst[i];
         const int ui = FG_UNI(i);
         const int64_t m = ui ? 1 : nb;
@@ -549,7 +530,7 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
                 for (int64_t r = 0; r < m; r++) {                               \
                     double a = pa[r], b = 0.0, y = py[r];                       \
                     (void)a; (void)b; (void)y;                                  \
-                    ga[r] += g[r] * (da);                                       \
+                    ga[r] += FG_G(r) * (da);                                    \
                 }                                                               \
             } else if (arity == 2) {                                            \
                 const double *pa = v + A[i] * ld, *pb = v + B[i] * ld;          \
@@ -562,8 +543,8 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
                         double a = pa[r], b = pb[r], y = py[r];                 \
                         (void)a; (void)b; (void)y;                              \
                         double da_ = (da), db_ = (db);                          \
-                        ga[r] += g[r] * da_;                                    \
-                        gb[r] += g[r] * db_;                                    \
+                        ga[r] += FG_G(r) * da_;                                 \
+                        gb[r] += FG_G(r) * db_;                                 \
                     }                                                           \
                 } else {                                                        \
                     for (int64_t r0 = 0; r0 < m; r0 += 64) {                    \
@@ -574,10 +555,10 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
                             double a = pa[r * sa], b = pb[r * sb], y = py[r];   \
                             (void)a; (void)b; (void)y;                          \
                             double da_ = (da), db_ = (db);                      \
-                            if (sa) ga[r] += g[r] * da_;                        \
-                            else d[k] = g[r] * da_;                             \
-                            if (sb) gb[r] += g[r] * db_;                        \
-                            else d[k] = g[r] * db_;                             \
+                            if (sa) ga[r] += FG_G(r) * da_;                     \
+                            else d[k] = FG_G(r) * da_;                          \
+                            if (sb) gb[r] += FG_G(r) * db_;                     \
+                            else d[k] = FG_G(r) * db_;                          \
                         }                                                       \
                         sa_ = fg_sum_rows(d, e);                                \
                         if (!sa) ga[0] += sa_;                                  \
@@ -593,57 +574,16 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
     }
 }
 
-static void fg_reverse_one(const fg_tape_t *t, const double *v, double *adj, const double *seed) {
-    const uint8_t *op = t->op;
-    const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
-    const double *cst = t->cst, *ocst = t->ocst;
-    memset(adj, 0, (size_t)t->n * sizeof *adj);
-    for (int64_t k = 0; k < t->n_out; k++) {
-        adj[t->out[k]] += seed ? seed[k] : 1.0;
-    }
-    for (int64_t i = t->n - 1; i >= t->n_in; i--) {
-        const double g = adj[i];
-        const double c = cst[i];
-        const int o = op[i];
-#define FG_T1R_NARY(NAME, group, term, da, db, dab)                            \
-        if (o == FG_OP_##NAME) {                                                \
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
-                FG_GROUP_AT(k, group, opnd, ocst, v)                            \
-                const double da_ = (da), db_ = (db);                            \
-                if (p >= 0) adj[p] += g * da_;                                  \
-                if (q >= 0) adj[q] += g * db_;                                  \
-            }                                                                   \
-        } else
-        FG_NARY_TABLE(FG_T1R_NARY)
-#undef FG_T1R_NARY
-        switch (o) {
-#define FG_T1R_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                \
-        case FG_OP_##NAME:                                                      \
-            if (arity >= 1) {                                                   \
-                double a = v[A[i]], b = (arity == 2) ? v[B[i]] : 0.0, y = v[i]; \
-                (void)a; (void)b; (void)y;                                      \
-                double da_ = (da), db_ = (db);                                  \
-                (void)db_;                                                      \
-                adj[A[i]] += g * da_;                                           \
-                if (arity == 2) adj[B[i]] += g * db_;                           \
-            }                                                                   \
-            (void)c;                                                            \
-            break;
-        FG_OP_TABLE(FG_T1R_ROW)
-#undef FG_T1R_ROW
-        }
-    }
-}
-
 void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
                      const double *seed, const uint8_t *uni) {
     if (nb == 1 && ld == 1) {
-        fg_reverse_one(t, v, adj, seed);
+        fg_reverse_rows(t, 1, 1, v, adj, seed, NULL, 1);
     } else {
-        fg_reverse_rows(t, ld, nb, v, adj, seed, uni);
+        fg_reverse_rows(t, ld, nb, v, adj, seed, uni, 0);
     }
 }
 
+#undef FG_G
 #undef FG_UNI
 
 /* Tangents (forward mode), one row: tan of the inputs is set by the caller. */

@@ -70,31 +70,24 @@ int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnode
         int o = op[n];
         double gn = adj[n];
         int32_t rank = 0;
-        if (o == FG_OP_SUM) {
-            const int32_t *ops = opnd + A[n];
-            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
-                if (ops[k] >= 0) {
-                    FG_EDGE(ops[k], gn);
-                }
-            }
-            continue;
+#define FG_EDGE_NARY(NAME, group, term, da, db, dab)                      \
+        if (o == FG_OP_##NAME) {                                          \
+            const int32_t *ops = opnd + A[n];                             \
+            const double *cs = ocst + A[n];                               \
+            for (int32_t k = 0, cnt = B[n]; k + group <= cnt; k += group) { \
+                FG_GROUP_AT(k, group, ops, cs, val)                       \
+                const double da_ = (da), db_ = (db);                      \
+                if (p >= 0) {                                             \
+                    FG_EDGE(p, gn * da_);                                 \
+                }                                                         \
+                if (q >= 0) {                                             \
+                    FG_EDGE(q, gn * db_);                                 \
+                }                                                         \
+            }                                                             \
+            continue;                                                     \
         }
-        if (o == FG_OP_DOT) {
-            const int32_t *ops = opnd + A[n];
-            const double *cs = ocst + A[n];
-            for (int32_t k = 0, cnt = B[n]; k + 1 < cnt; k += 2) {
-                int32_t p = ops[k], q = ops[k + 1];
-                double v = (p >= 0) ? val[p] : cs[k];
-                double w = (q >= 0) ? val[q] : cs[k + 1];
-                if (p >= 0) {
-                    FG_EDGE(p, gn * w);
-                }
-                if (q >= 0) {
-                    FG_EDGE(q, gn * v);
-                }
-            }
-            continue;
-        }
+        FG_NARY_TABLE(FG_EDGE_NARY)
+#undef FG_EDGE_NARY
         switch (o) {
 #define FG_EDGE_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)         \
         case FG_OP_##NAME:                                                \

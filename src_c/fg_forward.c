@@ -69,7 +69,8 @@ int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b) {
 
 int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
                 const double *cst, double c) {
-    if (op == FG_OP_DOT && (n & 1)) {
+    const int group = fg_nary_group(op);
+    if (group == 0 || n % group != 0) {
         return FG_EINVAL;
     }
     /* Operands first: a compaction moves runs but no node refers to ours yet. */
@@ -82,29 +83,22 @@ int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
         g->odead += n;  /* the reserved run is simply abandoned */
         return i;
     }
-    int32_t *opnd = g->opnd + off;
-    double *ocst = g->ocst + off;
+    for (int64_t k = 0; k < n; k++) {
+        g->opnd[off + k] = idx[k];
+        g->ocst[off + k] = cst[k];
+    }
     const double *val = g->val;
     double y = c;
-    if (op == FG_OP_SUM) {
-        for (int64_t k = 0; k < n; k++) {
-            int32_t p = idx[k];
-            double v = (p >= 0) ? val[p] : cst[k];
-            opnd[k] = p;
-            ocst[k] = cst[k];
-            y += v;
-        }
-    } else {
-        for (int64_t k = 0; k < n; k += 2) {
-            int32_t p = idx[k], q = idx[k + 1];
-            double v = (p >= 0) ? val[p] : cst[k];
-            double w = (q >= 0) ? val[q] : cst[k + 1];
-            opnd[k] = p;
-            opnd[k + 1] = q;
-            ocst[k] = cst[k];
-            ocst[k + 1] = cst[k + 1];
-            y += v * w;
-        }
+    switch (op) {
+#define FG_NARY_FWD_ROW(NAME, group_, term, da, db, dab)                        \
+    case FG_OP_##NAME:                                                          \
+        for (int64_t k = 0; k < n; k += group_) {                               \
+            FG_GROUP_AT(k, group_, idx, cst, val)                               \
+            y += (term);                                                        \
+        }                                                                       \
+        break;
+        FG_NARY_TABLE(FG_NARY_FWD_ROW)
+#undef FG_NARY_FWD_ROW
     }
     for (int64_t k = 0; k < n; k++) {
         if (idx[k] >= 0) {

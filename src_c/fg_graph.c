@@ -214,7 +214,7 @@ static int fg_compact_operands(fg_graph_t *g, int64_t need) {
     }
     int64_t used = 0;
     for (int64_t i = 0; i < g->top; i++) {
-        if (g->op[i] == FG_OP_SUM || g->op[i] == FG_OP_DOT) {
+        if (FG_ARITY[g->op[i]] == -1) {
             int64_t off = g->a[i], n = g->b[i];
             memcpy(opnd + used, g->opnd + off, (size_t)n * sizeof *opnd);
             memcpy(ocst + used, g->ocst + off, (size_t)n * sizeof *ocst);

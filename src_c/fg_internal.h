@@ -20,4 +20,33 @@ static const signed char FG_ARITY[FG_OP_COUNT] = {
 #undef FG_ARITY_ENTRY
 };
 
+/* Operands per group of an n-ary op (FG_NARY_TABLE's GROUP); 0 for the others. */
+static inline int fg_nary_group(int op) {
+    switch (op) {
+#define FG_GROUP_ROW(NAME, group, term, da, db, dab) case FG_OP_##NAME: return group;
+        FG_NARY_TABLE(FG_GROUP_ROW)
+#undef FG_GROUP_ROW
+    }
+    return 0;
+}
+
+/* Every ARITY -1 row of FG_OP_TABLE has its rules in FG_NARY_TABLE (a row
+ * there for an op not in FG_OP_TABLE does not compile either). */
+#define FG_COUNT_NARY_OP(NAME, str, arity, fwd, da, db, daa, dab, dbb) + (arity == -1)
+#define FG_COUNT_NARY_RULE(NAME, group, term, da, db, dab) + 1
+typedef char fg_every_nary_op_has_rules[
+    (0 FG_OP_TABLE(FG_COUNT_NARY_OP)) == (0 FG_NARY_TABLE(FG_COUNT_NARY_RULE)) ? 1 : -1];
+#undef FG_COUNT_NARY_OP
+#undef FG_COUNT_NARY_RULE
+
+/* Declares the operand group at k of an n-ary node for a kernel's operand loop:
+ * parent indices p, q (-1: a constant, which gets no derivative) and values
+ * a, b as FG_NARY_TABLE's columns read them (q = -1, b = 0.0 in groups of 1). */
+#define FG_GROUP_AT(k, group, opnd, ocst, val)                                       \
+    const int32_t p = (opnd)[k], q = ((group) == 2) ? (opnd)[(k) + 1] : -1;            \
+    const double a = (p >= 0) ? (val)[p] : (ocst)[k];                                   \
+    const double b = (q >= 0) ? (val)[q] : (((group) == 2) ? (ocst)[(k) + 1] : 0.0);   \
+    (void)a;                                                                          \
+    (void)b;
+
 #endif /* FG_INTERNAL_H */

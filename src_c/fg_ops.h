@@ -1,14 +1,29 @@
-/* fg_ops.h -- the op table: every op's forward rule and local derivatives, once.
+/* fg_ops.h -- the op tables: every op's forward rule and local derivatives, once.
  *
- * One row per op: X(NAME, "name", ARITY, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2)
+ * FG_OP_TABLE lists every op code, in code order (codes are saved in Function
+ * files: a new op is appended).  One row per op:
+ *   X(NAME, "name", ARITY, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2)
  *   a, b  values of the first and second parent (b unused for unary ops)
  *   c     the node's constant slot (scalar operand or exponent)
  *   y     the node's own forward value (derivatives may reuse it)
- * The forward (fg_forward.c), reverse (fg_reverse.c) and tape kernels
- * (fg_tape.c: replay, tangent, forward-over-reverse) all expand this list, so
- * adding an op touches this file and nothing else in C.
- * ARITY 0 is a leaf (CONST: a leaf folded to its value c in a tape), -1 an n-ary node whose operands live in the side array
- * (their rules are written in the kernels, one case each, next to the loop).
+ * ARITY 0 is a leaf (CONST: a leaf folded to its value c in a tape).  ARITY -1
+ * is an n-ary node whose operands live in the side array: its row here gives
+ * its code and name only, its rules are its row of FG_NARY_TABLE below (so an
+ * n-ary op has one row in each table).
+ *
+ * FG_NARY_TABLE: an n-ary node is y = c + one term per group of GROUP (1 or
+ * 2) consecutive operands, added in operand order (dot(w, x, b) sums as
+ * micrograd does, so losses match it bit for bit).  One row per n-ary op:
+ *   N(NAME, GROUP, term, d/da, d/db, d2/dadb)
+ *   a, b  values of the group's operands (b is 0.0 in groups of 1); an
+ *         operand may be a constant (index -1 in the side array), which gets
+ *         no derivative
+ * Each term is linear in each operand (d2/da2 = d2/db2 = 0), so its second
+ * order is the cross term alone.
+ *
+ * The forward (fg_forward.c), reverse (fg_reverse.c), explain (fg_explain.c)
+ * and tape kernels (fg_tape.c: replay, tangent, forward-over-reverse) all
+ * expand these lists, so adding an op touches this file and nothing else in C.
  *
  * Subgradient conventions (DESIGN.md section 3): relu'(0) = 0, abs'(0) = 0,
  * maximum/minimum ties split 0.5/0.5 (as PyTorch and JAX).  A NaN operand of
@@ -109,7 +124,14 @@ static inline double fg_d2pow_bb(double a, double e, double y) {
     X(SQRT,    "sqrt",    1, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0) \
     X(SIN,     "sin",     1, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0) \
     X(COS,     "cos",     1, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0) \
-    X(SUM,     "sum",    -1, 0.0,            1.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(DOT,     "dot",    -1, 0.0,            0.0,                 0.0,                  0.0, 1.0, 0.0)
+    /* n-ary: code and name only; their rules are in FG_NARY_TABLE */                              \
+    X(SUM,     "sum",    -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(DOT,     "dot",    -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0)
+
+/* N(NAME, GROUP, term, da, db, dab): y = c + the terms of the groups, in order.
+ * sum: c + x0 + x1 + ...;  dot: c + x0*x1 + x2*x3 + ... */
+#define FG_NARY_TABLE(N)                    \
+    N(SUM, 1, a,     1.0, 0.0, 0.0)         \
+    N(DOT, 2, a * b, b,   a,   1.0)
 
 #endif /* FG_OPS_H */

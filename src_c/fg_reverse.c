@@ -159,34 +159,29 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
 }
 
 /* The reverse rule of node n, whose gradient is gn: FG_SEND(parent, contribution)
- * once per edge.  Each sweep below defines FG_SEND its own way. */
+ * once per edge.  Each sweep below defines FG_SEND its own way.  The n-ary ops
+ * come first, as an if-else chain, then a switch over the fixed-arity rows. */
 #define FG_SWEEP_BODY                                                           \
-    if (o == FG_OP_SUM) {                                                       \
-        const int32_t *ops = opnd + A[n];                                       \
-        for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {                         \
-            if (ops[k] >= 0) {                                                  \
-                FG_SEND(ops[k], gn);                                            \
-            }                                                                   \
-        }                                                                       \
-    } else if (o == FG_OP_DOT) {                                                \
+    FG_NARY_TABLE(FG_REV_NARY)                                                  \
+    switch (o) {                                                                \
+        FG_OP_TABLE(FG_REV_ROW)                                                 \
+    }
+
+#define FG_REV_NARY(NAME, group, term, da, db, dab)                            \
+    if (o == FG_OP_##NAME) {                                                    \
         const int32_t *ops = opnd + A[n];                                       \
         const double *cs = ocst + A[n];                                         \
-        for (int32_t k = 0, cnt = B[n]; k < cnt; k += 2) {                      \
-            int32_t p = ops[k], q = ops[k + 1];                                 \
-            double v = (p >= 0) ? val[p] : cs[k];                               \
-            double w = (q >= 0) ? val[q] : cs[k + 1];                           \
+        for (int32_t k = 0, cnt = B[n]; k < cnt; k += group) {                  \
+            FG_GROUP_AT(k, group, ops, cs, val)                                 \
+            const double da_ = (da), db_ = (db);                                \
             if (p >= 0) {                                                       \
-                FG_SEND(p, gn * w);                                             \
+                FG_SEND(p, gn * da_);                                           \
             }                                                                   \
             if (q >= 0) {                                                       \
-                FG_SEND(q, gn * v);                                             \
+                FG_SEND(q, gn * db_);                                           \
             }                                                                   \
         }                                                                       \
-    } else {                                                                    \
-        switch (o) {                                                            \
-            FG_OP_TABLE(FG_REV_ROW)                                             \
-        }                                                                       \
-    }
+    } else
 
 #define FG_REV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
     case FG_OP_##NAME:                                                          \
@@ -269,6 +264,7 @@ nonfinite:
 
 #undef FG_CHECK
 #undef FG_REV_ROW
+#undef FG_REV_NARY
 #undef FG_SWEEP_BODY
 
 static int fg_fail_nonfinite(fg_graph_t *g, int32_t n) {

@@ -81,7 +81,7 @@ int fg_tape_validate(const fg_tape_t *t) {
             break;
         case -1: {
             int64_t off = t->a[i], cnt = t->b[i];
-            if (off < 0 || cnt < 0 || off + cnt > t->nopnd || (op == FG_OP_DOT && (cnt & 1))) {
+            if (off < 0 || cnt < 0 || off + cnt > t->nopnd || cnt % fg_nary_group(op) != 0) {
                 return FG_EINVAL;
             }
             for (int64_t k = off; k < off + cnt; k++) {
@@ -301,9 +301,52 @@ void fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *
 
 #define FG_UNI(p) (uni != NULL && uni[p])
 
+/* The forward and reverse kernels below serve a block of rows and, inlined
+ * with ld = nb = 1 and uni = NULL, one row: the constants fold their row
+ * loops away, so one row runs as scalar code from the same source. */
+#if defined(_MSC_VER)
+#define FG_ALWAYS_INLINE __forceinline
+#else
+#define FG_ALWAYS_INLINE inline __attribute__((always_inline))
+#endif
+
+/* The operand group at k of an n-ary node, in a row block: parent indices p, q
+ * (-1: a constant); rp, rq say whether the operand has rows of its own; P, Q
+ * point at those rows, and a0, b0 hold the one value of an operand that has
+ * none (a constant, or a uniform node: its row 0).  Groups of 1: q = -1,
+ * rq = 0, b0 = 0.0. */
+#define FG_ROWS_GROUP_AT(k, group)                                              \
+    const int32_t p = opnd[k], q = ((group) == 2) ? opnd[(k) + 1] : -1;         \
+    const int rp = p >= 0 && !FG_UNI(p), rq = q >= 0 && !FG_UNI(q);             \
+    const double *P = (p >= 0) ? v + p * ld : ocst + (k);                       \
+    const double *Q = (q >= 0) ? v + q * ld : ocst + (k) + ((group) - 1);       \
+    const double a0 = P[0], b0 = ((group) == 2) ? Q[0] : 0.0;
+
+/* LOOP(a_r, b_r, ...) once, with a and b read from rows or hoisted scalars:
+ * one loop per case, each with a branch-free body over contiguous rows. */
+#define FG_ROWS_BIND(LOOP, ...)                                                 \
+    if (rp && rq) {                                                             \
+        LOOP(P[r], Q[r], __VA_ARGS__)                                           \
+    } else if (rp) {                                                            \
+        LOOP(P[r], b0, __VA_ARGS__)                                             \
+    } else if (rq) {                                                            \
+        LOOP(a0, Q[r], __VA_ARGS__)                                             \
+    } else {                                                                    \
+        LOOP(a0, b0, __VA_ARGS__)                                               \
+    }
+
+/* STMT for each row r < m, with a = A_R and b = B_R. */
+#define FG_EACH_ROW(A_R, B_R, m, STMT)                                          \
+    for (int64_t r = 0; r < (m); r++) {                                         \
+        const double a = (A_R), b = (B_R);                                      \
+        (void)a;                                                                \
+        (void)b;                                                                \
+        STMT;                                                                   \
+    }
+
 /* Forward: v[i*ld + r] for r < nb; rows of the inputs are already written. */
-static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *v,
-                            const uint8_t *uni) {
+static FG_ALWAYS_INLINE void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb,
+                                             double *v, const uint8_t *uni) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
     const double *cst = t->cst, *ocst = t->ocst;
@@ -312,39 +355,17 @@ static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *
         const double c = cst[i];
         const int64_t m = FG_UNI(i) ? 1 : nb;   /* rows to compute */
         const int o = op[i];
-        if (o == FG_OP_SUM) {
-            for (int64_t r = 0; r < m; r++) y[r] = c;
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                int32_t p = opnd[k];
-                if (p >= 0 && !FG_UNI(p)) {
-                    const double *P = v + p * ld;
-                    for (int64_t r = 0; r < m; r++) y[r] += P[r];
-                } else {
-                    const double s = (p >= 0) ? v[p * ld] : ocst[k];
-                    for (int64_t r = 0; r < m; r++) y[r] += s;
-                }
-            }
-        } else if (o == FG_OP_DOT) {
-            for (int64_t r = 0; r < m; r++) y[r] = c;
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
-                int32_t p = opnd[k], q = opnd[k + 1];
-                int rp = p >= 0 && !FG_UNI(p), rq = q >= 0 && !FG_UNI(q);   /* per-row? */
-                double sp = rp ? 0.0 : ((p >= 0) ? v[p * ld] : ocst[k]);
-                double sq = rq ? 0.0 : ((q >= 0) ? v[q * ld] : ocst[k + 1]);
-                if (rp && rq) {
-                    const double *P = v + p * ld, *Q = v + q * ld;
-                    for (int64_t r = 0; r < m; r++) y[r] += P[r] * Q[r];
-                } else if (rp) {
-                    const double *P = v + p * ld;
-                    for (int64_t r = 0; r < m; r++) y[r] += P[r] * sq;
-                } else if (rq) {
-                    const double *Q = v + q * ld;
-                    for (int64_t r = 0; r < m; r++) y[r] += sp * Q[r];
-                } else {
-                    for (int64_t r = 0; r < m; r++) y[r] += sp * sq;
-                }
-            }
-        } else switch (o) {
+#define FG_TFWD_NARY(NAME, group, term, da, db, dab)                           \
+        if (o == FG_OP_##NAME) {                                                \
+            for (int64_t r = 0; r < m; r++) y[r] = c;                           \
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
+                FG_ROWS_GROUP_AT(k, group)                                      \
+                FG_ROWS_BIND(FG_EACH_ROW, m, y[r] += (term))                    \
+            }                                                                   \
+        } else
+        FG_NARY_TABLE(FG_TFWD_NARY)
+#undef FG_TFWD_NARY
+        switch (o) {
 #define FG_TFWD_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
         case FG_OP_##NAME:                                                      \
             if (arity == 0) {                                                   \
@@ -387,66 +408,16 @@ static void fg_forward_rows(const fg_tape_t *t, int64_t ld, int64_t nb, double *
     }
 }
 
-/* One row (nb == 1): values and adjoints are plain scalars, so each node's
- * result is accumulated in a register and stored once. */
-static void fg_forward_one(const fg_tape_t *t, double *v) {
-    const uint8_t *op = t->op;
-    const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
-    const double *cst = t->cst, *ocst = t->ocst;
-    for (int64_t i = t->n_in; i < t->n; i++) {
-        const double c = cst[i];
-        const int o = op[i];
-        double y = 0.0;
-        if (o == FG_OP_DOT) {
-            y = c;
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
-                int32_t p = opnd[k], q = opnd[k + 1];
-                y += ((p >= 0) ? v[p] : ocst[k]) * ((q >= 0) ? v[q] : ocst[k + 1]);
-            }
-        } else if (o == FG_OP_SUM) {
-            y = c;
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                y += (opnd[k] >= 0) ? v[opnd[k]] : ocst[k];
-            }
-        } else switch (o) {
-#define FG_T1F_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                \
-        case FG_OP_##NAME: {                                                    \
-            double a = (arity >= 1) ? v[A[i]] : 0.0;                            \
-            double b = (arity == 2) ? v[B[i]] : 0.0;                            \
-            (void)a; (void)b;                                                   \
-            y = (arity == 0) ? c : (fwd);                                       \
-            break;                                                              \
-        }
-        FG_OP_TABLE(FG_T1F_ROW)
-#undef FG_T1F_ROW
-        }
-        v[i] = y;
-    }
-}
-
 void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, const uint8_t *uni) {
     if (nb == 1 && ld == 1) {   /* not a one-row chunk of a batch: that one has stride ld */
-        fg_forward_one(t, v);
+        fg_forward_rows(t, 1, 1, v, NULL);
     } else {
         fg_forward_rows(t, ld, nb, v, uni);
     }
 }
 
-/* Sum of x[r] * y[r] over r < m with four accumulators: a reduction that is
- * not latency-bound (rows are summed in a fixed order for a given m). */
-static inline double fg_dot_rows(const double *x, const double *y, int64_t m) {
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-    int64_t r = 0;
-    for (; r + 4 <= m; r += 4) {
-        s0 += x[r] * y[r];
-        s1 += x[r + 1] * y[r + 1];
-        s2 += x[r + 2] * y[r + 2];
-        s3 += x[r + 3] * y[r + 3];
-    }
-    for (; r < m; r++) s0 += x[r] * y[r];
-    return (s0 + s1) + (s2 + s3);
-}
-
+/* Sum of x[r] over r < m with four accumulators: a reduction that is not
+ * latency-bound (rows are summed in a fixed order for a given m). */
 static inline double fg_sum_rows(const double *x, int64_t m) {
     double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
     int64_t r = 0;
@@ -460,11 +431,61 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
     return (s0 + s1) + (s2 + s3);
 }
 
+/* The adjoint of the node being swept, at row r. */
+#define FG_G(r) (one_row ? g0 : g[r])
+
+/* *OUT += the sum over rows r < m of g[r] * D, with a = A_R and b = B_R: four
+ * accumulators, as fg_sum_rows. */
+#define FG_ROW_TERM(s, row, A_R, B_R, D)                                        \
+    {                                                                           \
+        const int64_t r = (row);                                                \
+        const double a = (A_R), b = (B_R);                                      \
+        (void)a;                                                                \
+        (void)b;                                                                \
+        s += FG_G(r) * (D);                                                     \
+    }
+#define FG_DOT_ROWS(A_R, B_R, m, OUT, D)                                        \
+    {                                                                           \
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;                          \
+        int64_t r4 = 0;                                                         \
+        for (; r4 + 4 <= (m); r4 += 4) {                                        \
+            FG_ROW_TERM(s0, r4, A_R, B_R, D)                                    \
+            FG_ROW_TERM(s1, r4 + 1, A_R, B_R, D)                                \
+            FG_ROW_TERM(s2, r4 + 2, A_R, B_R, D)                                \
+            FG_ROW_TERM(s3, r4 + 3, A_R, B_R, D)                                \
+        }                                                                       \
+        for (; r4 < (m); r4++) FG_ROW_TERM(s0, r4, A_R, B_R, D)                 \
+        *(OUT) += (s0 + s1) + (s2 + s3);                                        \
+    }
+
+/* Adds g * D to the adjoint block GX of one operand of the group, whose rows
+ * are per-row when RX; RO: the group's other operand is.  A uniform operand
+ * of a per-row node gets the sum over the rows: when D is uniform too, the
+ * sum of g times D, else the dot product of g with D's rows. */
+#define FG_ROWS_SEND(GX, RX, RO, D)                                             \
+    {                                                                           \
+        double *gx = (GX);                                                      \
+        if (RX) {                                                               \
+            FG_ROWS_BIND(FG_EACH_ROW, m, gx[r] += FG_G(r) * (D))                \
+        } else if (ui || !(RO)) {                                               \
+            const double a = a0, b = b0;                                        \
+            (void)a;                                                            \
+            (void)b;                                                            \
+            gx[0] += (ui ? g0 : fg_sum_rows(g, m)) * (D);                       \
+        } else {                                                                \
+            FG_ROWS_BIND(FG_DOT_ROWS, m, gx, D)                                 \
+        }                                                                       \
+    }
+
 /* Reverse: zeroes adj, seeds the outputs, sweeps down.  seed[k*ld + r] is the
  * cotangent of output k in row r; NULL seeds every output with 1.  A uniform
- * output stands for nb equal rows, so its seed is their sum. */
-static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
-                            double *adj, const double *seed, const uint8_t *uni) {
+ * output stands for nb equal rows, so its seed is their sum.
+ * one_row (a constant: 1 only with ld = nb = 1) reads the node's adjoint once
+ * into a register: the compiler cannot tell that the stores into its parents'
+ * adjoints leave it unchanged, and would load it again for every operand. */
+static FG_ALWAYS_INLINE void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb,
+                                             const double *v, double *adj, const double *seed,
+                                             const uint8_t *uni, const int one_row) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
     const double *cst = t->cst, *ocst = t->ocst;
@@ -482,52 +503,23 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
     double d[64];   /* per-row local derivatives of one parent, reduced in blocks */
     for (int64_t i = t->n - 1; i >= t->n_in; i--) {
         const double *g = adj + i * ld;
+        const double g0 = g[0];
         const double c = cst[i];
         const int ui = FG_UNI(i);
         const int64_t m = ui ? 1 : nb;
         const int o = op[i];
-        if (o == FG_OP_SUM) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                int32_t p = opnd[k];
-                if (p < 0) continue;
-                double *gp = adj + p * ld;
-                if (!ui && FG_UNI(p)) {
-                    gp[0] += fg_sum_rows(g, m);
-                } else {
-                    for (int64_t r = 0; r < m; r++) gp[r] += g[r];
-                }
-            }
-        } else if (o == FG_OP_DOT) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
-                int32_t p = opnd[k], q = opnd[k + 1];
-                int rp = p >= 0 && !FG_UNI(p), rq = q >= 0 && !FG_UNI(q);
-                double sp = rp ? 0.0 : ((p >= 0) ? v[p * ld] : ocst[k]);
-                double sq = rq ? 0.0 : ((q >= 0) ? v[q * ld] : ocst[k + 1]);
-                const double *P = v + (p >= 0 ? p : 0) * ld, *Q = v + (q >= 0 ? q : 0) * ld;
-                if (p >= 0) {
-                    double *gp = adj + p * ld;
-                    if (rp) {          /* per-row adjoint: times the other operand */
-                        if (rq) for (int64_t r = 0; r < m; r++) gp[r] += g[r] * Q[r];
-                        else    for (int64_t r = 0; r < m; r++) gp[r] += g[r] * sq;
-                    } else if (!ui) {  /* uniform operand of a per-row node: reduce */
-                        gp[0] += rq ? fg_dot_rows(g, Q, m) : fg_sum_rows(g, m) * sq;
-                    } else {
-                        gp[0] += g[0] * sq;
-                    }
-                }
-                if (q >= 0) {
-                    double *gq = adj + q * ld;
-                    if (rq) {
-                        if (rp) for (int64_t r = 0; r < m; r++) gq[r] += g[r] * P[r];
-                        else    for (int64_t r = 0; r < m; r++) gq[r] += g[r] * sp;
-                    } else if (!ui) {
-                        gq[0] += rp ? fg_dot_rows(g, P, m) : fg_sum_rows(g, m) * sp;
-                    } else {
-                        gq[0] += g[0] * sp;
-                    }
-                }
-            }
-        } else switch (o) {
+/* Each operand's adjoint: per row, or (a uniform operand) reduced over the rows. */
+#define FG_TREV_NARY(NAME, group, term, da, db, dab)                           \
+        if (o == FG_OP_##NAME) {                                                \
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
+                FG_ROWS_GROUP_AT(k, group)                                      \
+                if (p >= 0) FG_ROWS_SEND(adj + p * ld, rp, rq, da)              \
+                if (q >= 0) FG_ROWS_SEND(adj + q * ld, rq, rp, db)              \
+            }                                                                   \
+        } else
+        FG_NARY_TABLE(FG_TREV_NARY)
+#undef FG_TREV_NARY
+        switch (o) {
 /* Unary and binary rows.  A uniform parent of a per-row node gets the sum of
  * g[r] * d(r), computed through the block buffer d. */
 #define FG_TREV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
@@ -538,7 +530,7 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
                 for (int64_t r = 0; r < m; r++) {                               \
                     double a = pa[r], b = 0.0, y = py[r];                       \
                     (void)a; (void)b; (void)y;                                  \
-                    ga[r] += g[r] * (da);                                       \
+                    ga[r] += FG_G(r) * (da);                                    \
                 }                                                               \
             } else if (arity == 2) {                                            \
                 const double *pa = v + A[i] * ld, *pb = v + B[i] * ld;          \
@@ -551,8 +543,8 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
                         double a = pa[r], b = pb[r], y = py[r];                 \
                         (void)a; (void)b; (void)y;                              \
                         double da_ = (da), db_ = (db);                          \
-                        ga[r] += g[r] * da_;                                    \
-                        gb[r] += g[r] * db_;                                    \
+                        ga[r] += FG_G(r) * da_;                                 \
+                        gb[r] += FG_G(r) * db_;                                 \
                     }                                                           \
                 } else {                                                        \
                     for (int64_t r0 = 0; r0 < m; r0 += 64) {                    \
@@ -563,10 +555,10 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
                             double a = pa[r * sa], b = pb[r * sb], y = py[r];   \
                             (void)a; (void)b; (void)y;                          \
                             double da_ = (da), db_ = (db);                      \
-                            if (sa) ga[r] += g[r] * da_;                        \
-                            else d[k] = g[r] * da_;                             \
-                            if (sb) gb[r] += g[r] * db_;                        \
-                            else d[k] = g[r] * db_;                             \
+                            if (sa) ga[r] += FG_G(r) * da_;                     \
+                            else d[k] = FG_G(r) * da_;                          \
+                            if (sb) gb[r] += FG_G(r) * db_;                     \
+                            else d[k] = FG_G(r) * db_;                          \
                         }                                                       \
                         sa_ = fg_sum_rows(d, e);                                \
                         if (!sa) ga[0] += sa_;                                  \
@@ -582,57 +574,16 @@ static void fg_reverse_rows(const fg_tape_t *t, int64_t ld, int64_t nb, const do
     }
 }
 
-static void fg_reverse_one(const fg_tape_t *t, const double *v, double *adj, const double *seed) {
-    const uint8_t *op = t->op;
-    const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
-    const double *cst = t->cst, *ocst = t->ocst;
-    memset(adj, 0, (size_t)t->n * sizeof *adj);
-    for (int64_t k = 0; k < t->n_out; k++) {
-        adj[t->out[k]] += seed ? seed[k] : 1.0;
-    }
-    for (int64_t i = t->n - 1; i >= t->n_in; i--) {
-        const double g = adj[i];
-        const double c = cst[i];
-        const int o = op[i];
-        if (o == FG_OP_DOT) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
-                int32_t p = opnd[k], q = opnd[k + 1];
-                double w = (p >= 0) ? v[p] : ocst[k], x = (q >= 0) ? v[q] : ocst[k + 1];
-                if (p >= 0) adj[p] += g * x;
-                if (q >= 0) adj[q] += g * w;
-            }
-        } else if (o == FG_OP_SUM) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                if (opnd[k] >= 0) adj[opnd[k]] += g;
-            }
-        } else switch (o) {
-#define FG_T1R_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)                \
-        case FG_OP_##NAME:                                                      \
-            if (arity >= 1) {                                                   \
-                double a = v[A[i]], b = (arity == 2) ? v[B[i]] : 0.0, y = v[i]; \
-                (void)a; (void)b; (void)y;                                      \
-                double da_ = (da), db_ = (db);                                  \
-                (void)db_;                                                      \
-                adj[A[i]] += g * da_;                                           \
-                if (arity == 2) adj[B[i]] += g * db_;                           \
-            }                                                                   \
-            (void)c;                                                            \
-            break;
-        FG_OP_TABLE(FG_T1R_ROW)
-#undef FG_T1R_ROW
-        }
-    }
-}
-
 void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
                      const double *seed, const uint8_t *uni) {
     if (nb == 1 && ld == 1) {
-        fg_reverse_one(t, v, adj, seed);
+        fg_reverse_rows(t, 1, 1, v, adj, seed, NULL, 1);
     } else {
-        fg_reverse_rows(t, ld, nb, v, adj, seed, uni);
+        fg_reverse_rows(t, ld, nb, v, adj, seed, uni, 0);
     }
 }
 
+#undef FG_G
 #undef FG_UNI
 
 /* Tangents (forward mode), one row: tan of the inputs is set by the caller. */
@@ -644,18 +595,18 @@ void fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan) {
         double s = 0.0;
         const double c = cst[i];
         const int o = op[i];
-        if (o == FG_OP_SUM) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                if (opnd[k] >= 0) s += tan[opnd[k]];
-            }
-        } else if (o == FG_OP_DOT) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
-                int32_t p = opnd[k], q = opnd[k + 1];
-                double w = (p >= 0) ? v[p] : ocst[k], x = (q >= 0) ? v[q] : ocst[k + 1];
-                if (p >= 0) s += tan[p] * x;
-                if (q >= 0) s += w * tan[q];
-            }
-        } else switch (o) {
+#define FG_TJVP_NARY(NAME, group, term, da, db, dab)                           \
+        if (o == FG_OP_##NAME) {                                                \
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
+                FG_GROUP_AT(k, group, opnd, ocst, v)                            \
+                const double da_ = (da), db_ = (db);                            \
+                if (p >= 0) s += da_ * tan[p];                                  \
+                if (q >= 0) s += db_ * tan[q];                                  \
+            }                                                                   \
+        } else
+        FG_NARY_TABLE(FG_TJVP_NARY)
+#undef FG_TJVP_NARY
+        switch (o) {
 #define FG_TJVP_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
         case FG_OP_##NAME:                                                      \
             if (arity == 1) {                                                   \
@@ -691,28 +642,32 @@ void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double 
         const double gi = adj[i], hi = adjt[i];
         const double c = cst[i];
         const int o = op[i];
-        if (o == FG_OP_SUM) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k++) {
-                if (opnd[k] >= 0) {
-                    adj[opnd[k]] += gi;
-                    adjt[opnd[k]] += hi;
-                }
-            }
-        } else if (o == FG_OP_DOT) {
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += 2) {
-                int32_t p = opnd[k], q = opnd[k + 1];
-                double w = (p >= 0) ? v[p] : ocst[k], x = (q >= 0) ? v[q] : ocst[k + 1];
-                double tw = (p >= 0) ? tan[p] : 0.0, tx = (q >= 0) ? tan[q] : 0.0;
-                if (p >= 0) {
-                    adj[p] += gi * x;
-                    adjt[p] += hi * x + gi * tx;
-                }
-                if (q >= 0) {
-                    adj[q] += gi * w;
-                    adjt[q] += hi * w + gi * tw;
-                }
-            }
-        } else switch (o) {
+/* A term is linear in each operand: the second order is the cross term, which
+ * only groups of two have. */
+#define FG_THVP_NARY(NAME, group, term, da, db, dab)                           \
+        if (o == FG_OP_##NAME) {                                                \
+            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
+                FG_GROUP_AT(k, group, opnd, ocst, v)                            \
+                const double ta = (p >= 0) ? tan[p] : 0.0;                      \
+                const double tb = (q >= 0) ? tan[q] : 0.0;                      \
+                const double da_ = (da), db_ = (db), dab_ = (dab);              \
+                if (p >= 0) {                                                   \
+                    double h = hi * da_;                                        \
+                    if (group == 2) h += gi * (dab_ * tb);                      \
+                    adj[p] += gi * da_;                                         \
+                    adjt[p] += h;                                               \
+                }                                                               \
+                if (q >= 0) {                                                   \
+                    double h = hi * db_;                                        \
+                    if (group == 2) h += gi * (dab_ * ta);                      \
+                    adj[q] += gi * db_;                                         \
+                    adjt[q] += h;                                               \
+                }                                                               \
+            }                                                                   \
+        } else
+        FG_NARY_TABLE(FG_THVP_NARY)
+#undef FG_THVP_NARY
+        switch (o) {
 #define FG_THVP_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
         case FG_OP_##NAME:                                                      \
             if (arity == 1) {                                                   \

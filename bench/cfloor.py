@@ -35,6 +35,19 @@ def compiler() -> list[str]:
     return shlex.split(cc)
 
 
+def build(source: str, cflags: list[str], codes: dict[str, int], what: str):
+    """Compiles source with -DOP_<name>=<code> into a temporary shared library.
+    Returns (its TemporaryDirectory, the loaded CDLL, the flags, the command)."""
+    tmp = tempfile.TemporaryDirectory(prefix="fastgrad-floor-")
+    lib = os.path.join(tmp.name, "floor.so")
+    defs = [f"-DOP_{name}={code}" for name, code in codes.items()]
+    command = compiler() + cflags + defs + [source, "-o", lib, "-lm"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling {what} failed: {' '.join(command)}\n{proc.stderr}")
+    return tmp, ctypes.CDLL(lib), " ".join(compiler() + cflags), command
+
+
 class Floor:
     """floor_backward() compiled for one op-code table."""
 
@@ -43,15 +56,7 @@ class Floor:
         if missing:
             raise RuntimeError(f"fastgrad has no op code for {missing}")
         self.codes = {name: int(codes[name]) for name in FLOOR_OPS}
-        self.tmp = tempfile.TemporaryDirectory(prefix="fastgrad-floor-")
-        lib = os.path.join(self.tmp.name, "floor.so")
-        defs = [f"-DOP_{name}={code}" for name, code in self.codes.items()]
-        self.flags = " ".join(compiler() + CFLAGS)
-        self.command = compiler() + CFLAGS + defs + [SOURCE, "-o", lib, "-lm"]
-        proc = subprocess.run(self.command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiling the C floor failed: {' '.join(self.command)}\n{proc.stderr}")
-        self.lib = ctypes.CDLL(lib)
+        self.tmp, self.lib, self.flags, self.command = build(SOURCE, CFLAGS, self.codes, "the C floor")
         fn = self.lib.floor_backward
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64, ctypes.c_int32, _P, _P, _P, _P, _P, _P]
@@ -133,15 +138,8 @@ class TapeFloor:
         if not (op[:self.n_in] == self.codes["LEAF"]).all():
             raise RuntimeError("the tape's first nodes are not its inputs")
         self.n_params = int(n_params)
-        self.tmp = tempfile.TemporaryDirectory(prefix="fastgrad-tapefloor-")
-        lib = os.path.join(self.tmp.name, "tapefloor.so")
-        defs = [f"-DOP_{name}={code}" for name, code in self.codes.items()]
-        self.flags = " ".join(compiler() + TAPE_CFLAGS)
-        self.command = compiler() + TAPE_CFLAGS + defs + [TAPE_SOURCE, "-o", lib, "-lm"]
-        proc = subprocess.run(self.command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiling the tape floor failed: {' '.join(self.command)}\n{proc.stderr}")
-        self.lib = ctypes.CDLL(lib)
+        self.tmp, self.lib, self.flags, self.command = build(TAPE_SOURCE, TAPE_CFLAGS, self.codes,
+                                                             "the tape floor")
         fn = self.lib.tape_sgd_steps
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_int64] + [_P] * 6 + \

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import types
 
 import numpy as np
@@ -113,11 +112,7 @@ class Fastgrad(Engine):
     def prepare_optim_step(self, variant, ctx):
         import fastgrad.optim
 
-        random.seed(1337)
-        model = self.fg.nn.MLP(2, [16, 16, 1])
-        params = model.parameters()
-        for p, g in zip(params, wl.opt_grads(len(params)).tolist()):
-            p.grad = g
+        model, params = wl.OptimStep.model_with_grads(self.fg.nn.MLP)
         opt = getattr(fastgrad.optim, variant.params["opt"])(params, lr=wl.OPT_LR)
         return Case(run=opt.step, unit="step", keep=model,
                     info={"parameters": len(params),
@@ -652,35 +647,10 @@ class Autograd(Engine):
     def prepare_random_backward(self, variant, ctx):
         anp = self.anp
         plan = wl.RandomBackward().plan(variant, ctx)
-        ADD, SUB, MUL, TANH, RELU, NEG, ADDC, MULC = (wl.ADD, wl.SUB, wl.MUL, wl.TANH, wl.RELU,
-                                                      wl.NEG, wl.ADDC, wl.MULC)
+        api = types.SimpleNamespace(tanh=anp.tanh, relu=lambda x: anp.maximum(x, 0.0))
 
         def f(leaves):
-            nodes = [leaves[i] for i in range(plan.n_leaves)]
-            op, a, b, c = plan.op, plan.a, plan.b, plan.c
-            append = nodes.append
-            for i in range(plan.n_leaves, plan.n):
-                o = op[i]
-                x = nodes[a[i]]
-                if o == ADD:
-                    append(x + nodes[b[i]])
-                elif o == SUB:
-                    append(x - nodes[b[i]])
-                elif o == MUL:
-                    append(x * nodes[b[i]])
-                elif o == TANH:
-                    append(anp.tanh(x))
-                elif o == RELU:
-                    append(anp.maximum(x, 0.0))
-                elif o == NEG:
-                    append(-x)
-                elif o == ADDC:
-                    append(x + c[i])
-                elif o == MULC:
-                    append(x * c[i])
-                else:
-                    raise AssertionError(o)
-            return nodes[-1]
+            return wl.build_random(api, plan, [leaves[i] for i in range(plan.n_leaves)])[1]
 
         vjp, _ = self.ag.make_vjp(f)(np.array(plan.c[:plan.n_leaves]))
         run = lambda: vjp(1.0)  # noqa: E731

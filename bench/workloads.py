@@ -18,7 +18,6 @@ import importlib.util
 import math
 import os
 import random
-import sys
 import time
 from typing import Any, Callable
 
@@ -391,11 +390,14 @@ def make_random_plan(n_total: int, seed: int = 0) -> RandomPlan:
                       n_random=r, n_reduce=len(op) - n_random_end)
 
 
-def build_random(api, plan: RandomPlan):
+def build_random(api, plan: RandomPlan, leaves=None):
     """The plan through the engine's Python API, one Python op per node.
-    Returns (leaves, out); intermediate handles are dropped (the graph keeps them)."""
-    Value, tanh = api.Value, api.tanh
-    nodes = [Value(v) for v in plan.c[:plan.n_leaves]]
+    Returns (leaves, out); intermediate handles are dropped (the graph keeps them).
+    ``leaves``: the engine's leaf objects (default: api.Value of the plan's
+    values); ``api.relu`` replaces ``x.relu()`` where the engine has no method."""
+    tanh = api.tanh
+    relu = getattr(api, "relu", None) or (lambda x: x.relu())
+    nodes = list(leaves) if leaves is not None else [api.Value(v) for v in plan.c[:plan.n_leaves]]
     op, a, b, c = plan.op, plan.a, plan.b, plan.c
     append = nodes.append
     for i in range(plan.n_leaves, plan.n):
@@ -410,7 +412,7 @@ def build_random(api, plan: RandomPlan):
         elif o == TANH:
             append(tanh(x))
         elif o == RELU:
-            append(x.relu())
+            append(relu(x))
         elif o == NEG:
             append(-x)
         elif o == ADDC:
@@ -596,11 +598,7 @@ class OptimStep(Workload):
         update loop, ``p.data -= lr * p.grad`` per parameter (SGD only)."""
         if variant.params["opt"] != "SGD":
             raise Unsupported("no optimizer library; the demo's update is a per-parameter SGD loop")
-        random.seed(1337)
-        model = api.MLP(2, [16, 16, 1])
-        params = model.parameters()
-        for p, g in zip(params, opt_grads(len(params)).tolist()):
-            p.grad = g
+        model, params = self.model_with_grads(api.MLP)
 
         def step():
             for p in params:
@@ -608,6 +606,16 @@ class OptimStep(Workload):
 
         return Case(run=step, unit="step", keep=model,
                     info={"parameters": len(params), "mode": "the demo's loop: p.data -= lr * p.grad"})
+
+    @staticmethod
+    def model_with_grads(MLP):
+        """The demo MLP from the demo's seed, each parameter holding its opt_grads entry."""
+        random.seed(1337)
+        model = MLP(2, [16, 16, 1])
+        params = model.parameters()
+        for p, g in zip(params, opt_grads(len(params)).tolist()):
+            p.grad = g
+        return model, params
 
     def extra_cases(self, cases, engines, variant, ctx):
         """fastgrad Values updated by the demo's loop, beside fastgrad.optim."""

@@ -938,7 +938,8 @@ cdef tuple _run_of(list values):
         v = <Value>values[k]
         if v.graph is None:
             return None, f"element {k} is an uninitialised Value"
-        v0 = <Value>values[0]
+        if k == 0:
+            v0 = v
         if v.graph is not v0.graph:
             return None, f"elements 0 and {k} belong to two graphs"
         if v.idx != v0.idx + k:
@@ -971,6 +972,18 @@ def _leaf_run(values):
     """(graph, first) of a run of Values (see leaf_arrays), or None."""
     g, first = _run_of(list(values))
     return None if g is None else (g, first)
+
+
+def _zero_grads(values):
+    """``p.grad = 0.0`` for every p of a list (Module.zero_grad, the
+    optimizers): one memset when they are a run of slots (see leaf_arrays)."""
+    cdef list vl = values if type(values) is list else list(values)
+    g, first = _run_of(vl)
+    if g is not None:
+        memset(&(<Graph>g).g.grad[<int64_t>first], 0, len(vl) * sizeof(double))
+        return
+    for p in vl:
+        p.grad = 0.0
 
 
 def _slot_arrays(Graph g, int64_t first=0, int64_t n=-1):

@@ -21,7 +21,7 @@ from typing import Any, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from fastgrad._core import Value, _layer_forward, _leaf_run, _slot_arrays, dot, leaf_arrays, leaves
+from fastgrad._core import Value, _layer_forward, _zero_grads, dot, leaf_arrays, leaves
 
 Number = Union[int, float]
 
@@ -30,13 +30,7 @@ class Module:
     """Base class: ``parameters()`` and ``zero_grad()``."""
 
     def zero_grad(self) -> None:
-        params = self.parameters()
-        run = _leaf_run(params) if params else None
-        if run is not None:                     # one contiguous run: one fill
-            _slot_arrays(run[0], run[1], len(params))[1].fill(0.0)
-            return
-        for p in params:
-            p.grad = 0.0
+        _zero_grads(self.parameters())          # one memset for a contiguous run
 
     def parameters(self) -> List[Value]:
         return []

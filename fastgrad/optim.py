@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from fastgrad._core import Value, _leaf_run, _slot_arrays, _slot_indices
+from fastgrad._core import Value, _leaf_run, _slot_arrays, _slot_indices, _zero_grads
 
 __all__ = ["Adam", "Optimizer", "SGD"]
 
@@ -100,13 +100,8 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to 0 (as ``Module.zero_grad``); a
         no-op for an array of parameters, whose gradient ``step`` takes."""
-        if self.params is None:
-            return
-        if self._run is not None:
-            _slot_arrays(self._run[0], self._run[1], self.size)[1].fill(0.0)
-            return
-        for g, idx, _ in self._groups:
-            _slot_arrays(g)[1][idx] = 0.0
+        if self.params is not None:
+            _zero_grads(self.params)
 
     def step(self, grad: Any = None) -> None:
         """One update.  Values: from their ``.grad`` (pass no ``grad``).
@@ -131,14 +126,14 @@ class Optimizer:
             return
         data = np.empty(self.size)
         g = np.empty(self.size)
-        for graph, idx, pos in self._groups:
-            val, gr = _slot_arrays(graph)
+        views = [_slot_arrays(graph) for graph, _, _ in self._groups]
+        for (val, gr), (_, idx, pos) in zip(views, self._groups):
             data[pos] = val[idx]
             g[pos] = gr[idx]
         with np.errstate(all="ignore"):
             new = self._update(data, g)
-        for graph, idx, pos in self._groups:
-            _slot_arrays(graph)[0][idx] = new[pos]
+        for (val, _), (_, idx, pos) in zip(views, self._groups):
+            val[idx] = new[pos]
 
     def _update(self, data: np.ndarray, grad: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -279,16 +279,9 @@ static void fg_trim(fg_graph_t *g) {
             head = (int32_t)i;
             continue;
         }
-        int arity = FG_ARITY[op];
-        if (arity == -1) {
-            const int32_t *opnd = g->opnd + g->a[i];
-            for (int32_t k = 0; k < g->b[i]; k++) {
-                ordered &= opnd[k] < i;
-            }
-        } else {
-            ordered &= arity < 1 || g->a[i] < i;
-            ordered &= arity < 2 || g->b[i] < i;
-        }
+#define FG_BELOW_I(p) (ordered &= (p) < i)
+        FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, i, FG_BELOW_I)
+#undef FG_BELOW_I
     }
     g->top = top;
     g->free_head = head;
@@ -305,24 +298,17 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget) {
     int32_t *stack = g->order;
     while (top > 0 && budget-- > 0) {
         int32_t n = stack[--top];
-        int arity = FG_ARITY[g->op[n]];
-        if (arity == -1) {
-            const int32_t *opnd = g->opnd + g->a[n];
-            int32_t cnt = g->b[n];
-            for (int32_t k = 0; k < cnt; k++) {
-                int32_t p = opnd[k];
-                if (p >= 0 && --g->uses[p] == 0) {
-                    stack[top++] = p;
-                }
-            }
-            g->odead += cnt;
-        } else {
-            if (arity >= 1 && --g->uses[g->a[n]] == 0) {
-                stack[top++] = g->a[n];
-            }
-            if (arity == 2 && --g->uses[g->b[n]] == 0) {
-                stack[top++] = g->b[n];
-            }
+#define FG_DROP_USE(p)                  \
+        do {                            \
+            int32_t p_ = (p);           \
+            if (--g->uses[p_] == 0) {   \
+                stack[top++] = p_;      \
+            }                           \
+        } while (0)
+        FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, n, FG_DROP_USE)
+#undef FG_DROP_USE
+        if (FG_ARITY[g->op[n]] == -1) {
+            g->odead += g->b[n];
         }
         g->op[n] = FG_OP_FREE;
         g->a[n] = g->free_head;

@@ -20,6 +20,31 @@ static const signed char FG_ARITY[FG_OP_COUNT] = {
 #undef FG_ARITY_ENTRY
 };
 
+/* VISIT(p) for every parent node p of node n, in operand order: a, then b,
+ * or an n-ary node's operands that are nodes (constants, index -1, are not).
+ * op, A, B, opnd are the graph's (or a tape's) arrays. */
+#define FG_FOR_EACH_PARENT(op, A, B, opnd, n, VISIT)                            \
+    switch (FG_ARITY[(op)[n]]) {                                                \
+    case 2:                                                                     \
+        VISIT((A)[n]);                                                          \
+        VISIT((B)[n]);                                                          \
+        break;                                                                  \
+    case 1:                                                                     \
+        VISIT((A)[n]);                                                          \
+        break;                                                                  \
+    case -1: {                                                                  \
+        const int32_t *ops_ = (opnd) + (A)[n];                                  \
+        for (int32_t k_ = 0, cnt_ = (B)[n]; k_ < cnt_; k_++) {                  \
+            if (ops_[k_] >= 0) {                                                \
+                VISIT(ops_[k_]);                                                \
+            }                                                                   \
+        }                                                                       \
+        break;                                                                  \
+    }                                                                           \
+    default:                                                                    \
+        break;                                                                  \
+    }
+
 /* Operands per group of an n-ary op (FG_NARY_TABLE's GROUP); 0 for the others. */
 static inline int fg_nary_group(int op) {
     switch (op) {

@@ -38,27 +38,25 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
     int32_t lo = INT32_MAX;
     int ordered = 1;
 
+/* Counts one consumer of p; a first visit queues p and runs on_first. */
+#define FG_MARK(p, on_first)             \
+    do {                                 \
+        int32_t p_ = (p);                \
+        if (mark[p_] == 0) {             \
+            mark[p_] = 1;                \
+            queue[tail++] = p_;          \
+            on_first;                    \
+        }                                \
+        mark[p_]++;                      \
+    } while (0)
+/* Breadth-first: also notes whether every edge points down. */
 #define FG_VISIT(p)                      \
     do {                                 \
-        int32_t p_ = (p);                \
-        ordered &= (p_ < n);             \
-        if (mark[p_] == 0) {             \
-            mark[p_] = 1;                \
-            queue[tail++] = p_;          \
-        }                                \
-        mark[p_]++;                      \
+        ordered &= ((p) < n);            \
+        FG_MARK(p, (void)0);             \
     } while (0)
-/* The same, counting newly marked nodes as pending for the scan. */
-#define FG_VISIT_COUNTED(p)              \
-    do {                                 \
-        int32_t p_ = (p);                \
-        if (mark[p_] == 0) {             \
-            mark[p_] = 1;                \
-            queue[tail++] = p_;          \
-            pending++;                   \
-        }                                \
-        mark[p_]++;                      \
-    } while (0)
+/* Descending scan: a newly marked node is pending. */
+#define FG_VISIT_COUNTED(p) FG_MARK(p, pending++)
 
     for (int64_t r = 0; r < nroots; r++) {
         if (mark[roots[r]] == 0) {
@@ -86,26 +84,7 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
             if (adj != NULL && !(leaves_add && o == FG_OP_LEAF)) {
                 adj[n] = 0.0;
             }
-            switch (FG_ARITY[o]) {
-            case 2:
-                FG_VISIT_COUNTED(A[n]);
-                FG_VISIT_COUNTED(B[n]);
-                break;
-            case 1:
-                FG_VISIT_COUNTED(A[n]);
-                break;
-            case -1: {
-                const int32_t *ops = opnd + A[n];
-                for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
-                    if (ops[k] >= 0) {
-                        FG_VISIT_COUNTED(ops[k]);
-                    }
-                }
-                break;
-            }
-            default:
-                break;
-            }
+            FG_FOR_EACH_PARENT(op, A, B, opnd, n, FG_VISIT_COUNTED)
         }
         if (pending == 0) {
             fg_reach_t r = {tail, lo, 1};
@@ -131,27 +110,9 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
         if (adj != NULL && !(leaves_add && o == FG_OP_LEAF)) {
             adj[n] = 0.0;
         }
-        switch (FG_ARITY[o]) {
-        case 2:
-            FG_VISIT(A[n]);
-            FG_VISIT(B[n]);
-            break;
-        case 1:
-            FG_VISIT(A[n]);
-            break;
-        case -1: {
-            const int32_t *ops = opnd + A[n];
-            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
-                if (ops[k] >= 0) {
-                    FG_VISIT(ops[k]);
-                }
-            }
-            break;
-        }
-        default:
-            break;
-        }
+        FG_FOR_EACH_PARENT(op, A, B, opnd, n, FG_VISIT)
     }
+#undef FG_MARK
 #undef FG_VISIT
 #undef FG_VISIT_COUNTED
     fg_reach_t r = {tail, lo, ordered};
@@ -341,26 +302,7 @@ int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *or
     while (sp > 0) {
         int32_t n = stack[--sp];
         order[count++] = n;
-        switch (FG_ARITY[op[n]]) {
-        case 2:
-            FG_RELEASE(A[n]);
-            FG_RELEASE(B[n]);
-            break;
-        case 1:
-            FG_RELEASE(A[n]);
-            break;
-        case -1: {
-            const int32_t *ops = opnd + A[n];
-            for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {
-                if (ops[k] >= 0) {
-                    FG_RELEASE(ops[k]);
-                }
-            }
-            break;
-        }
-        default:
-            break;
-        }
+        FG_FOR_EACH_PARENT(op, A, B, opnd, n, FG_RELEASE)
     }
 #undef FG_RELEASE
     return count;

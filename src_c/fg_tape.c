@@ -122,14 +122,9 @@ static int fg_tape_prune(fg_tape_t *t) {
         if (!remap[i] || t->op[i] == FG_OP_CONST) {
             continue;
         }
-        int arity = FG_ARITY[t->op[i]];
-        if (arity >= 1) remap[t->a[i]] = 1;
-        if (arity == 2) remap[t->b[i]] = 1;
-        if (arity == -1) {
-            for (int32_t k = t->a[i]; k < t->a[i] + t->b[i]; k++) {
-                if (t->opnd[k] >= 0) remap[t->opnd[k]] = 1;
-            }
-        }
+#define FG_KEEP(p) (remap[p] = 1)
+        FG_FOR_EACH_PARENT(t->op, t->a, t->b, t->opnd, i, FG_KEEP)
+#undef FG_KEEP
     }
     int64_t j = 0, o = 0;
     for (int64_t i = 0; i < t->n; i++) {
@@ -280,21 +275,9 @@ void fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *
             continue;
         }
         int u = 1;
-        switch (FG_ARITY[t->op[i]]) {
-        case 2:
-            u = uni[t->b[i]];
-            /* fall through */
-        case 1:
-            u = u && uni[t->a[i]];
-            break;
-        case -1:
-            for (int32_t k = t->a[i], e = t->a[i] + t->b[i]; k < e && u; k++) {
-                u = t->opnd[k] < 0 || uni[t->opnd[k]];
-            }
-            break;
-        default:
-            break;
-        }
+#define FG_UNIFORM_PARENT(p) (u &= uni[p])
+        FG_FOR_EACH_PARENT(t->op, t->a, t->b, t->opnd, i, FG_UNIFORM_PARENT)
+#undef FG_UNIFORM_PARENT
         uni[i] = (uint8_t)u;
     }
 }

@@ -15,12 +15,14 @@ from typing import (
 
 import numpy as np
 import numpy.typing as npt
+from dask.array import Array as _DaskArray  # only for typing: fastgrad never imports Dask
 
 _Number = int | float | SupportsFloat
 _Operand = Value | _Number
 _F64 = npt.NDArray[np.float64]
 # One argument of a Function: a 1-D sequence or array of numbers (2-D where batched).
 _Arg = npt.ArrayLike
+_DArg = _Arg | _DaskArray
 _Argnums = tuple[int, ...] | list[int]
 _Path = str | PathLike[str]
 
@@ -145,9 +147,103 @@ class Function:
     def hvp(
         self, args: Sequence[_Arg], v: Sequence[_Arg], argnums: _Argnums
     ) -> tuple[_F64, ...]: ...
+    # batch and batch_value_and_grad: with a dask.array.Array among the first
+    # three arguments the results are Dask arrays (fastgrad/_dask.py), else ndarrays.
+    @overload
+    def batch(
+        self, a0: _DaskArray, /, *args: _DArg, batch_argnums: _Argnums = ..., threads: int | None = ...
+    ) -> _DaskArray: ...
+    @overload
+    def batch(
+        self,
+        a0: _Arg,
+        a1: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        threads: int | None = ...,
+    ) -> _DaskArray: ...
+    @overload
+    def batch(
+        self,
+        a0: _Arg,
+        a1: _Arg,
+        a2: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        threads: int | None = ...,
+    ) -> _DaskArray: ...
+    @overload
     def batch(
         self, *args: _Arg, batch_argnums: _Argnums = ..., threads: int | None = ...
     ) -> _F64: ...
+    @overload
+    def batch_value_and_grad(
+        self,
+        a0: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        argnums: int = ...,
+        threads: int | None = ...,
+    ) -> tuple[_DaskArray, _DaskArray]: ...
+    @overload
+    def batch_value_and_grad(
+        self,
+        a0: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        argnums: _Argnums,
+        threads: int | None = ...,
+    ) -> tuple[_DaskArray, tuple[_DaskArray, ...]]: ...
+    @overload
+    def batch_value_and_grad(
+        self,
+        a0: _Arg,
+        a1: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        argnums: int = ...,
+        threads: int | None = ...,
+    ) -> tuple[_DaskArray, _DaskArray]: ...
+    @overload
+    def batch_value_and_grad(
+        self,
+        a0: _Arg,
+        a1: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        argnums: _Argnums,
+        threads: int | None = ...,
+    ) -> tuple[_DaskArray, tuple[_DaskArray, ...]]: ...
+    @overload
+    def batch_value_and_grad(
+        self,
+        a0: _Arg,
+        a1: _Arg,
+        a2: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        argnums: int = ...,
+        threads: int | None = ...,
+    ) -> tuple[_DaskArray, _DaskArray]: ...
+    @overload
+    def batch_value_and_grad(
+        self,
+        a0: _Arg,
+        a1: _Arg,
+        a2: _DaskArray,
+        /,
+        *args: _DArg,
+        batch_argnums: _Argnums = ...,
+        argnums: _Argnums,
+        threads: int | None = ...,
+    ) -> tuple[_DaskArray, tuple[_DaskArray, ...]]: ...
     @overload
     def batch_value_and_grad(
         self,
@@ -164,6 +260,8 @@ class Function:
         argnums: _Argnums,
         threads: int | None = ...,
     ) -> tuple[_F64, tuple[_F64, ...]]: ...
+    def _state(self) -> dict[str, npt.NDArray[Any]]: ...
+    def __dask_tokenize__(self) -> tuple[str, str]: ...
     def save(self, path: _Path) -> None: ...
 
 def compile(
@@ -171,6 +269,9 @@ def compile(
     *example_args: _Arg,
 ) -> Function: ...
 def load(path: _Path) -> Function: ...
+
+# Functions made from a state (unpickled or loaded) in this process.
+_states_loaded: int
 
 # _viz.pxi: the arrays behind fastgrad.viz (private).
 def _graph_view(

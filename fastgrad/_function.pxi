@@ -1,6 +1,7 @@
 # _function.pxi -- compiled replay: fastgrad.compile, Function, fastgrad.load.
 # Included by _core.pyx (one extension module); the kernels are src_c/fg_tape.c.
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor, wait as _futures_wait
 
@@ -40,6 +41,14 @@ cdef object _real_array(object arg, str name, int ndim):
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+cdef bint _has_dask(tuple args):
+    """Whether an argument is a dask.array.Array (fastgrad/_dask.py takes those).
+    Never imports Dask: without dask.array loaded no argument can be one."""
+    mod = sys.modules.get("dask.array")
+    cls = getattr(mod, "Array", None) if mod is not None else None
+    return cls is not None and any(isinstance(a, cls) for a in args)
 
 
 cdef tuple _offsets(tuple sizes):
@@ -478,6 +487,10 @@ cdef class Function:
         the batch is large enough) split the rows with the GIL released.
         """
         args = tuple(args)
+        if _has_dask(args):
+            self._check_nargs(args, "batch")
+            from fastgrad import _dask
+            return _dask.batch(self, args, _argnums(batch_argnums, len(self.sizes))[0], threads)
         blocks, B, _, uni, bounds = self._batch_inputs(args, batch_argnums, "batch", threads)
         V = blocks[0]
         try:
@@ -501,6 +514,11 @@ cdef class Function:
         self._scalar_output("batch_value_and_grad")
         args = tuple(args)
         nums, single = _argnums(argnums, len(self.sizes))
+        if _has_dask(args):
+            self._check_nargs(args, "batch_value_and_grad")
+            from fastgrad import _dask
+            return _dask.batch_value_and_grad(self, args, _argnums(batch_argnums, len(self.sizes))[0],
+                                              nums, single, threads)
         blocks, B, bnums, uni, bounds = self._batch_inputs(args, batch_argnums, "batch_value_and_grad",
                                                            threads)
         try:
@@ -547,6 +565,15 @@ cdef class Function:
         _copy_out(state["out"], self.t.out, n_out * 4)
         return state
 
+    def __dask_tokenize__(self):
+        # Dask names graph keys by content: equal tapes give equal keys, so a
+        # Function is one key of a graph however many chunks use it.
+        h = hashlib.sha256()
+        for key, arr in self._state().items():
+            h.update(key.encode())
+            h.update(arr.tobytes())
+        return ("fastgrad.Function", h.hexdigest())
+
     def __reduce__(self):
         # Plain arrays, never code: unpickling validates them like load().
         return (_function_from_state, (self._state(),))
@@ -569,8 +596,14 @@ cdef void _copy_in(void *dst, object arr, int64_t nbytes):
         memcpy(dst, &m[0], nbytes)
 
 
+# Functions made from a state (unpickled or loaded) in this process: tests count
+# with it that a Dask worker receives a Function once per computation.
+_states_loaded = 0
+
+
 def _function_from_state(state, source="state"):
     """A Function from saved arrays, after checking every one of them."""
+    global _states_loaded
     if not isinstance(state, dict):
         raise ValueError(f"{source}: not a fastgrad Function state")
     for key, dtype in _STATE_DTYPES.items():
@@ -619,6 +652,7 @@ def _function_from_state(state, source="state"):
     f.sizes = tuple(int(s) for s in sizes)
     f.offsets = _offsets(f.sizes)
     f.single = bool(state["single"][0])
+    _states_loaded += 1
     return f
 
 

@@ -457,6 +457,7 @@ def targets(results) -> list[dict]:
         b = mem["info"]["array_bytes_per_slot"]
         add("bytes per node", b, TARGETS["bytes_per_node"], b <= TARGETS["bytes_per_node"],
             f"memory: {b:.1f} array bytes per node slot (target <= {TARGETS['bytes_per_node']:g})")
+    out += wl_mod.dask_scaling_targets(results)
     return out
 
 
@@ -501,7 +502,8 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default=",".join(e.name for e in engines_mod.ENGINES),
                    help="comma-separated engines (default: all known: %(default)s)")
     p.add_argument("--workloads", default=None,
-                   help="comma-separated subset of: " + ",".join(w.name for w in wl_mod.WORKLOADS) + ",memory")
+                   help="comma-separated subset of: " + ",".join(w.name for w in wl_mod.WORKLOADS) + ",memory"
+                        " (and dask_scaling, which starts LocalClusters: run only when named)")
     p.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"), help="where to write results")
     p.add_argument("--plot", default=None,
                    help="PNG of the results (default: beside --json, .png; needs matplotlib)")
@@ -523,6 +525,7 @@ def main(argv=None) -> int:
         p.error(f"unknown engines {unknown}; known: {sorted(known)}")
     names = [w.name for w in wl_mod.WORKLOADS] + ["memory"]
     chosen = names if args.workloads is None else [w.strip() for w in args.workloads.split(",")]
+    names.append("dask_scaling")    # opt-in
     if set(chosen) - set(names):
         p.error(f"unknown workloads {sorted(set(chosen) - set(names))}; known: {names}")
 
@@ -555,6 +558,9 @@ def main(argv=None) -> int:
     if "memory" in chosen:
         log("memory")
         results += memory(loaded, cfg, log)
+    if "dask_scaling" in chosen:
+        log("dask_scaling")
+        results += wl_mod.dask_scaling(cfg, log)
     ctx.clear()
     elapsed = time.perf_counter() - t_start
 

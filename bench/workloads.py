@@ -690,3 +690,142 @@ def memory_probe(engine, n: int, mode: str) -> dict:
 
 
 WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain()]
+
+
+# ----------------------------------------------------------------------------
+# 6. dask_scaling: batched replay over a Dask array on LocalClusters (opt-in:
+#    `run.py --workloads dask_scaling`; it starts worker processes)
+
+DASK_CHUNK = 16_000         # rows per chunk: one task each, n x rows blocks kept in a Function's cache
+DASK_ONE = "fastgrad (1 process, 2 threads)"
+DASK_WORKERS = {1: "fastgrad+dask (1 worker)", 2: "fastgrad+dask (2 workers)"}
+DASK_TARGETS = {"speedup_2_vs_1": 1.6, "overhead_vs_one_process": 1.25}
+
+
+def _dask_loss(params, row):
+    """The demo MLP's per-sample max-margin loss, row = (x0, x1, label)."""
+    import fastgrad
+
+    x, k = list(row[:2]), 0
+    for layer, (nin, nout) in enumerate(zip(MLP_SIZES, MLP_SIZES[1:])):
+        out = []
+        for _ in range(nout):
+            act = fastgrad.dot(params[k:k + nin], x, params[k + nin])
+            k += nin + 1
+            out.append(act.relu() if layer < len(MLP_SIZES) - 2 else act)
+        x = out
+    return (1 + -row[2] * x[0]).relu()
+
+
+def dask_scaling(cfg, log) -> list[dict]:
+    """batch_value_and_grad of the demo MLP's per-sample loss over 2e6 two-moons rows
+    (2e5 with --quick): the loss sum and the gradient, per call.  One process with
+    two kernel threads (the rows in blocks of DASK_CHUNK, gradients summed) against
+    LocalClusters of 1 and 2 worker processes of one thread each, the rows persisted
+    on the workers in chunks of DASK_CHUNK.  Repetitions interleaved, starting case
+    rotated; one untimed warm-up call per case first."""
+    import statistics
+
+    import fastgrad
+
+    rows_n = 200_000 if cfg.quick else 2_000_000
+    reps = max(3, min(cfg.reps, 7))
+    variant = f"{sci(rows_n)} rows, chunks of {DASK_CHUNK}"
+    try:
+        import dask
+        import dask.array as da
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        return [{"workload": "dask_scaling", "variant": variant, "engine": DASK_ONE, "status": "skipped",
+                 "reason": f"needs dask and distributed (pip install \"fastgrad[dask]\"): {exc}",
+                 "unit": "call", "info": {}}]
+    from fastgrad.datasets import make_moons
+
+    X, y = make_moons(rows_n, seed=1)
+    rows = np.column_stack([X, y])
+    params = demo_params()
+    f = fastgrad.compile(_dask_loss, params, rows[0])
+
+    def one_process():
+        total, grad = 0.0, np.zeros_like(params)
+        for s in range(0, rows_n, DASK_CHUNK):
+            v, g = f.batch_value_and_grad(params, rows[s:s + DASK_CHUNK], threads=2)
+            total += v.sum()
+            grad += g
+        return total, grad
+
+    clusters, cases, records = [], {DASK_ONE: one_process}, {}
+    try:
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GB"}):
+            for n, name in DASK_WORKERS.items():
+                t0 = time.perf_counter()
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+                client = Client(cluster, set_as_default=False)
+                clusters.append((client, cluster))
+                data = client.persist(da.from_array(rows, chunks=(DASK_CHUNK, -1)))
+                client.wait_for_workers(n, timeout=120)
+
+                def on_cluster(client=client, data=data):
+                    losses, grad = f.batch_value_and_grad(params, data)
+                    return tuple(client.compute([losses.sum(), grad], sync=True))
+
+                cases[name] = on_cluster
+                log(f"  [{name}: cluster started in {time.perf_counter() - t0:.1f} s]")
+            want_total, want_grad = one_process()
+            for name, run in cases.items():
+                total, grad = run()                                    # warm-up, and the check
+                ok = (abs(total - want_total) <= 1e-12 * abs(want_total)
+                      and np.abs(grad - want_grad).max() <= 1e-12 * np.abs(want_grad).max())
+                records[name] = {"workload": "dask_scaling", "variant": variant, "engine": name,
+                                 "unit": "call", "status": "ok" if ok else "failed",
+                                 "reason": "" if ok else "loss or gradient differs from one process",
+                                 "info": {"rows": rows_n, "chunk": DASK_CHUNK, "mode": (
+                                     "batch_value_and_grad per block of rows, threads=2" if name == DASK_ONE
+                                     else "Dask array persisted on the workers; graph built and "
+                                          "computed (loss sum, gradient) per call")},
+                                 "samples": []}
+            names = [n for n in cases if records[n]["status"] == "ok"]
+            for rep in range(reps):
+                for name in names[rep % len(names):] + names[:rep % len(names)]:
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    cases[name]()
+                    records[name]["samples"].append(time.perf_counter() - t0)
+                log(f"  rep {rep + 1}/{reps}: " + ", ".join(
+                    f"{n} {records[n]['samples'][-1]:.2f} s" for n in names))
+    finally:
+        for client, cluster in clusters:
+            client.close()
+            cluster.close()
+    out = list(records.values())
+    for rec in out:
+        s = rec.pop("samples")
+        if rec["status"] == "ok":
+            rec.update(median_s=statistics.median(s), min_s=min(s), max_s=max(s), reps=len(s), number=1)
+            rec["info"]["samples_s"] = s
+    ref = records.get(DASK_ONE)
+    for rec in out:
+        if rec["status"] == "ok" and ref and ref["status"] == "ok":
+            rec["vs_fastgrad"] = rec["median_s"] / ref["median_s"]
+    return out
+
+
+def dask_scaling_targets(results) -> list[dict]:
+    """DESIGN.md section 5: 2 workers >= 1.6x one; 2 workers within 1.25x of one process."""
+    got = {r["engine"]: r for r in results if r["workload"] == "dask_scaling" and r["status"] == "ok"}
+    one, two, ref = (got.get(DASK_WORKERS[1]), got.get(DASK_WORKERS[2]), got.get(DASK_ONE))
+    out = []
+    if one and two:
+        r, rmin = one["median_s"] / two["median_s"], one["min_s"] / two["min_s"]
+        goal = DASK_TARGETS["speedup_2_vs_1"]
+        out.append({"target": "dask 2 workers vs 1", "value": r, "goal": goal, "met": r >= goal,
+                    "text": f"dask_scaling: 1 worker / 2 workers = {r:.2f}x (of the minima {rmin:.2f}x; "
+                            f"target >= {goal:g}x)"})
+    if two and ref:
+        r, rmin = two["median_s"] / ref["median_s"], two["min_s"] / ref["min_s"]
+        goal = DASK_TARGETS["overhead_vs_one_process"]
+        out.append({"target": "dask overhead vs one process", "value": r, "goal": goal, "met": r <= goal,
+                    "text": f"dask_scaling: 2 workers / one process of 2 threads = {r:.2f}x (of the minima "
+                            f"{rmin:.2f}x; target <= {goal:g}x)"})
+    return out

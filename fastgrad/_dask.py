@@ -25,6 +25,8 @@ the numpy path's exception types and messages.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import dask.array as da
@@ -34,6 +36,14 @@ from dask.delayed import delayed
 
 from fastgrad._core import Function
 
+# Functions a worker process replayed lately, by token.  Each computation sends
+# the Function once per worker; the chunk tasks then replay the resident copy of
+# it, whose row blocks stay allocated (and paged in) from one computation to the
+# next, as they do for a Function reused in one process.
+RESIDENT_MAX = 2
+_resident: OrderedDict[str, Function] = OrderedDict()
+_resident_lock = threading.Lock()
+
 # Fan-in of the gradient's tree reduction: partial sums are one vector per
 # chunk, small next to a chunk's replay, so a wide tree means fewer tasks.
 SPLIT_EVERY = 8
@@ -42,18 +52,19 @@ SPLIT_EVERY = 8
 def batch(f: Function, args: tuple[Any, ...], bnums: tuple[int, ...], threads: int | None) -> Any:
     """``f.batch(*args)`` as a Dask array (rows,) or (rows, outputs), chunked like the rows."""
     what = "batch"
-    pairs = _blockwise_args(f, args, bnums, what)
+    ftoken = tokenize(f)
+    pairs = _blockwise_args(f, ftoken, args, bnums, what)
     nthreads = _threads(threads)
     single = bool(f._state()["single"][0])
     n_out = f.n_outputs
-    name = "fastgrad-batch-" + tokenize(f, args, bnums, nthreads)
+    name = "fastgrad-batch-" + tokenize(ftoken, args, bnums, nthreads)
     if single:
         return da.blockwise(_batch_chunk, ("r",), *pairs, name=name, dtype=np.float64,
                             concatenate=True, meta=np.empty((0,)), batch_argnums=bnums,
-                            threads=nthreads)
+                            threads=nthreads, ftoken=ftoken)
     return da.blockwise(_batch_chunk, ("r", "o"), *pairs, name=name, dtype=np.float64,
                         concatenate=True, new_axes={"o": n_out}, meta=np.empty((0, 0)),
-                        batch_argnums=bnums, threads=nthreads)
+                        batch_argnums=bnums, threads=nthreads, ftoken=ftoken)
 
 
 def batch_value_and_grad(f: Function, args: tuple[Any, ...], bnums: tuple[int, ...],
@@ -64,14 +75,15 @@ def batch_value_and_grad(f: Function, args: tuple[Any, ...], bnums: tuple[int, .
     reduction; w.r.t. a batched one it is per row, chunked like the rows.
     """
     what = "batch_value_and_grad"
-    pairs = _blockwise_args(f, args, bnums, what)
+    ftoken = tokenize(f)
+    pairs = _blockwise_args(f, ftoken, args, bnums, what)
     nthreads = _threads(threads)
-    token = tokenize(f, args, bnums, nums, nthreads)
+    token = tokenize(ftoken, args, bnums, nums, nthreads)
     # One task per chunk: (values, gradients) of its rows; an object array whose
     # blocks are those pairs, never computed itself, only through the views below.
     both = da.blockwise(_value_and_grad_chunk, ("r",), *pairs, name="fastgrad-vg-" + token,
                         dtype=object, concatenate=True, meta=np.empty((0,), dtype=object),
-                        batch_argnums=bnums, argnums=nums, threads=nthreads)
+                        batch_argnums=bnums, argnums=nums, threads=nthreads, ftoken=ftoken)
     row_chunks = both.chunks[0]
     values = da.map_blocks(_values_of, both, name="fastgrad-values-" + token, dtype=np.float64,
                            meta=np.empty((0,)))
@@ -93,14 +105,27 @@ def batch_value_and_grad(f: Function, args: tuple[Any, ...], bnums: tuple[int, .
 # ---------------------------------------------------------------- the tasks
 # Module functions: pickled by reference (their name), never as code.
 
-def _batch_chunk(f: Function, *blocks: Any, batch_argnums: tuple[int, ...], threads: int) -> Any:
-    return f.batch(*blocks, batch_argnums=batch_argnums, threads=threads)
+def _batch_chunk(f: Function, *blocks: Any, batch_argnums: tuple[int, ...], threads: int,
+                 ftoken: str) -> Any:
+    return _resident_copy(f, ftoken).batch(*blocks, batch_argnums=batch_argnums, threads=threads)
 
 
 def _value_and_grad_chunk(f: Function, *blocks: Any, batch_argnums: tuple[int, ...],
-                          argnums: tuple[int, ...], threads: int) -> Any:
-    return f.batch_value_and_grad(*blocks, batch_argnums=batch_argnums, argnums=argnums,
-                                  threads=threads)
+                          argnums: tuple[int, ...], threads: int, ftoken: str) -> Any:
+    return _resident_copy(f, ftoken).batch_value_and_grad(*blocks, batch_argnums=batch_argnums,
+                                                         argnums=argnums, threads=threads)
+
+
+def _resident_copy(f: Function, token: str) -> Function:
+    """The Function of this token this process already holds, else f (kept)."""
+    with _resident_lock:
+        g = _resident.get(token)
+        if g is None:
+            g = _resident[token] = f
+            while len(_resident) > RESIDENT_MAX:
+                _resident.popitem(last=False)
+        _resident.move_to_end(token)
+        return g
 
 
 def _values_of(pair: Any) -> Any:
@@ -127,7 +152,8 @@ def _threads(threads: int | None) -> int:
     return int(threads)
 
 
-def _blockwise_args(f: Function, args: tuple[Any, ...], bnums: tuple[int, ...], what: str) -> list[Any]:
+def _blockwise_args(f: Function, ftoken: str, args: tuple[Any, ...], bnums: tuple[int, ...],
+                    what: str) -> list[Any]:
     """``da.blockwise``'s (argument, index) pairs: the Function as one key, each
     batched argument as (rows, whole row) blocks, each shared one whole.
 
@@ -135,7 +161,7 @@ def _blockwise_args(f: Function, args: tuple[Any, ...], bnums: tuple[int, ...], 
     any chunk runs."""
     sizes = f.arg_sizes
     rows: float | None = None
-    pairs: list[Any] = [delayed(f, name="fastgrad-function-" + tokenize(f), pure=True), None]
+    pairs: list[Any] = [delayed(f, name="fastgrad-function-" + ftoken, pure=True), None]
     for k, arg in enumerate(args):
         batched = k in bnums
         ndim = 2 if batched else 1

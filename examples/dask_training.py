@@ -71,7 +71,8 @@ def main(rows: int, epochs: int, chunk: int, scheduler: str | None, workers: int
                                dashboard_address=None)
         client = Client(cluster)
     try:
-        print(f"cluster: {len(client.scheduler_info()['workers'])} workers at {client.scheduler.address}")
+        n = len(client.scheduler_info()["workers"])
+        print(f"cluster: {n} worker{'s' if n != 1 else ''} at {client.scheduler_info()['address']}")
         data = moons(rows, chunk).persist()          # the rows stay on the workers
         random.seed(1337)
         params = np.array([p.data for p in MLP(2, [16, 16, 1]).parameters()])

@@ -200,6 +200,30 @@ def test_function_travels_once_per_worker_not_once_per_chunk(client):
     assert max(chunks_on.values()) > 1                      # so once per chunk would show
 
 
+def _resident_ids():
+    from fastgrad import _dask
+
+    return {token: id(f) for token, f in _dask._resident.items()}
+
+
+def test_workers_replay_a_resident_copy_from_one_computation_to_the_next(client):
+    from dask.base import tokenize
+
+    X = da.from_array(ROWS, chunks=(1000, -1))
+    seen = []
+    for _ in range(2):
+        before = client.run(lambda: fastgrad._core._states_loaded)
+        assert_same(*client.compute(list(LOSS.batch_value_and_grad(PARAMS, X)), sync=True))
+        after = client.run(lambda: fastgrad._core._states_loaded)
+        assert all(after[w] - before[w] <= 1 for w in after)   # still sent once per computation
+        seen.append(client.run(_resident_ids))
+    token = tokenize(LOSS)
+    holders = [w for w in seen[1] if token in seen[1][w] and token in seen[0].get(w, {})]
+    assert holders
+    for w in holders:                                       # the same object both times
+        assert seen[0][w][token] == seen[1][w][token]
+
+
 def test_function_tokenizes_by_its_arrays():
     from dask.base import tokenize
 

@@ -77,3 +77,27 @@ def test_demo_reports_the_speedup_over_micrograd_when_installed():
     proc = run(["-m", "fastgrad", "--steps", "3"])
     assert proc.returncode == 0, proc.stderr
     assert "micrograd, its own demo step" in proc.stdout and "x faster" in proc.stdout
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ is not shipped with the package")
+def test_dask_training_example_trains_on_its_own_local_cluster():
+    pytest.importorskip("dask.array")
+    pytest.importorskip("distributed")
+    proc = run([str(EXAMPLES / "dask_training.py"), "--rows", "20000", "--chunk", "5000", "--epochs", "3"])
+    assert proc.returncode == 0, proc.stderr
+    assert "cluster: 2 workers" in proc.stdout and "in 4 chunks" in proc.stdout
+    losses = [float(ln.split()[3]) for ln in proc.stdout.splitlines() if ln.startswith("epoch")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert "accuracy" in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ is not shipped with the package")
+def test_dask_training_example_runs_on_a_scheduler_address():
+    pytest.importorskip("dask.array")
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        proc = run([str(EXAMPLES / "dask_training.py"), "--rows", "8000", "--chunk", "4000", "--epochs", "1",
+                    "--scheduler", cluster.scheduler_address])
+    assert proc.returncode == 0, proc.stderr
+    assert f"1 worker at {cluster.scheduler_address}" in proc.stdout and "epoch   1/1" in proc.stdout

@@ -108,6 +108,12 @@ def test_local_schedulers_give_the_same_results(scheduler):
     assert_same(*dask.compute(values, grad, scheduler=scheduler, **kw))
 
 
+def test_kernel_threads_per_chunk_may_be_asked_for():
+    X = da.from_array(ROWS, chunks=(5004, -1))
+    values, grad = LOSS.batch_value_and_grad(PARAMS, X, threads=2)
+    assert_same(*dask.compute(values, grad, scheduler="threads"))
+
+
 def test_compute_of_values_and_gradient_replays_each_chunk_once():
     from dask.callbacks import Callback
 

@@ -23,7 +23,7 @@ import time
 import dask
 import dask.array as da
 import numpy as np
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 
 import fastgrad
 from fastgrad.nn import MLP
@@ -73,7 +73,10 @@ def main(rows: int, epochs: int, chunk: int, scheduler: str | None, workers: int
     try:
         n = len(client.scheduler_info()["workers"])
         print(f"cluster: {n} worker{'s' if n != 1 else ''} at {client.scheduler_info()['address']}")
+        start = time.perf_counter()
         data = moons(rows, chunk).persist()          # the rows stay on the workers
+        wait(data)
+        print(f"made {rows:,} rows on the workers in {time.perf_counter() - start:.1f} s")
         random.seed(1337)
         params = np.array([p.data for p in MLP(2, [16, 16, 1]).parameters()])
         loss_fn = fastgrad.compile(sample_loss, params, np.zeros(3))

@@ -696,7 +696,7 @@ WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), Rand
 # 6. dask_scaling: batched replay over a Dask array on LocalClusters (opt-in:
 #    `run.py --workloads dask_scaling`; it starts worker processes)
 
-DASK_CHUNK = 16_000         # rows per chunk: one task each, n x rows blocks kept in a Function's cache
+DASK_CHUNK = 125_000        # rows per chunk (one task each; replayed in calls of fastgrad._dask.ROWS_PER_CALL)
 DASK_ONE = "fastgrad (1 process, 2 threads)"
 DASK_WORKERS = {1: "fastgrad+dask (1 worker)", 2: "fastgrad+dask (2 workers)"}
 DASK_TARGETS = {"speedup_2_vs_1": 1.6, "overhead_vs_one_process": 1.25}
@@ -720,7 +720,7 @@ def _dask_loss(params, row):
 def dask_scaling(cfg, log) -> list[dict]:
     """batch_value_and_grad of the demo MLP's per-sample loss over 2e6 two-moons rows
     (2e5 with --quick): the loss sum and the gradient, per call.  One process with
-    two kernel threads (the rows in blocks of DASK_CHUNK, gradients summed) against
+    two kernel threads (the rows in calls of ROWS_PER_CALL, gradients summed) against
     LocalClusters of 1 and 2 worker processes of one thread each, the rows persisted
     on the workers in chunks of DASK_CHUNK.  Repetitions interleaved, starting case
     rotated; one untimed warm-up call per case first."""
@@ -746,10 +746,12 @@ def dask_scaling(cfg, log) -> list[dict]:
     params = demo_params()
     f = fastgrad.compile(_dask_loss, params, rows[0])
 
+    from fastgrad._dask import ROWS_PER_CALL
+
     def one_process():
         total, grad = 0.0, np.zeros_like(params)
-        for s in range(0, rows_n, DASK_CHUNK):
-            v, g = f.batch_value_and_grad(params, rows[s:s + DASK_CHUNK], threads=2)
+        for s in range(0, rows_n, ROWS_PER_CALL):
+            v, g = f.batch_value_and_grad(params, rows[s:s + ROWS_PER_CALL], threads=2)
             total += v.sum()
             grad += g
         return total, grad
@@ -786,7 +788,7 @@ def dask_scaling(cfg, log) -> list[dict]:
                                  "unit": "call", "status": "ok" if ok else "failed",
                                  "reason": "" if ok else "loss or gradient differs from one process",
                                  "info": {"rows": rows_n, "chunk": DASK_CHUNK, "mode": (
-                                     "batch_value_and_grad per block of rows, threads=2" if name == DASK_ONE
+                                     f"batch_value_and_grad per {ROWS_PER_CALL} rows, threads=2" if name == DASK_ONE
                                      else "Dask array persisted on the workers; graph built and "
                                           "computed (loss sum, gradient) per call")},
                                  "samples": [], "cpu": [], "busiest": []}

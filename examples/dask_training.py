@@ -107,7 +107,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--chunk", type=int, default=16_000, help="rows per chunk (one task each)")
+    parser.add_argument("--chunk", type=int, default=250_000, help="rows per chunk (one task each)")
     parser.add_argument("--scheduler", default=None,
                         help="address of a running dask scheduler (default: start a LocalCluster)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")

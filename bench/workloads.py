@@ -720,7 +720,7 @@ def _dask_loss(params, row):
 def dask_scaling(cfg, log) -> list[dict]:
     """batch_value_and_grad of the demo MLP's per-sample loss over 2e6 two-moons rows
     (2e5 with --quick): the loss sum and the gradient, per call.  One process with
-    two kernel threads (the rows in calls of ROWS_PER_CALL, gradients summed) against
+    two kernel threads (the rows in the calls a chunk task makes, gradients summed) against
     LocalClusters of 1 and 2 worker processes of one thread each, the rows persisted
     on the workers in chunks of DASK_CHUNK.  Repetitions interleaved, starting case
     rotated; one untimed warm-up call per case first."""
@@ -748,10 +748,13 @@ def dask_scaling(cfg, log) -> list[dict]:
 
     from fastgrad._dask import ROWS_PER_CALL
 
+    # the calls a chunk task makes (fastgrad/_dask.py: equal, of at most ROWS_PER_CALL rows)
+    per_call = DASK_CHUNK // -(-DASK_CHUNK // ROWS_PER_CALL)
+
     def one_process():
         total, grad = 0.0, np.zeros_like(params)
-        for s in range(0, rows_n, ROWS_PER_CALL):
-            v, g = f.batch_value_and_grad(params, rows[s:s + ROWS_PER_CALL], threads=2)
+        for s in range(0, rows_n, per_call):
+            v, g = f.batch_value_and_grad(params, rows[s:s + per_call], threads=2)
             total += v.sum()
             grad += g
         return total, grad
@@ -788,7 +791,7 @@ def dask_scaling(cfg, log) -> list[dict]:
                                  "unit": "call", "status": "ok" if ok else "failed",
                                  "reason": "" if ok else "loss or gradient differs from one process",
                                  "info": {"rows": rows_n, "chunk": DASK_CHUNK, "mode": (
-                                     f"batch_value_and_grad per {ROWS_PER_CALL} rows, threads=2" if name == DASK_ONE
+                                     f"batch_value_and_grad per {per_call} rows, threads=2" if name == DASK_ONE
                                      else "Dask array persisted on the workers; graph built and "
                                           "computed (loss sum, gradient) per call")},
                                  "samples": [], "cpu": [], "busiest": []}

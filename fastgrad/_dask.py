@@ -48,7 +48,7 @@ _resident_lock = threading.Lock()
 # millisecond of scheduler and worker time each), so chunks are best large; the
 # batch kernels hold a nodes x rows workspace per call, which stays in the
 # Function's cache (and in memory) only while small.  A chunk of any size is
-# therefore replayed in calls of at most this many rows.
+# therefore replayed in equal calls of at most this many rows.
 ROWS_PER_CALL = 16_384
 
 # Fan-in of the gradient's tree reduction: partial sums are one vector per
@@ -135,12 +135,16 @@ def _value_and_grad_chunk(f: Function, *blocks: Any, batch_argnums: tuple[int, .
 
 
 def _calls(blocks: tuple[Any, ...], bnums: tuple[int, ...]) -> list[tuple[Any, ...]]:
-    """A chunk's arguments cut into calls of at most ROWS_PER_CALL rows."""
+    """A chunk's arguments cut into calls of at most ROWS_PER_CALL rows, as equal
+    as can be (all equal when they divide the chunk): a Function keeps the
+    workspace of one batch size, so equal calls reuse it."""
     rows = next(b.shape[0] for k, b in enumerate(blocks) if k in bnums)
-    if rows <= ROWS_PER_CALL:
+    n = -(-rows // ROWS_PER_CALL)
+    if n <= 1:
         return [blocks]
-    return [tuple(b[r:r + ROWS_PER_CALL] if k in bnums else b for k, b in enumerate(blocks))
-            for r in range(0, rows, ROWS_PER_CALL)]
+    cuts = [rows * i // n for i in range(n + 1)]
+    return [tuple(b[lo:hi] if k in bnums else b for k, b in enumerate(blocks))
+            for lo, hi in zip(cuts, cuts[1:])]
 
 
 def _resident_copy(f: Function, token: str) -> Function:

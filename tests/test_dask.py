@@ -117,7 +117,7 @@ def test_kernel_threads_per_chunk_may_be_asked_for():
 def test_a_chunk_larger_than_one_call_is_replayed_in_several(monkeypatch):
     from fastgrad import _dask
 
-    monkeypatch.setattr(_dask, "ROWS_PER_CALL", 700)        # 3000-row chunks: calls of 700, ..., 200
+    monkeypatch.setattr(_dask, "ROWS_PER_CALL", 700)        # 3000-row chunks: 5 calls of 600
     X = da.from_array(ROWS, chunks=(3000, -1))
     values, (gp, grows) = LOSS.batch_value_and_grad(PARAMS, X, argnums=(0, 1))
     want_values, (want_gp, want_rows) = LOSS.batch_value_and_grad(PARAMS, ROWS, argnums=(0, 1))

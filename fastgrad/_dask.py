@@ -44,8 +44,8 @@ RESIDENT_MAX = 2
 _resident: OrderedDict[str, Function] = OrderedDict()
 _resident_lock = threading.Lock()
 
-# Rows per numpy call inside a chunk task.  Dask's cost is per task (about a
-# millisecond of scheduler and worker time each), so chunks are best large; the
+# Rows per numpy call inside a chunk task.  Dask's cost is per task (a
+# millisecond or more of scheduler and worker time each), so chunks are best large; the
 # batch kernels hold a nodes x rows workspace per call, which stays in the
 # Function's cache (and in memory) only while small.  A chunk of any size is
 # therefore replayed in equal calls of at most this many rows.

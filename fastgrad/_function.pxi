@@ -35,11 +35,20 @@ def _thread_pool(int n):
 
 cdef object _real_array(object arg, str name, int ndim):
     """arg as a C-contiguous float64 array of ndim dimensions, or an error naming it."""
-    arr = np.asarray(arg)
+    # A list is read once: an element numpy calls back into may change it.
+    arr = np.asarray(tuple(arg) if type(arg) is list else arg)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got {type(arg).__name__} of dtype {arr.dtype}")
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        # long double: a finite entry beyond the double range raises
+        # OverflowError, as it does for Value(), instead of becoming inf
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(arr, dtype=np.float64)
+        if (np.isinf(out) & np.isfinite(arr)).any():
+            raise OverflowError(f"{name} holds a {arr.dtype} too large to convert to float")
+        return out
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
@@ -679,7 +688,9 @@ def compile(fn, *example_args):
 
     fn is called with one list of leaf Values per example argument (each a
     1-D sequence or array of numbers) and returns a Value or a sequence of
-    Values/numbers.  The nodes reachable from the outputs are copied, in
+    Values (a number among them raises TypeError: it would replay as a
+    constant).  The inputs are the Values fn was given, whatever fn then
+    does to its lists.  The nodes reachable from the outputs are copied, in
     topological order, into a tape owned by the Function; sub-graphs that do
     not depend on the arguments are folded to constants.  Python control flow
     in fn runs once, now: the tape records the branch taken at the examples.
@@ -693,6 +704,9 @@ def compile(fn, *example_args):
     cdef int64_t n_in = 0, n_out, k
     with g:
         lists = [[Value(x) for x in arr.tolist()] for arr in arrays]
+        # The inputs as fn receives them, before it runs: whatever fn does to
+        # its lists (sort, append, clear, replace), the tape's inputs are these.
+        inputs_traced = tuple([v for lst in lists for v in lst])
         result = fn(*lists)
         single = type(result) is Value
         if single:
@@ -709,12 +723,12 @@ def compile(fn, *example_args):
                 if (<Value>outs[k]).graph is not g:
                     raise ValueError(f"compile(): output {k} belongs to {(<Value>outs[k]).graph!r}, "
                                      f"not to the traced graph {g!r}; build outputs from fn's arguments")
-            elif _is_number(outs[k]):
-                outs[k] = Value(outs[k])
             else:
-                raise TypeError(f"compile(): output {k} is a {type(outs[k]).__name__}, not a Value or number")
-    leaves = [v for lst in lists for v in lst]
-    n_in = len(leaves)
+                # A number (say a float of fastgrad.grad) would replay as a
+                # constant: the Function would be wrong for every other input.
+                raise TypeError(f"compile(): output {k} is a {type(outs[k]).__name__}, not a Value "
+                                "(fn must return Values built from its arguments)")
+    n_in = len(inputs_traced)
     n_out = len(outs)
     cdef int32_t *inputs = <int32_t *>malloc((n_in + 1) * sizeof(int32_t))
     cdef int32_t *out_idx = <int32_t *>malloc((n_out + 1) * sizeof(int32_t))
@@ -722,11 +736,11 @@ def compile(fn, *example_args):
     try:
         if inputs == NULL or out_idx == NULL:
             raise MemoryError()
+        _enter(g)
         for k in range(n_in):
-            inputs[k] = (<Value>leaves[k]).idx
+            inputs[k] = (<Value>inputs_traced[k]).idx
         for k in range(n_out):
             out_idx[k] = (<Value>outs[k]).idx
-        _enter(g)
         rc = fg_tape_build(&f.t, &g.g, n_in, inputs, n_out, out_idx)
         if rc != FG_OK:
             _raise_status(g, rc)

@@ -61,6 +61,11 @@ cdef extern from "fastgrad.h" nogil:
         int32_t free_head
         int32_t ordered
         int64_t freed
+        int64_t min_capacity
+        int64_t keep
+        int64_t shrunk_to
+        int64_t quiet
+        int64_t reclaim_peak
         int32_t *opnd
         double *ocst
         int64_t ocap
@@ -79,6 +84,7 @@ cdef extern from "fastgrad.h" nogil:
     void fg_decref(fg_graph_t *g, int32_t i)
     int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget)
     void fg_release_resume(fg_graph_t *g, int64_t pending)
+    void fg_reclaim(fg_graph_t *g)
     int64_t fg_graph_bytes(const fg_graph_t *g)
     int fg_track_origins(fg_graph_t *g)
     const char *fg_op_name(int op)

@@ -99,6 +99,8 @@ cdef inline int _enter(Graph g) except -1:
             "graphs (create the Values in this thread)")
     if g.ndeferred:
         g._drain()
+    if g.g.reclaim_peak:
+        fg_reclaim(&g.g)
     if g.anomaly.depth or g.g.tag:
         _stamp(g)
     return 0
@@ -330,13 +332,19 @@ cdef class Graph:
         """
         cdef int64_t n = self.g.top
         out = {}
-        out["op"] = np.asarray(<uint8_t[:n]> self.g.op).copy() if n else np.zeros(0, np.uint8)
-        out["uses"] = np.asarray(<uint32_t[:n]> self.g.uses).copy() if n else np.zeros(0, np.uint32)
-        out["a"] = np.asarray(<int32_t[:n]> self.g.a).copy() if n else np.zeros(0, np.int32)
-        out["b"] = np.asarray(<int32_t[:n]> self.g.b).copy() if n else np.zeros(0, np.int32)
-        out["val"] = np.asarray(<double[:n]> self.g.val).copy() if n else np.zeros(0)
-        out["grad"] = np.asarray(<double[:n]> self.g.grad).copy() if n else np.zeros(0)
-        out["cst"] = np.asarray(<double[:n]> self.g.cst).copy() if n else np.zeros(0)
+        # Pinned while the copies are made: a __del__ run by the collector
+        # during these allocations cannot move (grow or shrink) the storage.
+        self.g.pinned += 1
+        try:
+            out["op"] = np.asarray(<uint8_t[:n]> self.g.op).copy() if n else np.zeros(0, np.uint8)
+            out["uses"] = np.asarray(<uint32_t[:n]> self.g.uses).copy() if n else np.zeros(0, np.uint32)
+            out["a"] = np.asarray(<int32_t[:n]> self.g.a).copy() if n else np.zeros(0, np.int32)
+            out["b"] = np.asarray(<int32_t[:n]> self.g.b).copy() if n else np.zeros(0, np.int32)
+            out["val"] = np.asarray(<double[:n]> self.g.val).copy() if n else np.zeros(0)
+            out["grad"] = np.asarray(<double[:n]> self.g.grad).copy() if n else np.zeros(0)
+            out["cst"] = np.asarray(<double[:n]> self.g.cst).copy() if n else np.zeros(0)
+        finally:
+            self.g.pinned -= 1
         return out
 
 
@@ -444,6 +452,7 @@ cdef class Value:
             if pending:
                 with nogil:
                     fg_release_resume(&g.g, pending)
+                fg_reclaim(&g.g)    # storage moves only with the GIL held
             return
         # Another thread: the owner may be inside a sweep with the GIL released,
         # so the use is handed back to the owner, which drains it on its next op.

@@ -112,7 +112,16 @@ def _graph_view(out, names=None, node=None):
 
     cdef int64_t top = g.g.top
     nodes = order_arr[:nnodes].copy()
-    named = np.asarray(<uint8_t[:top]> g.g.named)[nodes]
+    # Pinned while the node arrays are read: a __del__ run by the collector
+    # during these allocations cannot move (grow or shrink) the storage.
+    g.g.pinned += 1
+    try:
+        named = np.asarray(<uint8_t[:top]> g.g.named)[nodes]
+        ops = np.asarray(<uint8_t[:top]> g.g.op)[nodes]
+        vals = np.asarray(<double[:top]> g.g.val)[nodes]
+        csts = np.asarray(<double[:top]> g.g.cst)[nodes]
+    finally:
+        g.g.pinned -= 1
     cdef dict found = {}
     if g.names is not None:
         for s in nodes[named.nonzero()[0]].tolist():
@@ -123,9 +132,9 @@ def _graph_view(out, names=None, node=None):
         "out": int(o.idx),
         "node": int(node_slot),
         "nodes": nodes,
-        "op": np.asarray(<uint8_t[:top]> g.g.op)[nodes],
-        "val": np.asarray(<double[:top]> g.g.val)[nodes],
-        "cst": np.asarray(<double[:top]> g.g.cst)[nodes],
+        "op": ops,
+        "val": vals,
+        "cst": csts,
         "grad": adj_arr[nodes],
         "consumer": consumer_arr[:ne].copy(),
         "pos": pos_arr[:ne].copy(),

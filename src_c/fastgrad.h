@@ -19,7 +19,9 @@
  *   origin  int32   the glue's tag for the Python line that made the node
  *                   (the value of `tag` when the slot was handed out)
  * Slots in [top, capacity) are never read, so growth does not touch them:
- * a large capacity costs address space, not memory, until it is used.
+ * a large capacity costs address space, not memory, until it is used.  When
+ * the slots in use fall far below capacity the storage shrinks again (never
+ * below the capacity asked for at init; with hysteresis, see fg_graph.c).
  * n-ary operands (SUM, DOT) live in a side array of (int32 index, double
  * constant) pairs; index -1 means "this operand is the constant".
  */
@@ -62,6 +64,11 @@ typedef struct {
     int32_t   free_head;  /* first free slot below top, -1 if none */
     int32_t   ordered;    /* every live edge goes from a higher index to a lower */
     int64_t   freed;      /* nodes freed since top and the free list were last trimmed */
+    int64_t   min_capacity; /* capacity asked for at init: storage never shrinks below it */
+    int64_t   keep;       /* learned working size: a shrink was undone by regrowth (0: none) */
+    int64_t   shrunk_to;  /* capacity the last shrink left, until the next trim (0: none) */
+    int64_t   quiet;      /* trims in a row whose peak stayed below keep / 4 */
+    int64_t   reclaim_peak; /* > 0: a trim ran where storage could not move (fg_reclaim) */
 
     int32_t  *opnd;       /* side array: operand node index or -1 */
     double   *ocst;       /* side array: constant operand where opnd == -1 */
@@ -87,7 +94,13 @@ void     fg_decref(fg_graph_t *g, int32_t i);
  * (0: done), which fg_release_resume finishes (e.g. with the GIL released).
  * No other call on g may come between the two. */
 int64_t  fg_release(fg_graph_t *g, int32_t i, int64_t budget);
+/* Never moves the node storage (it may run with the GIL released while
+ * other threads read .data): a memory give-back it would do is left to
+ * fg_reclaim, which the caller runs afterwards. */
 void     fg_release_resume(fg_graph_t *g, int64_t pending);
+/* Gives node storage back to the allocator when the live slots fell far
+ * below capacity (see fg_graph.c); a no-op unless a trim asked for it. */
+void     fg_reclaim(fg_graph_t *g);
 int64_t  fg_graph_bytes(const fg_graph_t *g);
 /* Starts recording g->tag into origin[] for every node made from now on
  * (earlier nodes get tag 0).  FG_OK or FG_ENOMEM; a no-op when on already. */

@@ -673,14 +673,61 @@ def load(path):
     """
     with open(path, "rb") as fh:        # missing or unreadable: OSError, as for any file
         try:
-            archive = np.load(fh, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError(f"an .npy array, not an archive")
-            with archive:
-                state = {key: archive[key] for key in archive.files}
+            state = _read_archive(fh)
         except Exception as exc:
             raise ValueError(f"{path!r} is not a saved fastgrad Function: {exc}") from exc
     return _function_from_state(state, repr(path))
+
+
+# What one archive member may expand to: its stored size times this (save()
+# stores members uncompressed, ratio 1), or at least MEMBER_MIN_BOUND bytes.
+cdef int64_t MEMBER_RATIO = 64
+cdef int64_t MEMBER_MIN_BOUND = 1 << 20
+
+
+cdef dict _read_archive(object fh):
+    """The arrays of an .npz archive that the format has (_STATE_DTYPES),
+    each read only after checking what it may cost: unknown members are
+    never decompressed, and a member whose declared size exceeds its bound,
+    or whose .npy header promises more data than the member holds, is refused
+    before anything is allocated for it."""
+    import zipfile
+    from numpy.lib import format as npformat
+    magic = fh.read(6)
+    fh.seek(0)
+    if magic == npformat.MAGIC_PREFIX:
+        raise ValueError("an .npy array, not an archive")
+    state = {}
+    with zipfile.ZipFile(fh) as zf:
+        for key in _STATE_DTYPES:
+            try:
+                info = zf.getinfo(key + ".npy")
+            except KeyError:
+                continue                  # _function_from_state names it
+            bound = max(MEMBER_MIN_BOUND, MEMBER_RATIO * info.compress_size)
+            if info.file_size > bound:
+                raise ValueError(f"member {info.filename!r} expands to {info.file_size} bytes from "
+                                 f"{info.compress_size} (more than {bound})")
+            with zf.open(info) as member:
+                version = npformat.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = npformat.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, fortran, dtype = npformat.read_array_header_2_0(member)
+                else:
+                    raise ValueError(f"member {info.filename!r}: unsupported .npy version {version}")
+                if dtype.hasobject:
+                    raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+                count = 1
+                for d in shape:
+                    count *= d
+                nbytes = count * dtype.itemsize
+                if nbytes > info.file_size - member.tell():
+                    raise ValueError(f"member {info.filename!r} promises {nbytes} bytes of data "
+                                     f"in {info.file_size} bytes")
+            with zf.open(info) as member:
+                state[key] = npformat.read_array(member, allow_pickle=False)
+    return state
 
 
 def compile(fn, *example_args):

@@ -165,3 +165,77 @@ def test_a_failed_backward_leaves_a_large_graph_consistent():
         assert [x.grad for x in xs] == [2 * x.data for x in xs]
         assert fastgrad.grad(ok, xs[:3]) == [2 * x.data for x in xs[:3]]
         assert g.stats()["live_nodes"] > 0
+
+
+# ---------------------------------------------------------------- fastgrad.load ---
+
+def _saved_members(tmp_path) -> dict:
+    import io
+
+    f = fastgrad.compile(lambda xs: fastgrad.dot(xs, xs).tanh(), [1.0, 2.0])
+    members = {}
+    for key, arr in f._state().items():
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        members[key + ".npy"] = buf.getvalue()
+    return members
+
+
+def _write_zip(path, members: dict, deflated=()) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED if name in deflated else zipfile.ZIP_STORED)
+    return str(path)
+
+
+def _peak_load(path) -> tuple:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            out = fastgrad.load(path)
+        except ValueError as exc:
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_load_never_reads_members_the_format_does_not_have(tmp_path):
+    members = _saved_members(tmp_path)
+    members["bomb.npy"] = b"\0" * (64 << 20)              # 64 MB of zeros, deflated to ~64 kB
+    members["notes.txt"] = b"anything"
+    path = _write_zip(tmp_path / "f.npz", members, deflated={"bomb.npy"})
+    assert os.path.getsize(path) < 1 << 20
+    f, peak = _peak_load(path)
+    assert isinstance(f, fastgrad.Function) and f([0.5, 0.5]) == pytest.approx(np.tanh(0.5))
+    assert peak < 8 << 20
+
+
+def test_load_bounds_what_a_known_member_may_expand_to(tmp_path):
+    members = _saved_members(tmp_path)
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(8 << 20))                        # 64 MB of cst, deflated
+    members["cst.npy"] = buf.getvalue()
+    path = _write_zip(tmp_path / "f.npz", members, deflated={"cst.npy"})
+    err, peak = _peak_load(path)
+    assert isinstance(err, ValueError) and "member 'cst.npy' expands to" in str(err)
+    assert peak < 8 << 20
+
+
+def test_load_refuses_a_header_promising_more_than_the_member_holds(tmp_path):
+    members = _saved_members(tmp_path)
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)})
+    members["cst.npy"] = buf.getvalue() + b"\0" * 64
+    path = _write_zip(tmp_path / "f.npz", members)
+    err, peak = _peak_load(path)
+    assert isinstance(err, ValueError) and "promises 8796093022208 bytes" in str(err)
+    assert peak < 8 << 20

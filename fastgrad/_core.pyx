@@ -106,14 +106,19 @@ cdef inline int _enter(Graph g) except -1:
     return 0
 
 
-# The package's own files: the line that made a node is the first frame
-# outside them (user code calling fastgrad.nn, say, not nn.py itself).
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The line that made a node is the first frame outside the package (user
+# code calling fastgrad.nn, say, not nn.py itself).  "Inside" is decided by
+# the frame's module name, not by a path prefix: a checkout reached through
+# a sys.path entry such as "../repo" or a symlink names files by paths that
+# no prefix of this module's own path matches.
+cdef bint _in_package(object frame):
+    name = frame.f_globals.get("__name__")
+    return type(name) is str and (name == "fastgrad" or (<str>name).startswith("fastgrad."))
 
 
 cdef str _user_line():
     f = sys._getframe(0)        # Cython functions add no frame of their own
-    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+    while f is not None and _in_package(f):
         f = f.f_back
     if f is None:
         return "<unknown>"

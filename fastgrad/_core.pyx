@@ -767,6 +767,7 @@ def sum(values, start=0.0):
         c = _coerce(start, "start")
     _alloc_operands(n + off, &idx, &cst)
     try:
+        cst[0] = 0.0                # start's entry, when start is a Value
         _coerce_operands(seq, off, 1, idx, cst, "sum()")
         g = _first_graph(seq, _first_graph(head, None))
         if g is None:
@@ -808,6 +809,7 @@ def dot(ws, xs, start=0.0):
     _alloc_operands(total, &idx, &cst)
     try:
         if off:
+            cst[0] = 0.0
             idx[1] = -1
             cst[1] = 1.0
         _coerce_operands(wl, off, 2, idx, cst, "dot()")

@@ -534,12 +534,16 @@ def compile_mutating(fz: Fuzz) -> None:
 
 
 SIGNAL_OPS = 0
+SIGNALS_ON = False
 
 
 def _handler(signum, frame) -> None:
     """Runs ops at whatever point the main thread was interrupted (between
-    bytecodes: inside a __float__, a __del__, fastgrad.nn, ...)."""
+    bytecodes: inside a __float__, a __del__, fastgrad.nn, ...).  Installed
+    once for good, so a stray late signal is harmless."""
     global SIGNAL_OPS
+    if not SIGNALS_ON:
+        return
     SIGNAL_OPS += 1
     try:
         xs = [Value(float(k)) for k in range(4)]
@@ -554,11 +558,31 @@ def _handler(signum, frame) -> None:
 
 
 def signals(fz: Fuzz) -> None:
-    """A timer's Python handler runs ops while ordinary steps (and midop) run.
-    ITIMER_VIRTUAL (SIGVTALRM): libFuzzer keeps SIGALRM for its -timeout."""
+    """A Python signal handler runs ops while ordinary steps (and midop) run:
+    SIGVTALRM from signal.setitimer (ITIMER_VIRTUAL: libFuzzer keeps SIGALRM
+    for its -timeout; CPU-time timers tick every few ms), and many more sent
+    by a thread with pthread_kill under a 1 us switch interval, so handlers
+    land inside ops (in a __float__ the op calls, say)."""
+    global SIGNALS_ON
     fdp = fz.fdp
-    old = signal.signal(signal.SIGVTALRM, _handler)
-    signal.setitimer(signal.ITIMER_VIRTUAL, 1e-5, fdp.PickValueInList([1e-5, 5e-5, 2e-4]))
+    import threading
+    import time
+
+    stop = threading.Event()
+    main = threading.main_thread().ident
+    pause = fdp.PickValueInList([0.0, 1e-5, 1e-4])
+
+    def kick() -> None:
+        while not stop.is_set():
+            signal.pthread_kill(main, signal.SIGVTALRM)
+            time.sleep(pause)
+
+    interval = sys.getswitchinterval()
+    SIGNALS_ON = True
+    signal.setitimer(signal.ITIMER_VIRTUAL, 1e-5, 1e-5)
+    kicker = threading.Thread(target=kick, daemon=True)
+    sys.setswitchinterval(1e-6)
+    kicker.start()
     try:
         for _ in range(fdp.ConsumeIntInRange(1, 6)):
             k = fdp.ConsumeIntInRange(0, 22)
@@ -567,8 +591,18 @@ def signals(fz: Fuzz) -> None:
             except ALLOWED:
                 pass
     finally:
+        stop.set()
+        kicker.join()
+        sys.setswitchinterval(interval)
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
-        signal.signal(signal.SIGVTALRM, old)
+        SIGNALS_ON = False
+
+
+signal.signal(signal.SIGVTALRM, _handler)
+
+
+def _report() -> None:
+    print(f"fuzz_ops: the signal handler ran ops {SIGNAL_OPS} times", file=sys.stderr)
 
 
 def TestOneInput(data: bytes) -> None:
@@ -583,6 +617,9 @@ def _replaying(argv: list) -> bool:
 
 
 def main() -> None:
+    import atexit
+
+    atexit.register(_report)
     if not _replaying(sys.argv):     # coverage of all loaded Python (about 15 s)
         atheris.instrument_all()
     atheris.Setup(sys.argv, TestOneInput)

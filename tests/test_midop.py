@@ -50,7 +50,7 @@ import numbers  # noqa: E402
 numbers.Real.register(Meddler)
 
 
-def _churn(lst: list, graph) -> list:
+def _churn(lst: list, graph) -> tuple[list, list]:
     """The actions a __float__ may take on the list it sits in: each drops the
     list's Values (their last reference outside the op) and makes new nodes
     in the graph, which reuse the freed slots."""
@@ -429,7 +429,7 @@ def test_numpy_bool_is_a_number_as_bool_is(g):
     assert fastgrad.leaves([np.True_, np.False_])[0].data == 1.0
 
 
-@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max,
+@pytest.mark.skipif(bool(np.finfo(np.longdouble).max <= np.finfo(np.float64).max),
                     reason="long double is double on this platform")
 def test_a_long_double_beyond_the_double_range_raises_as_a_huge_int_does(g):
     big = np.longdouble("1e400")

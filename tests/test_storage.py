@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,7 +192,7 @@ def test_a_failed_backward_leaves_a_large_graph_consistent():
 def _saved_members(tmp_path) -> dict:
     import io
 
-    f = fastgrad.compile(lambda xs: fastgrad.dot(xs, xs).tanh(), [1.0, 2.0])
+    f: Any = fastgrad.compile(lambda xs: fastgrad.dot(xs, xs).tanh(), [1.0, 2.0])
     members = {}
     for key, arr in f._state().items():
         buf = io.BytesIO()
@@ -214,6 +215,7 @@ def _peak_load(path) -> tuple:
 
     tracemalloc.start()
     try:
+        out: Any
         try:
             out = fastgrad.load(path)
         except ValueError as exc:

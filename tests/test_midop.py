@@ -236,7 +236,7 @@ def test_ops_survive_a_thread_mutating_their_lists_at_every_gil_switch():
         with graph:
             for _ in range(300):
                 s = fastgrad.sum(lst, Value(0.0))
-                assert s.data == int(s.data) and 0 <= s.data <= 1000
+                assert s.data == int(s.data) and s.data >= 0
                 d = fastgrad.dot(lst, lst)
                 assert d.data == int(d.data)
                 try:

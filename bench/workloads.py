@@ -769,7 +769,7 @@ def dask_scaling(cfg, log) -> list[dict]:
             for n, name in DASK_WORKERS.items():
                 t0 = time.perf_counter()
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
                 client = Client(cluster, set_as_default=False)
                 clusters.append((client, cluster))
                 data = client.persist(da.from_array(rows, chunks=(DASK_CHUNK, -1)))

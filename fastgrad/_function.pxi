@@ -3,7 +3,7 @@
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
 
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
@@ -20,27 +20,57 @@ _STATE_DTYPES = {
     "opnd": np.int32, "ocst": np.float64, "out": np.int32,
 }
 
+
+def _pool_worker(tasks):
+    while True:
+        run = tasks.get()
+        if run is None:
+            return
+        run()
+        run = None
+
+
+class _Pool:
+    """Daemon threads taking batch jobs' run methods from one queue.
+
+    Handing out work is SimpleQueue.put, one C call per thread: no Python
+    code (so no KeyboardInterrupt) runs inside it, unlike a
+    ThreadPoolExecutor.submit interrupted while it holds its lock, which
+    hangs every later submit.
+    """
+
+    def __init__(self, int n):
+        self.tasks = queue.SimpleQueue()
+        self.size = 0
+        for _ in range(n):
+            threading.Thread(target=_pool_worker, args=(self.tasks,), daemon=True,
+                             name=f"fastgrad-{self.size}").start()
+            self.size += 1
+
+    def __del__(self):
+        for _ in range(self.size):
+            self.tasks.put(None)
+
+
 _pool = None
-_pool_size = 0
 
 
 def _thread_pool(int n):
-    global _pool, _pool_size
-    if _pool is None or _pool_size < n:
-        # The old pool is dropped, never shut down: another thread may hold it
-        # between _thread_pool() and submit() (shutdown made that submit raise
-        # RuntimeError).  Its idle workers exit when it is collected.
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastgrad")
-        _pool_size = n
-    return _pool
+    """A pool of at least n threads (a bigger one replaces it; the old one's
+    threads exit once the queue that feeds them is dropped)."""
+    global _pool
+    pool = _pool
+    if pool is None or pool.size < n:
+        pool = _Pool(n)
+        _pool = pool
+    return pool
 
 
 def _forget_thread_pool():
     # A forked child has none of the parent's threads: a pool inherited from
     # the parent would queue work that no thread ever takes (a hang).
-    global _pool, _pool_size
+    global _pool
     _pool = None
-    _pool_size = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -502,18 +532,19 @@ cdef class Function:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             nthreads = min(threads, 1 << 16)
         nthreads = max(1, min(nthreads, job.b.nchunks))
+        pool = _thread_pool(nthreads - 1) if nthreads > 1 else None
         job.open()
-        if nthreads > 1:
-            try:
-                pool = _thread_pool(nthreads - 1)
+        # From here on the job is open: whatever is raised (a KeyboardInterrupt
+        # between two puts), finish() runs and waits for every thread that joined.
+        try:
+            if pool is not None:
+                put, run = pool.tasks.put, job.run
                 for k in range(nthreads - 1):
-                    pool.submit(job.run)
-            except Exception:
-                pass   # no pool (the interpreter is shutting down): this thread takes every chunk
-            except BaseException:
-                with nogil:
-                    job.finish(True)
-                raise
+                    put(run)
+        except BaseException:
+            with nogil:
+                job.finish(True)
+            raise
         with nogil:
             job.finish(False)
         if job.status == FG_ENOMEM:
@@ -617,6 +648,13 @@ cdef class Function:
         """Write the tape to path as plain arrays (an .npz archive; no pickle)."""
         with open(path, "wb") as fh:
             np.savez(fh, **self._state())
+
+
+def _batch_plan(Function f, *args, batch_argnums=(1,), reverse=True):
+    """Test hook: {block, chunk, nchunks, per_row} of a batched call with these arguments."""
+    cdef _BatchJob job = f._batch_job(tuple(args), batch_argnums, "_batch_plan", reverse, ())
+    return {"block": job.b.block, "chunk": job.b.chunk, "nchunks": job.b.nchunks,
+            "per_row": job.b.per_row}
 
 
 cdef double _no_data[1]

@@ -1,5 +1,6 @@
 # _function.pxi -- compiled replay: fastgrad.compile, Function, fastgrad.load.
-# Included by _core.pyx (one extension module); the kernels are src_c/fg_tape.c.
+# Included by _core.pyx (one extension module); the kernels are src_c/fg_replay.c (one row)
+# and src_c/fg_batch.c + fg_rows.h (blocks of rows); tapes are built by src_c/fg_tape_build.c.
 
 import hashlib
 import os
@@ -507,6 +508,9 @@ cdef class Function:
         job.b.grad = gradp
         job.b.want_reverse = reverse
         job.b.target = fg_rows_current()
+        lane_of = np.empty(self.t.n + 1, dtype=np.int32)
+        cdef int32_t[::1] ml = lane_of
+        job.b.lane_of = &ml[0]
         fg_batch_plan(&job.b)
         job.shared = None
         if reverse:
@@ -514,7 +518,7 @@ cdef class Function:
             job.b.shared = _data(job.shared)
         job.values = values
         job.grads = grads
-        job.keep = (arrays, uni)   # what the pointers point into lives as long as the job
+        job.keep = (arrays, uni, lane_of)   # what the pointers point into lives as long as the job
         return job
 
     cdef int _run_job(self, _BatchJob job, object threads) except -1:

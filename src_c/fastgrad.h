@@ -213,12 +213,17 @@ typedef struct {
                                  * (rows of shared arguments are filled), or NULL */
     int want_reverse;           /* run the reverse sweep (scalar output, seed 1 per row) */
     int target;                 /* row kernels (fg_rows_select's index) */
+    int32_t *lane_of;           /* n entries of room for fg_batch_plan, or NULL */
     /* set by fg_batch_plan: */
     int64_t block;              /* rows per block: the workspace's ld */
     int64_t chunk;              /* rows per chunk, a multiple of block */
     int64_t nchunks;
     int64_t per_row;            /* nodes with a value per row */
+    int64_t n_lanes;            /* uniform nodes whose row sums go through lane buffers */
 } fg_batch_t;
+
+/* Lanes of every sum over rows in the row kernels (fg_rows.h's FG_LANES). */
+#define FG_ROWS_LANES 32
 
 void     fg_batch_plan(fg_batch_t *b);
 int64_t  fg_batch_ws_doubles(const fg_batch_t *b);

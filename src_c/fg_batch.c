@@ -18,12 +18,12 @@
 
 typedef void (*fg_fwd_fn)(const fg_tape_t *, int64_t, int64_t, double *, const uint8_t *);
 typedef void (*fg_rev_fn)(const fg_tape_t *, int64_t, int64_t, const double *, double *,
-                          const double *, const uint8_t *, int);
+                          const double *, const uint8_t *, int, double *, const int32_t *);
 
 #define FG_DECLARE_TARGET(T)                                                               \
     void fg_rows_forward_##T(const fg_tape_t *, int64_t, int64_t, double *, const uint8_t *); \
     void fg_rows_reverse_##T(const fg_tape_t *, int64_t, int64_t, const double *, double *,  \
-                             const double *, const uint8_t *, int);
+                             const double *, const uint8_t *, int, double *, const int32_t *);
 FG_DECLARE_TARGET(base)
 #if FG_HAVE_X86_TARGETS
 FG_DECLARE_TARGET(avx2)
@@ -101,19 +101,46 @@ void fg_rows_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, cons
 
 void fg_rows_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
                      const double *seed, const uint8_t *uni) {
-    FG_TARGETS[fg_current].reverse(t, ld, nb, v, adj, seed, uni, 0);
+    FG_TARGETS[fg_current].reverse(t, ld, nb, v, adj, seed, uni, 0, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------ batches */
 
 /* Bytes of the per-row node arrays a block may take (V and ADJ): well inside
  * a core's L2, so one op's operand rows are read from cache. */
-#define FG_BLOCK_BYTES (512 * 1024)
+#define FG_BLOCK_BYTES (1024 * 1024)
 #define FG_BLOCK_MIN 64
 #define FG_BLOCK_MAX 1024
 /* At most this many chunks a call: enough for the threads to balance, and
  * b->shared stays small (FG_MAX_CHUNKS x n_in doubles). */
 #define FG_MAX_CHUNKS 64
+
+/* Lane buffers (see fg_rows.h): a uniform node that is the operand of a
+ * per-row n-ary node beside a per-row operand gets its sums over rows in
+ * FG_LANES lanes, reduced once per block.  lane_of[i]: its slot, or -1. */
+static int64_t fg_batch_lanes(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of) {
+    int64_t n_lanes = 0;
+    for (int64_t i = 0; i < t->n; i++) {
+        lane_of[i] = -1;
+    }
+    for (int64_t i = t->n_in; i < t->n; i++) {
+        int o = t->op[i];
+        if (uni[i] || FG_ARITY[o] != -1 || fg_nary_group(o) != 2) {
+            continue;
+        }
+        for (int32_t k = t->a[i], e = t->a[i] + t->b[i]; k + 1 < e; k += 2) {
+            int32_t p = t->opnd[k], q = t->opnd[k + 1];
+            if (p < 0 || q < 0 || uni[p] == uni[q]) {
+                continue;
+            }
+            int32_t u = uni[p] ? p : q;
+            if (lane_of[u] < 0) {
+                lane_of[u] = (int32_t)n_lanes++;
+            }
+        }
+    }
+    return n_lanes;
+}
 
 void fg_batch_plan(fg_batch_t *b) {
     const fg_tape_t *t = b->t;
@@ -121,6 +148,7 @@ void fg_batch_plan(fg_batch_t *b) {
     for (int64_t i = 0; i < t->n; i++) {
         per_row += !b->uni[i];
     }
+    b->n_lanes = (b->want_reverse && b->lane_of != NULL) ? fg_batch_lanes(t, b->uni, b->lane_of) : 0;
     int64_t bytes = (b->want_reverse ? 16 : 8) * (per_row + 1);
     int64_t block = FG_BLOCK_BYTES / bytes;
     block = (block < FG_BLOCK_MIN) ? FG_BLOCK_MIN : (block > FG_BLOCK_MAX) ? FG_BLOCK_MAX : block;
@@ -137,7 +165,7 @@ void fg_batch_plan(fg_batch_t *b) {
 }
 
 int64_t fg_batch_ws_doubles(const fg_batch_t *b) {
-    return (b->want_reverse ? 2 : 1) * b->t->n * b->block + 1;
+    return (b->want_reverse ? 2 : 1) * b->t->n * b->block + b->n_lanes * FG_ROWS_LANES + 1;
 }
 
 void fg_batch_prepare(const fg_batch_t *b, double *ws) {
@@ -157,7 +185,7 @@ void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws) {
     const fg_target_t *K = &FG_TARGETS[b->target];
     const int64_t ld = b->block, n_out = t->n_out;
     const int64_t lo = c * b->chunk, hi = (lo + b->chunk < b->rows) ? lo + b->chunk : b->rows;
-    double *V = ws, *ADJ = ws + t->n * ld;
+    double *V = ws, *ADJ = ws + t->n * ld, *lanes = ADJ + t->n * ld;
     double *acc = (b->shared != NULL) ? b->shared + c * t->n_in : NULL;
     if (acc != NULL) {
         memset(acc, 0, (size_t)t->n_in * sizeof *acc);
@@ -190,7 +218,10 @@ void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws) {
         if (!b->want_reverse) {
             continue;
         }
-        K->reverse(t, ld, nb, V, ADJ, NULL, b->uni, 0);
+        if (b->n_lanes > 0) {
+            memset(lanes, 0, (size_t)(b->n_lanes * FG_ROWS_LANES) * sizeof *lanes);
+        }
+        K->reverse(t, ld, nb, V, ADJ, NULL, b->uni, 0, b->n_lanes > 0 ? lanes : NULL, b->lane_of);
         for (int64_t k = 0; k < b->nargs; k++) {
             const int64_t size = b->size[k];
             if (b->batched[k]) {

@@ -27,7 +27,7 @@ void fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, cons
 void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
                      const double *seed, const uint8_t *uni) {
     if (nb == 1 && ld == 1) {
-        fg_one_reverse(t, 1, 1, v, adj, seed, NULL, 1);
+        fg_one_reverse(t, 1, 1, v, adj, seed, NULL, 1, NULL, NULL);
     } else {
         fg_rows_reverse(t, ld, nb, v, adj, seed, uni);
     }

@@ -46,7 +46,7 @@ typedef double fg_vd;
 #endif
 #define FG_TILE (FG_TV * FG_W)
 /* Lanes of every sum over rows (a multiple of every FG_W). */
-#define FG_LANES 32
+#define FG_LANES FG_ROWS_LANES
 
 #define FG_UNI(p) (uni != NULL && uni[p])
 
@@ -243,6 +243,30 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
         }                                                                       \
         *(OUT) += h_[0] + (tail);                                               \
     }
+/* Where the caller keeps lane buffers (lanes != NULL), a uniform node U's
+ * lanes collect every such sum sent to it during the sweep, and its tails
+ * go to adj directly; FG_LANES_FLUSH adds the tree of its lanes to its
+ * adjoint once, before the node is swept (or, an input, after the sweep). */
+#define FG_LANES_SEND(s_, tail, U, OUT)                                         \
+    if (lanes != NULL) {                                                        \
+        double *L_ = lanes + (int64_t)lane_of[U] * FG_LANES;                    \
+        for (int l = 0; l < FG_LANES / FG_W; l++) {                             \
+            fg_vd x_;                                                           \
+            FG_VLOAD(x_, L_ + l * FG_W);                                        \
+            x_ += s_[l];                                                        \
+            FG_VSTORE(L_ + l * FG_W, x_);                                       \
+        }                                                                       \
+        *(OUT) += (tail);                                                       \
+    } else {                                                                    \
+        FG_LANES_TOTAL(s_, tail, OUT)                                           \
+    }
+#define FG_LANES_FLUSH(U)                                                       \
+    if (lanes != NULL && lane_of[U] >= 0) {                                     \
+        const double *L_ = lanes + (int64_t)lane_of[U] * FG_LANES;              \
+        fg_vd s_[FG_LANES / FG_W];                                              \
+        for (int l = 0; l < FG_LANES / FG_W; l++) FG_VLOAD(s_[l], L_ + l * FG_W); \
+        FG_LANES_TOTAL(s_, 0.0, adj + (U) * ld)                                 \
+    }
 
 /* The adjoint of the node being swept, at row r. */
 #define FG_G(r) (one_row ? g0 : g[r])
@@ -256,7 +280,7 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
         FG_VLOAD(gv_, g + r0 + l * FG_W);                                       \
         s_[l] += gv_ * (D);                                                     \
     }
-#define FG_DOT_ROWS(OUT, D)                                                     \
+#define FG_DOT_ROWS(U, OUT, D)                                                     \
     {                                                                           \
         fg_vd s_[FG_LANES / FG_W];                                              \
         for (int l = 0; l < FG_LANES / FG_W; l++) s_[l] = (fg_vd){0};           \
@@ -273,16 +297,16 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
         } else {                                                                \
             FG_EACH_ROW(a0, Q[r], rt_, m, t_ += g[r] * (D))                     \
         }                                                                       \
-        FG_LANES_TOTAL(s_, t_, OUT)                                             \
+        FG_LANES_SEND(s_, t_, U, OUT)                                           \
     }
 
 /* Adds g * D to the adjoint block GX of one operand of the group, whose rows
  * are per-row when RX; RO: the group's other operand is.  A uniform operand
  * of a per-row node gets the sum over the rows: when D is uniform too, the
  * sum of g times D, else the dot product of g with D's rows. */
-#define FG_ROWS_SEND(GX, RX, RO, D)                                             \
+#define FG_ROWS_SEND(X, RX, RO, D)                                             \
     {                                                                           \
-        double *gx = (GX);                                                      \
+        double *gx = adj + (X) * ld;                                            \
         if (RX) {                                                               \
             FG_ROWS_BIND(FG_EACH_ROW, 0, m, gx[r] += FG_G(r) * (D))             \
         } else if (ui || !(RO)) {                                               \
@@ -293,7 +317,7 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
         } else if (one_row) {                                                   \
             FG_ROWS_BIND(FG_EACH_ROW, 0, m, gx[0] += FG_G(r) * (D))             \
         } else {                                                                \
-            FG_DOT_ROWS(gx, D)                                                  \
+            FG_DOT_ROWS(X, gx, D)                                               \
         }                                                                       \
     }
 
@@ -334,7 +358,7 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
             gr[r] += g[r] * (rp ? dA_ : dB_);                                   \
             t_ += g[r] * (rp ? dB_ : dA_);                                      \
         }                                                                       \
-        FG_LANES_TOTAL(s_, t_, gu)                                              \
+        FG_LANES_SEND(s_, t_, (rp ? q : p), gu)                                 \
     }
 
 /* Reverse: zeroes adj, seeds the outputs, sweeps down.  seed[k*ld + r] is the
@@ -345,7 +369,8 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
  * adjoints leave it unchanged, and would load it again for every operand. */
 FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t nb,
                                          const double *v, double *adj, const double *seed,
-                                         const uint8_t *uni, const int one_row) {
+                                         const uint8_t *uni, const int one_row,
+                                         double *lanes, const int32_t *lane_of) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
     const double *cst = t->cst, *ocst = t->ocst;
@@ -362,6 +387,9 @@ FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t
     }
     double d[64];   /* per-row local derivatives of one parent, reduced in blocks */
     for (int64_t i = t->n - 1; i >= t->n_in; i--) {
+        if (FG_UNI(i)) {
+            FG_LANES_FLUSH(i)
+        }
         const double *g = adj + i * ld;
         const double g0 = g[0];
         const double c = cst[i];
@@ -376,8 +404,8 @@ FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t
                 if (group == 2 && !one_row && !ui && p >= 0 && q >= 0 && rp != rq) { \
                     FG_SEND_MIXED(da, db)                                       \
                 } else {                                                        \
-                    if (p >= 0) FG_ROWS_SEND(adj + p * ld, rp, rq, da)          \
-                    if (q >= 0) FG_ROWS_SEND(adj + q * ld, rq, rp, db)          \
+                    if (p >= 0) FG_ROWS_SEND(p, rp, rq, da)                     \
+                    if (q >= 0) FG_ROWS_SEND(q, rq, rp, db)                     \
                 }                                                               \
             }                                                                   \
         } else
@@ -434,6 +462,11 @@ FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t
             break;
         FG_OP_TABLE(FG_TREV_ROW)
 #undef FG_TREV_ROW
+        }
+    }
+    if (lanes != NULL) {
+        for (int64_t i = 0; i < t->n_in; i++) {
+            FG_LANES_FLUSH(i)
         }
     }
 }

@@ -149,13 +149,15 @@ cdef extern from "fastgrad.h" nogil:
         double *shared
         int want_reverse
         int target
-        int32_t *lane_of
+        const int32_t *lane_of
+        int64_t per_row
+        int64_t n_lanes
         int64_t block
         int64_t chunk
         int64_t nchunks
-        int64_t per_row
-        int64_t n_lanes
 
+    int64_t fg_batch_layout(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of,
+                            int64_t *per_row)
     void fg_batch_plan(fg_batch_t *b)
     int64_t fg_batch_ws_doubles(const fg_batch_t *b)
     void fg_batch_prepare(const fg_batch_t *b, double *ws)

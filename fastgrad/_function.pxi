@@ -183,6 +183,7 @@ cdef class Function:
     cdef bint single            # fn returned one Value (not a sequence)
     cdef double *ws             # cached workspace: 4 * n doubles
     cdef bint ws_busy           # taken by a call (another thread may run one)
+    cdef dict layouts           # batched argument numbers -> _layout()
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Functions are made by fastgrad.compile() or fastgrad.load()")
@@ -445,6 +446,32 @@ cdef class Function:
 
     # ------------------------------------------------------------ batches
 
+    cdef tuple _layout(self, tuple bnums):
+        """(uni, lane_of, n_lanes, per_row) of batches over the arguments bnums:
+        computed once per set of batched arguments, then kept (read-only)."""
+        key = tuple(sorted(set(bnums)))
+        if self.layouts is not None:
+            lay = self.layouts.get(key)
+            if lay is not None:
+                return lay
+        batched_in = np.zeros(self.t.n_in + 1, dtype=np.uint8)
+        for k in key:
+            batched_in[self.offsets[k]:self.offsets[k] + self.sizes[k]] = 1
+        uni = np.empty(self.t.n + 1, dtype=np.uint8)
+        lane_of = np.empty(self.t.n + 1, dtype=np.int32)
+        cdef const uint8_t[::1] mb = batched_in
+        cdef uint8_t[::1] mu = uni
+        cdef int32_t[::1] ml = lane_of
+        cdef int64_t per_row = 0, n_lanes
+        fg_tape_uniform(&self.t, &mb[0], &mu[0])
+        n_lanes = fg_batch_layout(&self.t, &mu[0], &ml[0], &per_row)
+        lay = (uni, lane_of, n_lanes, per_row)
+        if self.layouts is None:
+            self.layouts = {}
+        if len(self.layouts) < 16:
+            self.layouts[key] = lay
+        return lay
+
     cdef _BatchJob _batch_job(self, tuple args, object batch_argnums, str what, bint reverse,
                               tuple nums):
         """A job over the rows of the batched arguments, its outputs allocated:
@@ -478,13 +505,9 @@ cdef class Function:
         cdef const double **argp = <const double **>(sz + nargs)
         cdef double **gradp = <double **>(argp + nargs)
         cdef uint8_t *bat = <uint8_t *>(gradp + nargs)
-        batched_in = np.zeros(self.t.n_in + 1, dtype=np.uint8)
-        uni = np.empty(self.t.n + 1, dtype=np.uint8)
-        for k in bnums:
-            batched_in[self.offsets[k]:self.offsets[k] + self.sizes[k]] = 1
-        cdef const uint8_t[::1] mb = batched_in
-        cdef uint8_t[::1] mu = uni
-        fg_tape_uniform(&self.t, &mb[0], &mu[0])
+        uni, lane_of, n_lanes, per_row = self._layout(bnums)
+        cdef const uint8_t[::1] mu = uni
+        cdef const int32_t[::1] ml = lane_of
         values = np.empty((B, self.t.n_out))
         grads = {}
         for k in range(nargs):
@@ -508,9 +531,9 @@ cdef class Function:
         job.b.grad = gradp
         job.b.want_reverse = reverse
         job.b.target = fg_rows_current()
-        lane_of = np.empty(self.t.n + 1, dtype=np.int32)
-        cdef int32_t[::1] ml = lane_of
         job.b.lane_of = &ml[0]
+        job.b.per_row = per_row
+        job.b.n_lanes = n_lanes
         fg_batch_plan(&job.b)
         job.shared = None
         if reverse:

@@ -194,7 +194,7 @@ int         fg_rows_select(int k);
 int         fg_rows_current(void);
 
 /* A batched call (fg_batch.c): rows of the batched arguments through the tape
- * in blocks.  The caller fills the fields down to target, fg_batch_plan the
+ * in blocks.  The caller fills the fields down to n_lanes, fg_batch_plan the
  * rest; then any threads run disjoint chunks c < nchunks, each with its own
  * workspace of fg_batch_ws_doubles doubles (fg_batch_prepare'd once). */
 typedef struct {
@@ -213,18 +213,23 @@ typedef struct {
                                  * (rows of shared arguments are filled), or NULL */
     int want_reverse;           /* run the reverse sweep (scalar output, seed 1 per row) */
     int target;                 /* row kernels (fg_rows_select's index) */
-    int32_t *lane_of;           /* n entries of room for fg_batch_plan, or NULL */
+    const int32_t *lane_of;     /* fg_batch_layout's lane slots (n entries) */
+    int64_t per_row;            /* fg_batch_layout's count of nodes with a value per row */
+    int64_t n_lanes;            /* fg_batch_layout's number of lane slots */
     /* set by fg_batch_plan: */
     int64_t block;              /* rows per block: the workspace's ld */
     int64_t chunk;              /* rows per chunk, a multiple of block */
     int64_t nchunks;
-    int64_t per_row;            /* nodes with a value per row */
-    int64_t n_lanes;            /* uniform nodes whose row sums go through lane buffers */
 } fg_batch_t;
 
 /* Lanes of every sum over rows in the row kernels (fg_rows.h's FG_LANES). */
 #define FG_ROWS_LANES 32
 
+/* For a tape and its uniform flags: lane_of[i] (n entries), the lane slot of
+ * uniform node i or -1; *per_row, the nodes with a value per row; returns the
+ * number of slots.  Depends on the tape and uni only: callers may keep it. */
+int64_t  fg_batch_layout(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of,
+                         int64_t *per_row);
 void     fg_batch_plan(fg_batch_t *b);
 int64_t  fg_batch_ws_doubles(const fg_batch_t *b);
 void     fg_batch_prepare(const fg_batch_t *b, double *ws);

@@ -115,40 +115,51 @@ void fg_rows_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v
  * b->shared stays small (FG_MAX_CHUNKS x n_in doubles). */
 #define FG_MAX_CHUNKS 64
 
-/* Lane buffers (see fg_rows.h): a uniform node that is the operand of a
- * per-row n-ary node beside a per-row operand gets its sums over rows in
- * FG_LANES lanes, reduced once per block.  lane_of[i]: its slot, or -1. */
-static int64_t fg_batch_lanes(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of) {
+/* Lane buffers (see fg_rows.h): a uniform node that gets sums over rows from
+ * two or more operand groups (a per-row n-ary node's operand beside a per-row
+ * operand) collects them in FG_LANES lanes, reduced once per block; a node
+ * that gets one (a weight of an MLP) has its sum reduced where it is sent,
+ * which is cheaper.  lane_of[i]: the slot of node i, or -1. */
+int64_t fg_batch_layout(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of, int64_t *per_row) {
     int64_t n_lanes = 0;
+    *per_row = 0;
+    for (int64_t i = 0; i < t->n; i++) {
+        *per_row += !uni[i];
+    }
     for (int64_t i = 0; i < t->n; i++) {
         lane_of[i] = -1;
     }
-    for (int64_t i = t->n_in; i < t->n; i++) {
-        int o = t->op[i];
-        if (uni[i] || FG_ARITY[o] != -1 || fg_nary_group(o) != 2) {
-            continue;
-        }
-        for (int32_t k = t->a[i], e = t->a[i] + t->b[i]; k + 1 < e; k += 2) {
-            int32_t p = t->opnd[k], q = t->opnd[k + 1];
-            if (p < 0 || q < 0 || uni[p] == uni[q]) {
+    for (int pass = 0; pass < 2; pass++) {
+        for (int64_t i = t->n_in; i < t->n; i++) {
+            int o = t->op[i];
+            if (uni[i] || FG_ARITY[o] != -1 || fg_nary_group(o) != 2) {
                 continue;
             }
-            int32_t u = uni[p] ? p : q;
-            if (lane_of[u] < 0) {
-                lane_of[u] = (int32_t)n_lanes++;
+            for (int32_t k = t->a[i], e = t->a[i] + t->b[i]; k + 1 < e; k += 2) {
+                int32_t p = t->opnd[k], q = t->opnd[k + 1];
+                if (p < 0 || q < 0 || uni[p] == uni[q]) {
+                    continue;
+                }
+                int32_t u = uni[p] ? p : q;
+                if (pass == 0) {
+                    lane_of[u] -= (lane_of[u] > -3);   /* -1 none, -2 one, -3 several */
+                } else if (lane_of[u] == -3) {
+                    lane_of[u] = (int32_t)n_lanes++;
+                }
             }
         }
+    }
+    for (int64_t i = 0; i < t->n; i++) {
+        lane_of[i] = (lane_of[i] < 0) ? -1 : lane_of[i];
     }
     return n_lanes;
 }
 
 void fg_batch_plan(fg_batch_t *b) {
-    const fg_tape_t *t = b->t;
-    int64_t per_row = 0;   /* nodes with a value in every row */
-    for (int64_t i = 0; i < t->n; i++) {
-        per_row += !b->uni[i];
+    const int64_t per_row = b->per_row;
+    if (!b->want_reverse) {
+        b->n_lanes = 0;
     }
-    b->n_lanes = (b->want_reverse && b->lane_of != NULL) ? fg_batch_lanes(t, b->uni, b->lane_of) : 0;
     int64_t bytes = (b->want_reverse ? 16 : 8) * (per_row + 1);
     int64_t block = FG_BLOCK_BYTES / bytes;
     block = (block < FG_BLOCK_MIN) ? FG_BLOCK_MIN : (block > FG_BLOCK_MAX) ? FG_BLOCK_MAX : block;
@@ -161,7 +172,6 @@ void fg_batch_plan(fg_batch_t *b) {
     b->block = block;
     b->chunk = block * (per_chunk > 0 ? per_chunk : 1);
     b->nchunks = (b->rows + b->chunk - 1) / b->chunk;
-    b->per_row = per_row;
 }
 
 int64_t fg_batch_ws_doubles(const fg_batch_t *b) {

@@ -248,7 +248,7 @@ static inline double fg_sum_rows(const double *x, int64_t m) {
  * go to adj directly; FG_LANES_FLUSH adds the tree of its lanes to its
  * adjoint once, before the node is swept (or, an input, after the sweep). */
 #define FG_LANES_SEND(s_, tail, U, OUT)                                         \
-    if (lanes != NULL) {                                                        \
+    if (lanes != NULL && lane_of[U] >= 0) {                                     \
         double *L_ = lanes + (int64_t)lane_of[U] * FG_LANES;                    \
         for (int l = 0; l < FG_LANES / FG_W; l++) {                             \
             fg_vd x_;                                                           \

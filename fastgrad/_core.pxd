@@ -159,6 +159,7 @@ cdef extern from "fastgrad.h" nogil:
     int64_t fg_batch_layout(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of,
                             int64_t *per_row)
     void fg_batch_plan(fg_batch_t *b)
+    int64_t fg_batch_block_bytes(int64_t bytes)
     int64_t fg_batch_ws_doubles(const fg_batch_t *b)
     void fg_batch_prepare(const fg_batch_t *b, double *ws)
     void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws)

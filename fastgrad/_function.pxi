@@ -95,6 +95,14 @@ def _set_row_kernels(name):
     return before
 
 
+def _block_bytes(bytes_=0):
+    """Tuning hook: the bytes a batch block's node rows aim at; a positive
+    argument sets it.  Returns the value before."""
+    if not isinstance(bytes_, int) or bytes_ < 0:
+        raise ValueError("block bytes must be a non-negative int")
+    return fg_batch_block_bytes(bytes_)
+
+
 def show_config(mode="stdout"):
     """Which row kernels batched replay runs (picked at import from the CPU's
     features; FASTGRAD_ROW_KERNELS=name forces one), and which this build has.

@@ -108,7 +108,15 @@ void fg_rows_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v
 
 /* Bytes of the per-row node arrays a block may take (V and ADJ): well inside
  * a core's L2, so one op's operand rows are read from cache. */
-#define FG_BLOCK_BYTES (1024 * 1024)
+static int64_t fg_block_bytes = 1024 * 1024;
+
+int64_t fg_batch_block_bytes(int64_t bytes) {
+    int64_t before = fg_block_bytes;
+    if (bytes > 0) {
+        fg_block_bytes = bytes;
+    }
+    return before;
+}
 #define FG_BLOCK_MIN 64
 #define FG_BLOCK_MAX 1024
 /* At most this many chunks a call: enough for the threads to balance, and
@@ -161,7 +169,7 @@ void fg_batch_plan(fg_batch_t *b) {
         b->n_lanes = 0;
     }
     int64_t bytes = (b->want_reverse ? 16 : 8) * (per_row + 1);
-    int64_t block = FG_BLOCK_BYTES / bytes;
+    int64_t block = fg_block_bytes / bytes;
     block = (block < FG_BLOCK_MIN) ? FG_BLOCK_MIN : (block > FG_BLOCK_MAX) ? FG_BLOCK_MAX : block;
     block -= block % 64;   /* whole tiles of every target */
     if (b->rows < block) {

@@ -1035,7 +1035,7 @@ class BatchScaling(Workload):
             for p in ps:
                 p.grad = None
             loss.backward()
-            return float(loss), _flat_grad([p.grad for p in ps])
+            return float(loss.detach()), _flat_grad([p.grad for p in ps])
 
         return run, f"float64 tensors, addmm + relu, loss.backward(); {torch.get_num_threads()} intra-op thread(s)"
 

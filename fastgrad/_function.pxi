@@ -567,7 +567,12 @@ cdef class Function:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             nthreads = min(threads, 1 << 16)
         nthreads = max(1, min(nthreads, job.b.nchunks))
-        pool = _thread_pool(nthreads - 1) if nthreads > 1 else None
+        pool = None
+        if nthreads > 1:
+            try:
+                pool = _thread_pool(nthreads - 1)
+            except RuntimeError:   # no thread can be started: this one does every chunk
+                pass
         job.open()
         # From here on the job is open: whatever is raised (a KeyboardInterrupt
         # between two puts), finish() runs and waits for every thread that joined.

@@ -19,9 +19,13 @@
  * instruction covers, never the order of any sum.  Per-row values and
  * adjoints see exactly the operations of the one-row kernel; a sum over rows
  * (the adjoint of a uniform node) always runs in FG_LANES lanes, lane j
- * taking the rows r = j (mod FG_LANES) in order, and the lanes are added in
- * one fixed tree, whatever FG_W is.  No file here is compiled with FMA
- * contraction (-ffp-contract=off, and no fused multiply-add is written).
+ * taking the rows r = j (mod FG_LANES) in order (in whole pieces of
+ * FG_PIECE rows; the last m mod FG_PIECE rows are added in order, after), and
+ * the lanes are added in one fixed tree, whatever FG_W is.  A uniform node
+ * that gets several such sums keeps their lanes in a lane buffer (lanes,
+ * lane_of: see fg_batch.c) and adds its tree once per block.  No file here is
+ * compiled with FMA contraction (-ffp-contract=off, and no fused
+ * multiply-add is written).
  */
 #include <string.h>
 

@@ -66,7 +66,8 @@ def boundary_counts():
     """0, 1, around every target's tile and lane piece, around the block and
     the chunk (more than 64 blocks make chunks of several blocks), primes."""
     block = plan(100_000)["block"]
-    counts = {0, 1, 2, 7, 8, 9, 31, 32, 33, block - 1, block, block + 1, 2 * block + 1, 1009}
+    counts = {0, 1, 2, 7, 8, 9, 31, 32, 33, block - 1, block, block + 1, 2 * block + 1,
+              1009, 4099, 65537}   # primes
     for tile in TILES.values():
         counts |= {tile - 1, tile, tile + 1}
     big = plan(70 * block)

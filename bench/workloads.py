@@ -911,9 +911,10 @@ class BatchScaling(Workload):
             "JAX jit(value_and_grad), torch tensors + backward(); time per call, peak RSS")
 
     def variants(self, cfg):
-        top = 5 if cfg.quick else 6
+        # --quick (a smoke run, and tests/test_bench.py): 1e2-1e4 rows, 1e2-1e3 for the wide MLP
+        tops = [4, 3] if cfg.quick else [6, 6]
         return [Variant(f"{mlp_label(s)} x {sci(10 ** e)} rows", {"sizes": s, "rows": 10 ** e})
-                for s in SCALING_SIZES for e in range(2, top + 1)]
+                for s, top in zip(SCALING_SIZES, tops) for e in range(2, top + 1)]
 
     def prepare(self, api, engine, variant, ctx):
         raise Unsupported("batch_scaling compares fastgrad, JAX and torch only")

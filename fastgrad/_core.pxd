@@ -134,6 +134,42 @@ cdef extern from "fastgrad.h" nogil:
     void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
                      double *adjt)
 
+    int fg_rows_target_count()
+    const char *fg_rows_target_name(int k)
+    int fg_rows_target_tile(int k)
+    int fg_rows_target_supported(int k)
+    int fg_rows_select(int k)
+    int fg_rows_current()
+
+    ctypedef struct fg_batch_t:
+        const fg_tape_t *t
+        const uint8_t *uni
+        int64_t rows
+        int64_t nargs
+        const int64_t *off
+        const int64_t *size
+        const uint8_t *batched
+        const double **arg
+        double *values
+        double **grad
+        double *shared
+        int want_reverse
+        int target
+        const int32_t *lane_of
+        int64_t per_row
+        int64_t n_lanes
+        int64_t block
+        int64_t chunk
+        int64_t nchunks
+
+    int64_t fg_batch_layout(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of,
+                            int64_t *per_row)
+    void fg_batch_plan(fg_batch_t *b)
+    int64_t fg_batch_block_bytes(int64_t bytes)
+    int64_t fg_batch_ws_doubles(const fg_batch_t *b)
+    void fg_batch_prepare(const fg_batch_t *b, double *ws)
+    void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws)
+
 
 cdef class _Flag:
     cdef int depth

@@ -35,7 +35,28 @@ cdef extern from "fastgrad.h" nogil:
         FG_OP_COS
         FG_OP_SUM
         FG_OP_DOT
+        FG_OP_LOG1P
+        FG_OP_EXPM1
+        FG_OP_TAN
+        FG_OP_ATAN
+        FG_OP_SOFTPLUS
+        FG_OP_GELU
+        FG_OP_LEAKYRELU
+        FG_OP_CLAMPMIN
+        FG_OP_CLAMPMAX
+        FG_OP_FLOORDIV
+        FG_OP_FLOORDIVC
+        FG_OP_RFLOORDIVC
+        FG_OP_MOD
+        FG_OP_MODC
+        FG_OP_RMODC
         FG_OP_COUNT
+
+    # fg_ops.h: the table's columns as arrays indexed by op code.
+    const char *const FG_OP_KEY[]
+    const char *const FG_OP_NAME[]
+    const signed char FG_ARITY[]
+    const unsigned char FG_CONSTANT[]
 
     enum:
         FG_OK
@@ -80,7 +101,6 @@ cdef extern from "fastgrad.h" nogil:
     int fg_graph_init(fg_graph_t *g, int64_t capacity)
     void fg_graph_free(fg_graph_t *g)
     int fg_is_live(const fg_graph_t *g, int64_t i)
-    void fg_incref(fg_graph_t *g, int32_t i)
     void fg_decref(fg_graph_t *g, int32_t i)
     int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget)
     void fg_release_resume(fg_graph_t *g, int64_t pending)
@@ -89,7 +109,6 @@ cdef extern from "fastgrad.h" nogil:
     int fg_track_origins(fg_graph_t *g)
     const char *fg_op_name(int op)
     const char *fg_op_key(int op)
-    int fg_op_arity(int op)
     void fg_fail_alloc_after(int64_t n)
 
     int32_t fg_leaf(fg_graph_t *g, double value)

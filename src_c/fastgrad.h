@@ -31,14 +31,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#include "fg_ops.h"
+#include "fg_ops.h"   /* the op table, fg_op_t, the FG_OP_* codes */
 
-typedef enum {
-#define FG_ENUM_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) FG_OP_##NAME,
-    FG_OP_TABLE(FG_ENUM_ROW)
-#undef FG_ENUM_ROW
-    FG_OP_COUNT
-} fg_op_t;
 
 /* Status codes: 0 is success, everything else is negative. */
 #define FG_OK          0
@@ -88,7 +82,6 @@ typedef struct {
 int      fg_graph_init(fg_graph_t *g, int64_t capacity);
 void     fg_graph_free(fg_graph_t *g);
 int      fg_is_live(const fg_graph_t *g, int64_t i);
-void     fg_incref(fg_graph_t *g, int32_t i);
 void     fg_decref(fg_graph_t *g, int32_t i);
 /* fg_decref in two steps: at most `budget` frees, returning the work left
  * (0: done), which fg_release_resume finishes (e.g. with the GIL released).
@@ -105,9 +98,11 @@ int64_t  fg_graph_bytes(const fg_graph_t *g);
 /* Starts recording g->tag into origin[] for every node made from now on
  * (earlier nodes get tag 0).  FG_OK or FG_ENOMEM; a no-op when on already. */
 int      fg_track_origins(fg_graph_t *g);
-const char *fg_op_name(int op);   /* user-facing name: "add", "relu", ... */
-const char *fg_op_key(int op);    /* the table's NAME: "ADD", "ADDC", ... */
-int      fg_op_arity(int op);
+/* The table's user-facing name ("add", "relu", ...) and key ("ADD", "ADDC",
+ * ...) of an op code; "?" outside the table.  op_table() reads the arrays of
+ * fg_ops.h directly. */
+const char *fg_op_name(int op);
+const char *fg_op_key(int op);
 /* Test hook: the n-th allocation from now fails (0 turns it off). */
 void     fg_fail_alloc_after(int64_t n);
 

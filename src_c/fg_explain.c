@@ -51,15 +51,16 @@ int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnode
     }
 
     int64_t e = 0;
-/* One edge of node n: its rank among n's node operands, the parent, and the
- * contribution; the guard keeps a miscounted graph from writing past cap. */
-#define FG_EDGE(p, d)                          \
+/* One edge of node n (the shared edge rule, fg_internal.h): its rank among
+ * n's node operands, the parent, and the contribution; the guard keeps a
+ * miscounted graph from writing past cap. */
+#define FG_EDGE(pos_, p, d)                    \
     do {                                       \
         if (e < cap) {                         \
             consumer[e] = n;                   \
             pos[e] = rank;                     \
             parent[e] = (p);                   \
-            contrib[e] = (d);                  \
+            contrib[e] = gn * (d);             \
         }                                      \
         e++;                                   \
         rank++;                                \
@@ -70,41 +71,10 @@ int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnode
         int o = op[n];
         double gn = adj[n];
         int32_t rank = 0;
-#define FG_EDGE_NARY(NAME, group, term, da, db, dab)                      \
-        if (o == FG_OP_##NAME) {                                          \
-            const int32_t *ops = opnd + A[n];                             \
-            const double *cs = ocst + A[n];                               \
-            for (int32_t k = 0, cnt = B[n]; k + group <= cnt; k += group) { \
-                FG_GROUP_AT(k, group, ops, cs, val)                       \
-                const double da_ = (da), db_ = (db);                      \
-                if (p >= 0) {                                             \
-                    FG_EDGE(p, gn * da_);                                 \
-                }                                                         \
-                if (q >= 0) {                                             \
-                    FG_EDGE(q, gn * db_);                                 \
-                }                                                         \
-            }                                                             \
-            continue;                                                     \
-        }
-        FG_NARY_TABLE(FG_EDGE_NARY)
-#undef FG_EDGE_NARY
-        switch (o) {
-#define FG_EDGE_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)         \
-        case FG_OP_##NAME:                                                \
-            if (arity == 1) {                                             \
-                double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];    \
-                (void)a; (void)b; (void)c; (void)y;                       \
-                FG_EDGE(A[n], gn * (da));                                 \
-            } else if (arity == 2) {                                      \
-                double a = val[A[n]], b = val[B[n]], c = 0.0, y = val[n]; \
-                (void)a; (void)b; (void)c; (void)y;                       \
-                double da_ = (da), db_ = (db);                            \
-                FG_EDGE(A[n], gn * da_);                                  \
-                FG_EDGE(B[n], gn * db_);                                  \
-            }                                                             \
-            break;
-        FG_OP_TABLE(FG_EDGE_ROW)
-#undef FG_EDGE_ROW
+        if (fg_is_nary(o)) {
+            FG_NARY_EDGES(o)
+        } else {
+            FG_ROW_EDGES(o)
         }
     }
 #undef FG_EDGE

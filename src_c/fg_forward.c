@@ -24,9 +24,10 @@ int32_t fg_leaf_block(fg_graph_t *g, int64_t n, const double *values) {
     return (int32_t)first;
 }
 
+/* The forward column; c is the node's constant slot (0.0 for binary rows). */
 static double fg_eval(int op, double a, double b, double c) {
     switch (op) {
-#define FG_FWD_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) \
+#define FG_FWD_ROW(NAME, str, arity, constant, fwd, ...) \
         case FG_OP_##NAME: return (fwd);
         FG_OP_TABLE(FG_FWD_ROW)
 #undef FG_FWD_ROW
@@ -69,6 +70,9 @@ int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b) {
 
 int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
                 const double *cst, double c) {
+    if (op < 0 || op >= FG_OP_COUNT) {
+        return FG_EINVAL;
+    }
     const int group = fg_nary_group(op);
     if (group == 0 || n % group != 0) {
         return FG_EINVAL;
@@ -90,7 +94,7 @@ int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
     const double *val = g->val;
     double y = c;
     switch (op) {
-#define FG_NARY_FWD_ROW(NAME, group_, term, da, db, dab)                        \
+#define FG_NARY_FWD_ROW(NAME, group_, term, ...)                                  \
     case FG_OP_##NAME:                                                          \
         for (int64_t k = 0; k < n; k += group_) {                               \
             FG_GROUP_AT(k, group_, idx, cst, val)                               \

@@ -118,30 +118,11 @@ int fg_track_origins(fg_graph_t *g) {
 }
 
 const char *fg_op_name(int op) {
-    switch (op) {
-#define FG_NAME_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) case FG_OP_##NAME: return str;
-        FG_OP_TABLE(FG_NAME_ROW)
-#undef FG_NAME_ROW
-    }
-    return "?";
+    return (op >= 0 && op < FG_OP_COUNT) ? FG_OP_NAME[op] : "?";
 }
 
 const char *fg_op_key(int op) {
-    switch (op) {
-#define FG_KEY_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) case FG_OP_##NAME: return #NAME;
-        FG_OP_TABLE(FG_KEY_ROW)
-#undef FG_KEY_ROW
-    }
-    return "?";
-}
-
-int fg_op_arity(int op) {
-    switch (op) {
-#define FG_ARITY_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb) case FG_OP_##NAME: return arity;
-        FG_OP_TABLE(FG_ARITY_ROW)
-#undef FG_ARITY_ROW
-    }
-    return 0;
+    return (op >= 0 && op < FG_OP_COUNT) ? FG_OP_KEY[op] : "?";
 }
 
 /* Hands out slot i with one use and every field but op and val set. */
@@ -190,10 +171,6 @@ int32_t fg_alloc_node(fg_graph_t *g) {
         return i;
     }
     return (int32_t)fg_alloc_fresh(g, 1);
-}
-
-void fg_incref(fg_graph_t *g, int32_t i) {
-    g->uses[i]++;
 }
 
 /* Copies the live operand runs into fresh arrays so freed runs stop costing

@@ -12,14 +12,6 @@ int64_t fg_alloc_fresh(fg_graph_t *g, int64_t n);
 /* Offset of n fresh side-array entries, or FG_ENOMEM. */
 int64_t fg_alloc_operands(fg_graph_t *g, int64_t n);
 
-/* Arity by op code as a table, for the hot loops (fg_op_arity is the
- * exported, bounds-checked version). */
-static const signed char FG_ARITY[FG_OP_COUNT] = {
-#define FG_ARITY_ENTRY(NAME, str, arity, fwd, da, db, daa, dab, dbb) arity,
-    FG_OP_TABLE(FG_ARITY_ENTRY)
-#undef FG_ARITY_ENTRY
-};
-
 /* VISIT(p) for every parent node p of node n, in operand order: a, then b,
  * or an n-ary node's operands that are nodes (constants, index -1, are not).
  * op, A, B, opnd are the graph's (or a tape's) arrays. */
@@ -46,19 +38,20 @@ static const signed char FG_ARITY[FG_OP_COUNT] = {
     }
 
 /* Operands per group of an n-ary op (FG_NARY_TABLE's GROUP); 0 for the others. */
-static inline int fg_nary_group(int op) {
-    switch (op) {
-#define FG_GROUP_ROW(NAME, group, term, da, db, dab) case FG_OP_##NAME: return group;
-        FG_NARY_TABLE(FG_GROUP_ROW)
+static const unsigned char FG_NARY_GROUP[FG_OP_COUNT] = {
+#define FG_GROUP_ROW(NAME, group, ...) [FG_OP_##NAME] = group,
+    FG_NARY_TABLE(FG_GROUP_ROW)
 #undef FG_GROUP_ROW
-    }
-    return 0;
+};
+
+static inline int fg_nary_group(int op) {
+    return FG_NARY_GROUP[op];
 }
 
 /* Every ARITY -1 row of FG_OP_TABLE has its rules in FG_NARY_TABLE (a row
  * there for an op not in FG_OP_TABLE does not compile either). */
-#define FG_COUNT_NARY_OP(NAME, str, arity, fwd, da, db, daa, dab, dbb) + (arity == -1)
-#define FG_COUNT_NARY_RULE(NAME, group, term, da, db, dab) + 1
+#define FG_COUNT_NARY_OP(NAME, str, arity, ...) + (arity == -1)
+#define FG_COUNT_NARY_RULE(NAME, ...) + 1
 typedef char fg_every_nary_op_has_rules[
     (0 FG_OP_TABLE(FG_COUNT_NARY_OP)) == (0 FG_NARY_TABLE(FG_COUNT_NARY_RULE)) ? 1 : -1];
 #undef FG_COUNT_NARY_OP
@@ -78,5 +71,62 @@ typedef char fg_every_nary_op_has_rules[
 void fg_rows_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, const uint8_t *uni);
 void fg_rows_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
                      const double *seed, const uint8_t *uni);
+
+/* The first-order rule of one node, shared by the one-row kernels (both
+ * sweeps of fg_reverse.c, fg_explain.c, the tape's jvp).  The kernel defines
+ * FG_EDGE(pos, p, d), called once per edge in operand order with the edge's
+ * operand position pos, the parent p and d = d node / d parent, and has in
+ * scope: n (the node), A, B (parents; n-ary: operand offset and count), val,
+ * cst, opnd, ocst (the graph's or the tape's arrays).  Dispatch is two-level:
+ *
+ *     if (fg_is_nary(o)) { FG_NARY_EDGES(o) } else { FG_ROW_EDGES(o) }
+ *
+ * FG_ROW_EDGES binds a, b, c, y once per row of FG_OP_TABLE: a, b the
+ * parents' values (b = 0.0 in unary rows), c = cst[n] in every row, y the
+ * node's value.  FG_NARY_EDGES binds a, b per operand group (FG_GROUP_AT);
+ * a constant operand (-1) has no edge. */
+#define FG_ROW_EDGES_CASE_(NAME, str, arity, constant, fwd, da, db, ...)        \
+    case FG_OP_##NAME:                                                          \
+        if (arity == 1) {                                                       \
+            const double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];        \
+            (void)a; (void)b; (void)c; (void)y;                                 \
+            FG_EDGE(0, A[n], (da));                                             \
+        } else if (arity == 2) {                                                \
+            const double a = val[A[n]], b = val[B[n]], c = cst[n], y = val[n];  \
+            (void)a; (void)b; (void)c; (void)y;                                 \
+            const double da_ = (da), db_ = (db);                                \
+            FG_EDGE(0, A[n], da_);                                              \
+            FG_EDGE(1, B[n], db_);                                              \
+        }                                                                       \
+        break;
+#define FG_ROW_EDGES(o)                                                         \
+    switch (o) {                                                                \
+        FG_OP_TABLE(FG_ROW_EDGES_CASE_)                                         \
+    default:                                                                    \
+        break;                                                                  \
+    }
+
+#define FG_NARY_EDGES_CASE_(NAME, group, term, da, db, ...)                    \
+    case FG_OP_##NAME: {                                                        \
+        const int32_t *ops_ = opnd + A[n];                                      \
+        const double *cs_ = ocst + A[n];                                        \
+        for (int32_t k = 0, cnt = B[n]; k + (group) <= cnt; k += (group)) {     \
+            FG_GROUP_AT(k, group, ops_, cs_, val)                               \
+            const double da_ = (da), db_ = (db);                                \
+            if (p >= 0) {                                                       \
+                FG_EDGE(k, p, da_);                                             \
+            }                                                                   \
+            if (q >= 0) {                                                       \
+                FG_EDGE(k + 1, q, db_);                                         \
+            }                                                                   \
+        }                                                                       \
+        break;                                                                  \
+    }
+#define FG_NARY_EDGES(o)                                                        \
+    switch (o) {                                                                \
+        FG_NARY_TABLE(FG_NARY_EDGES_CASE_)                                      \
+    default:                                                                    \
+        break;                                                                  \
+    }
 
 #endif /* FG_INTERNAL_H */

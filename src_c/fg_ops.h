@@ -1,15 +1,22 @@
-/* fg_ops.h -- the op tables: every op's forward rule and local derivatives, once.
+/* fg_ops.h -- the op table: every op's forward rule and local derivatives, once.
  *
  * FG_OP_TABLE lists every op code, in code order (codes are saved in Function
  * files: a new op is appended).  One row per op:
- *   X(NAME, "name", ARITY, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2)
- *   a, b  values of the first and second parent (b unused for unary ops)
- *   c     the node's constant slot (scalar operand or exponent)
+ *   X(NAME, "name", ARITY, CONSTANT, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2)
+ *   a, b  values of the first and second parent (b is 0.0 in unary rows)
+ *   c     the node's constant slot, in every row (rows that do not carry a
+ *         constant have 0.0 there and never read it)
  *   y     the node's own forward value (derivatives may reuse it)
  * ARITY 0 is a leaf (CONST: a leaf folded to its value c in a tape).  ARITY -1
  * is an n-ary node whose operands live in the side array: its row here gives
  * its code and name only, its rules are its row of FG_NARY_TABLE below (so an
- * n-ary op has one row in each table).
+ * n-ary op has one row in each table).  CONSTANT is 1 where c is part of what
+ * the op computes (x + 45, x ** 2, leaky_relu's slope, a clamp bound, the
+ * start of sum and dot, a folded constant's value): drawings print it.
+ *
+ * Columns are read by position.  Every expansion names the columns up to the
+ * last one it reads and takes the rest as `...`, so a new column goes at the
+ * end of the row and edits this file only.
  *
  * FG_NARY_TABLE: an n-ary node is y = c + one term per group of GROUP (1 or
  * 2) consecutive operands, added in operand order (dot(w, x, b) sums as
@@ -23,9 +30,10 @@
  *
  * The forward (fg_forward.c), reverse (fg_reverse.c), explain (fg_explain.c)
  * and tape kernels (fg_tape.c: replay, tangent, forward-over-reverse) all
- * expand these lists, so adding an op touches this file and nothing else in C.
+ * expand these lists, and the glue reads the arrays below (fastgrad's
+ * op_table()), so adding an op touches this file and nothing else in C.
  *
- * Subgradient conventions (DESIGN.md section 3): relu'(0) = 0, abs'(0) = 0,
+ * Subgradient conventions (docs/design.md, "Ops"): relu'(0) = 0, abs'(0) = 0,
  * maximum/minimum ties split 0.5/0.5 (as PyTorch and JAX).  A NaN operand of
  * relu/maximum/minimum gets a zero derivative (maximum/minimum give a NaN
  * value; PyTorch 2.x passes the gradient through instead).  x**0 has
@@ -33,7 +41,18 @@
  * are multiplied, never masked: an inf gradient arriving where the local
  * derivative is 0 gives NaN (as micrograd; PyTorch masks some of these).
  * Quotients differentiate as -y/b (not -a/(b*b), whose b*b under- or
- * overflows long before the derivative does).
+ * overflows long before the derivative does).  leaky_relu'(0) is the slope
+ * and clamp passes the gradient on its bounds (as PyTorch); clamp(x, lo, hi)
+ * is two nodes, clamp_max(clamp_min(x, lo), hi), so each row carries one
+ * bound in c.  // and % follow Python's floats (the remainder has the sign
+ * of the divisor) with IEEE results instead of ZeroDivisionError (x // 0 is
+ * x / 0, x % 0 is nan) and PyTorch's derivatives: 0 for //, and for a % b,
+ * 1 and -(a // b).
+ *
+ * Derivatives that cancel are computed from the input instead: tanh' is
+ * 4e/(1+e)^2 with e = exp(-2|a|), not 1 - y*y, and sigmoid' is e/(1+e)^2 with
+ * e = exp(-|a|), not y(1 - y); both stay within a few ulps where y rounds to
+ * +-1 (or 1) and the old forms gave thousands of ulps or exactly 0.
  */
 #ifndef FG_OPS_H
 #define FG_OPS_H
@@ -47,6 +66,21 @@ static inline double fg_sigmoid(double a) {
     }
     double e = exp(a);
     return e / (1.0 + e);
+}
+
+/* sigmoid'(a) = s(a) s(-a) = e / (1 + e)^2 with e = exp(-|a|): no cancellation
+ * (y(1 - y) loses every digit of 1 - y once y rounds near 1). */
+static inline double fg_dsigmoid(double a) {
+    double e = exp(-fabs(a));
+    double d = 1.0 + e;
+    return e / (d * d);
+}
+
+/* tanh'(a) = 1 - tanh(a)^2 = 4e / (1 + e)^2 with e = exp(-2|a|). */
+static inline double fg_dtanh(double a) {
+    double e = exp(-2.0 * fabs(a));
+    double d = 1.0 + e;
+    return (4.0 * e) / (d * d);
 }
 
 static inline double fg_max(double a, double b) {
@@ -70,9 +104,13 @@ static inline double fg_sign0(double a) {
     return (a > 0.0) ? 1.0 : ((a < 0.0) ? -1.0 : 0.0);
 }
 
-/* d(a**e)/da, with the x**0 convention. */
+/* d(a**e)/da, with the x**0 convention.  Where pow(a, e - 1) overflows but
+ * the derivative does not (a subnormal base, |e| small), it is e * a**e / a. */
 static inline double fg_dpow_base(double a, double e) {
-    return (e == 0.0) ? 0.0 : e * pow(a, e - 1.0);
+    if (e == 0.0) {
+        return 0.0;
+    }
+    return e * pow(a, e - 1.0);
 }
 
 /* d(a**e)/de = y*log(a), masked to 0 where a == 0 and e >= 0. */
@@ -83,9 +121,14 @@ static inline double fg_dpow_exp(double a, double e, double y) {
 /* Second-order columns (daa, dab, dbb) are the total derivatives of (da, db)
  * with respect to a and b, for forward-over-reverse Hessian-vector products. */
 static inline double fg_d2pow_aa(double a, double e) {
-    return (e == 0.0 || e == 1.0) ? 0.0 : e * (e - 1.0) * pow(a, e - 2.0);
+    if (e == 0.0 || e == 1.0) {
+        return 0.0;
+    }
+    return e * (e - 1.0) * pow(a, e - 2.0);
 }
 
+/* d/de of d(a**e)/da = a**(e-1) (1 + e log a); 1/a at e == 0, where the
+ * first-order convention makes d/da 0 but its slope in e is not. */
 static inline double fg_d2pow_ab(double a, double e) {
     return (e == 0.0) ? 0.0 : pow(a, e - 1.0) * (1.0 + e * log(a));
 }
@@ -95,43 +138,176 @@ static inline double fg_d2pow_bb(double a, double e, double y) {
     return (a == 0.0 && e >= 0.0) ? 0.0 : y * l * l;
 }
 
-/* X(NAME, "name", ARITY, forward, da, db, daa, dab, dbb) */
+/* atan'(a) = 1 / (1 + a^2), without a*a overflowing to a zero derivative. */
+static inline double fg_datan(double a) {
+    return (fabs(a) < 1e150) ? 1.0 / (1.0 + a * a) : (1.0 / a) / a;
+}
+
+#define FG_SQRT1_2 0.70710678118654752440    /* 1/sqrt(2) */
+#define FG_INV_SQRT_2PI 0.39894228040143267794  /* 1/sqrt(2 pi) */
+
+/* exp(-a*a/2), with a*a's rounding error (Dekker's product) taken out of the
+ * exponent: at |a| = 30 that error alone is hundreds of ulps. */
+static inline double fg_exp_half_sq(double a) {
+    if (!(fabs(a) < 1e150)) {
+        return (a == a) ? 0.0 : a;
+    }
+    double p = a * a;
+    double t = 134217729.0 * a;          /* 2**27 + 1: splits a into halves */
+    double hi = t - (t - a), lo = a - hi;
+    double err = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo;   /* a*a = p + err */
+    double e = exp(-0.5 * p);
+    return e - e * (0.5 * err);
+}
+
+/* gelu(a) = a Phi(a) = a/2 erfc(-a/sqrt 2): erfc keeps the digits that
+ * 1 + erf(a/sqrt 2) cancels for a < 0. */
+static inline double fg_gelu(double a) {
+    return 0.5 * a * erfc(-a * FG_SQRT1_2);
+}
+
+/* gelu'(a) = Phi(a) + a phi(a);  gelu''(a) = phi(a) (2 - a^2). */
+static inline double fg_dgelu(double a) {
+    return 0.5 * erfc(-a * FG_SQRT1_2) + a * (FG_INV_SQRT_2PI * fg_exp_half_sq(a));
+}
+
+static inline double fg_d2gelu(double a) {
+    return (FG_INV_SQRT_2PI * fg_exp_half_sq(a)) * (2.0 - a * a);
+}
+
+/* softplus(a) = log(1 + e**a) = max(a, 0) + log1p(e**-|a|): never overflows. */
+static inline double fg_softplus(double a) {
+    return fmax(a, 0.0) + log1p(exp(-fabs(a)));
+}
+
+/* Python's float floor division and remainder (Objects/floatobject.c), the
+ * remainder with the sign of the divisor; a zero divisor gives a / b and nan
+ * (IEEE, as PyTorch) where Python raises ZeroDivisionError. */
+static inline double fg_floordiv(double a, double b) {
+    if (b == 0.0) {
+        return a / b;
+    }
+    double mod = fmod(a, b);
+    double div = (a - mod) / b;
+    if (mod != 0.0 && ((b < 0.0) != (mod < 0.0))) {
+        div -= 1.0;
+    }
+    if (div != 0.0) {
+        double f = floor(div);
+        return (div - f > 0.5) ? f + 1.0 : f;
+    }
+    return copysign(0.0, a / b);
+}
+
+static inline double fg_mod(double a, double b) {
+    double mod = fmod(a, b);
+    if (mod != 0.0) {
+        return ((b < 0.0) != (mod < 0.0)) ? mod + b : mod;
+    }
+    return copysign(0.0, b);
+}
+
+/* clamp bounds: a NaN operand or a NaN bound gives NaN, as PyTorch. */
+static inline double fg_clamp_min(double a, double c) {
+    return (a < c || c != c) ? c : a;
+}
+
+static inline double fg_clamp_max(double a, double c) {
+    return (a > c || c != c) ? c : a;
+}
+
+/* X(NAME, "name", ARITY, CONSTANT, forward, da, db, daa, dab, dbb) */
 #define FG_OP_TABLE(X)                                                                              \
-    X(FREE,    "free",    0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(LEAF,    "leaf",    0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(CONST,   "const",   0, c,              0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(ADD,     "add",     2, a + b,          1.0,                 1.0,                  0.0, 0.0, 0.0) \
-    X(SUB,     "sub",     2, a - b,          1.0,                 -1.0,                 0.0, 0.0, 0.0) \
-    X(MUL,     "mul",     2, a * b,          b,                   a,                    0.0, 1.0, 0.0) \
-    X(DIV,     "div",     2, a / b,          1.0 / b,             -y / b,               0.0, -(1.0 / b) / b, 2.0 * (y / b) / b) \
-    X(POW,     "pow",     2, pow(a, b),      fg_dpow_base(a, b),  fg_dpow_exp(a, b, y), fg_d2pow_aa(a, b), fg_d2pow_ab(a, b), fg_d2pow_bb(a, b, y)) \
-    X(MAX,     "maximum", 2, fg_max(a, b),   fg_max_share(a, b),  fg_max_share(b, a),   0.0, 0.0, 0.0) \
-    X(MIN,     "minimum", 2, fg_min(a, b),   fg_max_share(b, a),  fg_max_share(a, b),   0.0, 0.0, 0.0) \
-    X(ADDC,    "add",     1, a + c,          1.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(MULC,    "mul",     1, a * c,          c,                   0.0,                  0.0, 0.0, 0.0) \
-    X(RSUBC,   "rsub",    1, c - a,          -1.0,                0.0,                  0.0, 0.0, 0.0) \
-    X(DIVC,    "div",     1, a / c,          1.0 / c,             0.0,                  0.0, 0.0, 0.0) \
-    X(RDIVC,   "rdiv",    1, c / a,          -y / a,              0.0,                  2.0 * (y / a) / a, 0.0, 0.0) \
-    X(POWC,    "pow",     1, pow(a, c),      fg_dpow_base(a, c),  0.0,                  fg_d2pow_aa(a, c), 0.0, 0.0) \
-    X(RPOWC,   "rpow",    1, pow(c, a),      fg_dpow_exp(c, a, y), 0.0,                 fg_d2pow_bb(c, a, y), 0.0, 0.0) \
-    X(NEG,     "neg",     1, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0) \
-    X(ABS,     "abs",     1, fabs(a),        fg_sign0(a),         0.0,                  0.0, 0.0, 0.0) \
-    X(RELU,    "relu",    1, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0,           0.0, 0.0, 0.0) \
-    X(TANH,    "tanh",    1, tanh(a),        1.0 - y * y,         0.0,                  -2.0 * y * (1.0 - y * y), 0.0, 0.0) \
-    X(EXP,     "exp",     1, exp(a),         y,                   0.0,                  y, 0.0, 0.0) \
-    X(LOG,     "log",     1, log(a),         1.0 / a,             0.0,                  -1.0 / (a * a), 0.0, 0.0) \
-    X(SIGMOID, "sigmoid", 1, fg_sigmoid(a),  y * (1.0 - y),       0.0,                  y * (1.0 - y) * (1.0 - 2.0 * y), 0.0, 0.0) \
-    X(SQRT,    "sqrt",    1, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0) \
-    X(SIN,     "sin",     1, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0) \
-    X(COS,     "cos",     1, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0) \
+    X(FREE,    "free",    0, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(LEAF,    "leaf",    0, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(CONST,   "const",   0, 1, c,              0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(ADD,     "add",     2, 0, a + b,          1.0,                 1.0,                  0.0, 0.0, 0.0) \
+    X(SUB,     "sub",     2, 0, a - b,          1.0,                 -1.0,                 0.0, 0.0, 0.0) \
+    X(MUL,     "mul",     2, 0, a * b,          b,                   a,                    0.0, 1.0, 0.0) \
+    X(DIV,     "div",     2, 0, a / b,          1.0 / b,             -y / b,               0.0, -(1.0 / b) / b, 2.0 * (y / b) / b) \
+    X(POW,     "pow",     2, 0, pow(a, b),      fg_dpow_base(a, b),  fg_dpow_exp(a, b, y), fg_d2pow_aa(a, b), fg_d2pow_ab(a, b), fg_d2pow_bb(a, b, y)) \
+    X(MAX,     "maximum", 2, 0, fg_max(a, b),   fg_max_share(a, b),  fg_max_share(b, a),   0.0, 0.0, 0.0) \
+    X(MIN,     "minimum", 2, 0, fg_min(a, b),   fg_max_share(b, a),  fg_max_share(a, b),   0.0, 0.0, 0.0) \
+    X(ADDC,    "add",     1, 1, a + c,          1.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(MULC,    "mul",     1, 1, a * c,          c,                   0.0,                  0.0, 0.0, 0.0) \
+    X(RSUBC,   "rsub",    1, 1, c - a,          -1.0,                0.0,                  0.0, 0.0, 0.0) \
+    X(DIVC,    "div",     1, 1, a / c,          1.0 / c,             0.0,                  0.0, 0.0, 0.0) \
+    X(RDIVC,   "rdiv",    1, 1, c / a,          -y / a,              0.0,                  2.0 * (y / a) / a, 0.0, 0.0) \
+    X(POWC,    "pow",     1, 1, pow(a, c),      fg_dpow_base(a, c),  0.0,                  fg_d2pow_aa(a, c), 0.0, 0.0) \
+    X(RPOWC,   "rpow",    1, 1, pow(c, a),      fg_dpow_exp(c, a, y), 0.0,                 fg_d2pow_bb(c, a, y), 0.0, 0.0) \
+    X(NEG,     "neg",     1, 0, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0) \
+    X(ABS,     "abs",     1, 0, fabs(a),        fg_sign0(a),         0.0,                  0.0, 0.0, 0.0) \
+    X(RELU,    "relu",    1, 0, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0,           0.0, 0.0, 0.0) \
+    X(TANH,    "tanh",    1, 0, tanh(a),        1.0 - y * y,         0.0,                  -2.0 * y * (1.0 - y * y), 0.0, 0.0) \
+    X(EXP,     "exp",     1, 0, exp(a),         y,                   0.0,                  y, 0.0, 0.0) \
+    X(LOG,     "log",     1, 0, log(a),         1.0 / a,             0.0,                  -1.0 / (a * a), 0.0, 0.0) \
+    X(SIGMOID, "sigmoid", 1, 0, fg_sigmoid(a),  y * (1.0 - y),       0.0,                  y * (1.0 - y) * (1.0 - 2.0 * y), 0.0, 0.0) \
+    X(SQRT,    "sqrt",    1, 0, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0) \
+    X(SIN,     "sin",     1, 0, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0) \
+    X(COS,     "cos",     1, 0, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0) \
     /* n-ary: code and name only; their rules are in FG_NARY_TABLE */                              \
-    X(SUM,     "sum",    -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(DOT,     "dot",    -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0)
+    X(SUM,     "sum",    -1, 1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(DOT,     "dot",    -1, 1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(LOG1P,   "log1p",   1, 0, log1p(a),       1.0 / (1.0 + a),     0.0,                  -(1.0 / (1.0 + a)) / (1.0 + a), 0.0, 0.0) \
+    X(EXPM1,   "expm1",   1, 0, expm1(a),       exp(a),              0.0,                  exp(a), 0.0, 0.0) \
+    X(TAN,     "tan",     1, 0, tan(a),         1.0 + y * y,         0.0,                  2.0 * y * (1.0 + y * y), 0.0, 0.0) \
+    X(ATAN,    "atan",    1, 0, atan(a),        fg_datan(a),         0.0,                  -2.0 * a * fg_datan(a) * fg_datan(a), 0.0, 0.0) \
+    X(SOFTPLUS, "softplus", 1, 0, fg_softplus(a), fg_sigmoid(a),     0.0,                  fg_dsigmoid(a), 0.0, 0.0) \
+    X(GELU,    "gelu",    1, 0, fg_gelu(a),     fg_dgelu(a),         0.0,                  fg_d2gelu(a), 0.0, 0.0) \
+    X(LEAKYRELU, "leaky_relu", 1, 1, (a > 0.0) ? a : a * c, (a > 0.0) ? 1.0 : c, 0.0,     0.0, 0.0, 0.0) \
+    X(CLAMPMIN, "clamp_min", 1, 1, fg_clamp_min(a, c), (a >= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0) \
+    X(CLAMPMAX, "clamp_max", 1, 1, fg_clamp_max(a, c), (a <= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0) \
+    X(FLOORDIV, "floordiv", 2, 0, fg_floordiv(a, b), 0.0,            0.0,                  0.0, 0.0, 0.0) \
+    X(FLOORDIVC, "floordiv", 1, 1, fg_floordiv(a, c), 0.0,           0.0,                  0.0, 0.0, 0.0) \
+    X(RFLOORDIVC, "rfloordiv", 1, 1, fg_floordiv(c, a), 0.0,         0.0,                  0.0, 0.0, 0.0) \
+    X(MOD,     "mod",     2, 0, fg_mod(a, b),   1.0,                 -fg_floordiv(a, b),   0.0, 0.0, 0.0) \
+    X(MODC,    "mod",     1, 1, fg_mod(a, c),   1.0,                 0.0,                  0.0, 0.0, 0.0) \
+    X(RMODC,   "rmod",    1, 1, fg_mod(c, a),   -fg_floordiv(c, a),  0.0,                  0.0, 0.0, 0.0)
 
 /* N(NAME, GROUP, term, da, db, dab): y = c + the terms of the groups, in order.
  * sum: c + x0 + x1 + ...;  dot: c + x0*x1 + x2*x3 + ... */
 #define FG_NARY_TABLE(N)                    \
     N(SUM, 1, a,     1.0, 0.0, 0.0)         \
     N(DOT, 2, a * b, b,   a,   1.0)
+
+typedef enum {
+#define FG_ENUM_ROW(NAME, ...) FG_OP_##NAME,
+    FG_OP_TABLE(FG_ENUM_ROW)
+#undef FG_ENUM_ROW
+    FG_OP_COUNT
+} fg_op_t;
+
+/* The table's metadata columns as arrays indexed by op code (the glue's
+ * op_table() reads them; kernels use FG_ARITY in their loops). */
+static const char *const FG_OP_KEY[FG_OP_COUNT] = {
+#define FG_KEY_ROW(NAME, ...) #NAME,
+    FG_OP_TABLE(FG_KEY_ROW)
+#undef FG_KEY_ROW
+};
+
+static const char *const FG_OP_NAME[FG_OP_COUNT] = {
+#define FG_NAME_ROW(NAME, str, ...) str,
+    FG_OP_TABLE(FG_NAME_ROW)
+#undef FG_NAME_ROW
+};
+
+static const signed char FG_ARITY[FG_OP_COUNT] = {
+#define FG_ARITY_ROW(NAME, str, arity, ...) arity,
+    FG_OP_TABLE(FG_ARITY_ROW)
+#undef FG_ARITY_ROW
+};
+
+static const unsigned char FG_CONSTANT[FG_OP_COUNT] = {
+#define FG_CONSTANT_ROW(NAME, str, arity, constant, ...) constant,
+    FG_OP_TABLE(FG_CONSTANT_ROW)
+#undef FG_CONSTANT_ROW
+};
+
+/* Whether op is a row of FG_NARY_TABLE: the kernels' first dispatch level. */
+static inline int fg_is_nary(int op) {
+#define FG_IS_NARY_ROW(NAME, ...) || op == FG_OP_##NAME
+    return 0 FG_NARY_TABLE(FG_IS_NARY_ROW);
+#undef FG_IS_NARY_ROW
+}
 
 #endif /* FG_OPS_H */

@@ -119,45 +119,16 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
     return r;
 }
 
-/* The reverse rule of node n, whose gradient is gn: FG_SEND(parent, contribution)
- * once per edge.  Each sweep below defines FG_SEND its own way.  The n-ary ops
- * come first, as an if-else chain, then a switch over the fixed-arity rows. */
+/* The reverse rule of node n, whose gradient is gn: FG_SEND(parent,
+ * contribution) once per edge, from the shared edge rule (fg_internal.h).
+ * Each sweep below defines FG_SEND its own way. */
+#define FG_EDGE(pos, p, d) FG_SEND(p, gn * (d))
 #define FG_SWEEP_BODY                                                           \
-    FG_NARY_TABLE(FG_REV_NARY)                                                  \
-    switch (o) {                                                                \
-        FG_OP_TABLE(FG_REV_ROW)                                                 \
+    if (fg_is_nary(o)) {                                                        \
+        FG_NARY_EDGES(o)                                                        \
+    } else {                                                                    \
+        FG_ROW_EDGES(o)                                                         \
     }
-
-#define FG_REV_NARY(NAME, group, term, da, db, dab)                            \
-    if (o == FG_OP_##NAME) {                                                    \
-        const int32_t *ops = opnd + A[n];                                       \
-        const double *cs = ocst + A[n];                                         \
-        for (int32_t k = 0, cnt = B[n]; k < cnt; k += group) {                  \
-            FG_GROUP_AT(k, group, ops, cs, val)                                 \
-            const double da_ = (da), db_ = (db);                                \
-            if (p >= 0) {                                                       \
-                FG_SEND(p, gn * da_);                                           \
-            }                                                                   \
-            if (q >= 0) {                                                       \
-                FG_SEND(q, gn * db_);                                           \
-            }                                                                   \
-        }                                                                       \
-    } else
-
-#define FG_REV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
-    case FG_OP_##NAME:                                                          \
-        if (arity == 1) {                                                       \
-            double a = val[A[n]], b = 0.0, c = cst[n], y = val[n];              \
-            (void)a; (void)b; (void)c; (void)y;                                 \
-            FG_SEND(A[n], gn * (da));                                           \
-        } else if (arity == 2) {                                                \
-            double a = val[A[n]], b = val[B[n]], c = 0.0, y = val[n];           \
-            (void)a; (void)b; (void)c; (void)y;                                 \
-            double da_ = (da), db_ = (db);                                      \
-            FG_SEND(A[n], gn * da_);                                            \
-            FG_SEND(B[n], gn * db_);                                            \
-        }                                                                       \
-        break;
 
 /* Anomaly mode checks each contribution (as PyTorch checks each backward
  * function's output), not the running sum. */
@@ -224,8 +195,7 @@ nonfinite:
 }
 
 #undef FG_CHECK
-#undef FG_REV_ROW
-#undef FG_REV_NARY
+#undef FG_EDGE
 #undef FG_SWEEP_BODY
 
 /* The sweep stopped part way: mark[] still counts for the unswept nodes.  A

@@ -29,6 +29,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
+import collections
 import numbers
 import os
 import sys
@@ -353,9 +354,26 @@ cdef class Graph:
         return out
 
 
+OpRow = collections.namedtuple("OpRow", "code key name arity constant nary")
+OpRow.__doc__ = """One row of the op table (src_c/fg_ops.h): code, key (the table's NAME,
+"ADDC"), name (user-facing, "add"), arity (0 leaf, 1, 2, -1 n-ary), constant
+(the node's constant is part of what it computes: x + 45, leaky_relu's slope),
+nary (its rules are a row of FG_NARY_TABLE)."""
+
+_OP_TABLE = tuple(
+    OpRow(k, FG_OP_KEY[k].decode("ascii"), FG_OP_NAME[k].decode("ascii"), FG_ARITY[k],
+          FG_CONSTANT[k] != 0, FG_ARITY[k] == -1)
+    for k in range(FG_OP_COUNT))
+
+
+def op_table():
+    """The op registry: one OpRow per op of src_c/fg_ops.h, in code order."""
+    return _OP_TABLE
+
+
 def op_codes():
-    """{table name: op code} for every op of src_c/fg_ops.h."""
-    return {fg_op_key(k).decode("ascii"): k for k in range(FG_OP_COUNT)}
+    """{table key: op code} for every op of src_c/fg_ops.h."""
+    return {row.key: row.code for row in _OP_TABLE}
 
 
 def stats():
@@ -393,7 +411,8 @@ cdef object _binary(Value x, object other, int op, int cop, bint reflected):
 _PY_OPS = {
     FG_OP_ADD: lambda a, b: a + b, FG_OP_SUB: lambda a, b: a - b,
     FG_OP_MUL: lambda a, b: a * b, FG_OP_DIV: lambda a, b: a / b,
-    FG_OP_POW: lambda a, b: a ** b,
+    FG_OP_POW: lambda a, b: a ** b, FG_OP_FLOORDIV: lambda a, b: a // b,
+    FG_OP_MOD: lambda a, b: a % b,
 }
 
 
@@ -411,6 +430,47 @@ cdef inline Value _unary(Value x, int op):
     cdef Graph g = x.graph
     _enter(g)
     return _wrap(g, fg_unary(&g.g, op, x.idx, 0.0))
+
+
+cdef inline Value _unary_c(Value x, int op, double c):
+    """A unary row that carries the constant c (leaky_relu's slope, a clamp bound)."""
+    cdef Graph g = x.graph
+    _enter(g)
+    return _wrap(g, fg_unary(&g.g, op, x.idx, c))
+
+
+cdef Value _clamp(Value x, object lo, object hi):
+    """clamp_max(clamp_min(x, lo), hi): one node per bound given."""
+    if lo is None and hi is None:
+        raise ValueError("clamp() needs min or max (or both)")
+    cdef double clo = 0.0, chi = 0.0
+    if lo is not None:
+        clo = _coerce(lo, "clamp() min")
+    if hi is not None:
+        chi = _coerce(hi, "clamp() max")
+    if lo is not None:
+        x = _unary_c(x, FG_OP_CLAMPMIN, clo)
+    if hi is not None:
+        x = _unary_c(x, FG_OP_CLAMPMAX, chi)
+    return x
+
+
+cdef object _compare(Value x, object other, int how):
+    """x < other (how 0), <= (1), > (2), >= (3) on .data, as bool."""
+    cdef double a = x._live_graph().g.val[x.idx], b
+    if type(other) is Value:
+        b = (<Value>other)._live_graph().g.val[(<Value>other).idx]
+    elif _is_number(other):
+        b = _to_double(other)
+    else:
+        return NotImplemented
+    if how == 0:
+        return a < b
+    if how == 1:
+        return a <= b
+    if how == 2:
+        return a > b
+    return a >= b
 
 
 @cython.no_gc
@@ -580,6 +640,41 @@ cdef class Value:
             return NotImplemented
         return _binary(self, other, FG_OP_POW, FG_OP_RPOWC, True)
 
+    def __floordiv__(self, other):
+        """Python's float //; derivative 0 (as PyTorch); x // 0 is x / 0."""
+        return _binary(self, other, FG_OP_FLOORDIV, FG_OP_FLOORDIVC, False)
+
+    def __rfloordiv__(self, other):
+        return _binary(self, other, FG_OP_FLOORDIV, FG_OP_RFLOORDIVC, True)
+
+    def __mod__(self, other):
+        """Python's float % (the sign of the divisor); d/da 1, d/db -(a // b)."""
+        return _binary(self, other, FG_OP_MOD, FG_OP_MODC, False)
+
+    def __rmod__(self, other):
+        return _binary(self, other, FG_OP_MOD, FG_OP_RMODC, True)
+
+    # Order compares .data and returns bool, so max(values) picks a Value;
+    # == and hashing stay identity, as micrograd's.
+    def __lt__(self, other):
+        return _compare(self, other, 0)
+
+    def __le__(self, other):
+        return _compare(self, other, 1)
+
+    def __gt__(self, other):
+        return _compare(self, other, 2)
+
+    def __ge__(self, other):
+        return _compare(self, other, 3)
+
+    def __hash__(self):
+        # Defining the order slots drops the inherited identity hash; this is
+        # object.__hash__'s value (CPython's pointer hash).
+        cdef size_t p = <size_t><void *>self
+        cdef Py_hash_t h = <Py_hash_t>((p >> 4) | (p << (8 * sizeof(void *) - 4)))
+        return -2 if h == -1 else h
+
     def __neg__(self):
         return _unary(self, FG_OP_NEG)
 
@@ -613,6 +708,37 @@ cdef class Value:
 
     def cos(self):
         return _unary(self, FG_OP_COS)
+
+    def log1p(self):
+        """log(1 + x), exact near 0."""
+        return _unary(self, FG_OP_LOG1P)
+
+    def expm1(self):
+        """e**x - 1, exact near 0."""
+        return _unary(self, FG_OP_EXPM1)
+
+    def tan(self):
+        return _unary(self, FG_OP_TAN)
+
+    def atan(self):
+        return _unary(self, FG_OP_ATAN)
+
+    def softplus(self):
+        """log(1 + e**x), computed without overflow for any x."""
+        return _unary(self, FG_OP_SOFTPLUS)
+
+    def gelu(self):
+        """x * Phi(x), the exact (erf) form, as PyTorch's default."""
+        return _unary(self, FG_OP_GELU)
+
+    def leaky_relu(self, negative_slope=0.01):
+        """x for x > 0, else negative_slope * x; derivative negative_slope at 0."""
+        return _unary_c(self, FG_OP_LEAKYRELU, _coerce(negative_slope, "negative_slope"))
+
+    def clamp(self, min=None, max=None):
+        """x limited to [min, max] (either may be None); the gradient passes
+        where min <= x <= max, as PyTorch's.  One node per bound."""
+        return _clamp(self, min, max)
 
 
 # ---------------------------------------------------------------- functions ---
@@ -648,6 +774,43 @@ def sin(x):
 
 def cos(x):
     return _unary(_as_value(x, None), FG_OP_COS)
+
+
+def log1p(x):
+    return _unary(_as_value(x, None), FG_OP_LOG1P)
+
+
+def expm1(x):
+    return _unary(_as_value(x, None), FG_OP_EXPM1)
+
+
+def tan(x):
+    return _unary(_as_value(x, None), FG_OP_TAN)
+
+
+def atan(x):
+    return _unary(_as_value(x, None), FG_OP_ATAN)
+
+
+def softplus(x):
+    """log(1 + e**x) as a Value, without overflow."""
+    return _unary(_as_value(x, None), FG_OP_SOFTPLUS)
+
+
+def gelu(x):
+    """x * Phi(x) (the exact erf form) as a Value."""
+    return _unary(_as_value(x, None), FG_OP_GELU)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x for x > 0, else negative_slope * x, as a Value."""
+    cdef double c = _coerce(negative_slope, "negative_slope")
+    return _unary_c(_as_value(x, None), FG_OP_LEAKYRELU, c)
+
+
+def clamp(x, min=None, max=None):
+    """x limited to [min, max] (either may be None), as a Value."""
+    return _clamp(_as_value(x, None), min, max)
 
 
 cdef Value _minmax(object a, object b, int op):

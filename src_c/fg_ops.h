@@ -110,7 +110,11 @@ static inline double fg_dpow_base(double a, double e) {
     if (e == 0.0) {
         return 0.0;
     }
-    return e * pow(a, e - 1.0);
+    double d = e * pow(a, e - 1.0);
+    if (isinf(d) && isfinite(e) && a != 0.0 && isfinite(a)) {
+        d = (e * pow(a, e)) / a;
+    }
+    return d;
 }
 
 /* d(a**e)/de = y*log(a), masked to 0 where a == 0 and e >= 0. */
@@ -124,13 +128,17 @@ static inline double fg_d2pow_aa(double a, double e) {
     if (e == 0.0 || e == 1.0) {
         return 0.0;
     }
-    return e * (e - 1.0) * pow(a, e - 2.0);
+    double d = e * (e - 1.0) * pow(a, e - 2.0);
+    if (isinf(d) && isfinite(e) && a != 0.0 && isfinite(a)) {
+        d = ((e * (e - 1.0)) * (pow(a, e) / a)) / a;
+    }
+    return d;
 }
 
 /* d/de of d(a**e)/da = a**(e-1) (1 + e log a); 1/a at e == 0, where the
  * first-order convention makes d/da 0 but its slope in e is not. */
 static inline double fg_d2pow_ab(double a, double e) {
-    return (e == 0.0) ? 0.0 : pow(a, e - 1.0) * (1.0 + e * log(a));
+    return (e == 0.0) ? 1.0 / a : pow(a, e - 1.0) * (1.0 + e * log(a));
 }
 
 static inline double fg_d2pow_bb(double a, double e, double y) {
@@ -238,10 +246,10 @@ static inline double fg_clamp_max(double a, double c) {
     X(NEG,     "neg",     1, 0, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0) \
     X(ABS,     "abs",     1, 0, fabs(a),        fg_sign0(a),         0.0,                  0.0, 0.0, 0.0) \
     X(RELU,    "relu",    1, 0, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0,           0.0, 0.0, 0.0) \
-    X(TANH,    "tanh",    1, 0, tanh(a),        1.0 - y * y,         0.0,                  -2.0 * y * (1.0 - y * y), 0.0, 0.0) \
+    X(TANH,    "tanh",    1, 0, tanh(a),        fg_dtanh(a),         0.0,                  -2.0 * y * fg_dtanh(a), 0.0, 0.0) \
     X(EXP,     "exp",     1, 0, exp(a),         y,                   0.0,                  y, 0.0, 0.0) \
     X(LOG,     "log",     1, 0, log(a),         1.0 / a,             0.0,                  -1.0 / (a * a), 0.0, 0.0) \
-    X(SIGMOID, "sigmoid", 1, 0, fg_sigmoid(a),  y * (1.0 - y),       0.0,                  y * (1.0 - y) * (1.0 - 2.0 * y), 0.0, 0.0) \
+    X(SIGMOID, "sigmoid", 1, 0, fg_sigmoid(a),  fg_dsigmoid(a),      0.0,                  -fg_dsigmoid(a) * tanh(0.5 * a), 0.0, 0.0) \
     X(SQRT,    "sqrt",    1, 0, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0) \
     X(SIN,     "sin",     1, 0, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0) \
     X(COS,     "cos",     1, 0, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0) \

@@ -20,30 +20,24 @@ gradients and their error scales; ``close`` compares one number against it.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 from hypothesis import strategies as st
 
+import ops
 import reference as ref
 
 INF = math.inf
 NAN = math.nan
 
-UNARY = ("neg", "abs", "relu", "tanh", "exp", "log", "sigmoid", "sqrt", "sin", "cos")
-ARITH = ("add", "sub", "mul", "div", "pow")
-BINARY = ARITH + ("maximum", "minimum")
+# Every op of the test-side op table (tests/ops.py).
+UNARY = ops.UNARY
+ARITH = ops.ARITH
+BINARY = ops.BINARY
 
-_OPERATOR = {
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-    "div": operator.truediv,
-    "pow": operator.pow,
-}
-_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
+_SYMBOL = ops.SYMBOL
 
 FINITE_SPECIAL = (0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0)
 # exp overflows past ~709.8, sigmoid saturates, 1e155**2 overflows.
@@ -90,9 +84,10 @@ Operand = Union[Ref, Const]
 class Unary:
     op: str
     a: Ref
+    params: tuple = ()     # leaky_relu's slope, clamp's bounds (tests/ops.py)
 
     def __repr__(self) -> str:
-        return f"{self.op}({self.a!r})"
+        return f"{self.op}({', '.join(map(repr, (self.a,) + self.params))})"
 
 
 @dataclass(frozen=True)
@@ -166,19 +161,15 @@ class Engine:
     def leaf(self, x: float) -> Any:
         raise NotImplementedError
 
-    def unary(self, op: str, a: Any) -> Any:
-        if op == "neg":
-            return -a
-        if op == "abs":
-            return abs(a)
-        return getattr(a, op)()
+    def unary(self, op: str, a: Any, *params: Any) -> Any:
+        return ops.apply_unary(op, a, params)
 
     def binary(self, op: str, a: Any, b: Any) -> Any:
         if op == "maximum":
             return self.maximum(a, b)
         if op == "minimum":
             return self.minimum(a, b)
-        return _OPERATOR[op](a, b)
+        return ops.apply_binary(op, a, b)
 
     def maximum(self, a: Any, b: Any) -> Any:
         raise NotImplementedError
@@ -271,7 +262,7 @@ def run_step(step: Step, slots: Sequence, engine: Engine) -> Any:
         return slots[o.i] if isinstance(o, Ref) else o.x
 
     if isinstance(step, Unary):
-        return engine.unary(step.op, get(step.a))
+        return engine.unary(step.op, get(step.a), *step.params)
     if isinstance(step, Binary):
         return engine.binary(step.op, get(step.a), get(step.b))
     if isinstance(step, Sum):
@@ -477,7 +468,9 @@ def programs(draw, dialect: Dialect = FULL, max_inputs: int = 5, max_steps: int 
             if "sub" in dialect.binary_const_right and draw(st.integers(0, 3)) == 0:
                 add(Binary("sub", a, Const(rslots[a.i].data)))  # exactly 0: a kink
                 a = Ref(len(rslots) - 1)
-            add(Unary(draw(st.sampled_from(dialect.unary)), a))
+            name = draw(st.sampled_from(dialect.unary))
+            params = ops.OPS[name].params
+            add(Unary(name, a, draw(st.sampled_from(params)) if params else ()))
         elif kind == "binary" and dialect.binary:
             op = draw(st.sampled_from(dialect.binary))
             a = slot()

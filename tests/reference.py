@@ -1,7 +1,8 @@
 """A pure-Python reference engine: the oracle the differential tests trust.
 
 It follows ``src_c/fg_ops.h`` formula for formula (same forward expressions,
-same local derivatives, same subgradient conventions), in plain Python floats,
+same local derivatives, same subgradient conventions: the rules are the
+test-side op table's, tests/ops.py), in plain Python floats,
 so on one machine its values agree with fastgrad's to the last bit and its
 gradients differ only by the order in which contributions are summed.
 Everything is IEEE double: 1/0 is inf, log(-1) is nan, exp(1000) is inf; the
@@ -12,7 +13,7 @@ Every number comes with an *error scale* so that comparisons can be tight
 and still fair to an engine that rounds in another order:
 - ``radjoints`` returns, per gradient, the sum over all contributions of their
   magnitudes (``|upstream scale| * |local derivative|``, the latter replaced
-  by the size of the formula's terms where it cancels: tanh's ``1 - y*y``).
+  by the size of the formula's terms where it cancels).
   Summing the same contributions in another order moves the result by a few
   ulps of that.
 - ``RValue.scale`` bounds the forward rounding error, in units of ``REL``
@@ -49,141 +50,38 @@ __all__ = [
 ]
 
 
-# -- IEEE helpers: what C's operators and libm return, never an exception ----
+# The IEEE helpers and every op's rule live in the test-side op table.
+from ops import (  # noqa: E402,F401  (re-exported: tests use ref._cos, ref._pow, ...)
+    OPS,
+    _cos,
+    _div,
+    _exp,
+    _log,
+    _max,
+    _max_share,
+    _min,
+    _pow,
+    _sigmoid,
+    _sign0,
+    _sin,
+    _sqrt,
+)
 
-
-def _div(a: float, b: float) -> float:
-    try:
-        return a / b
-    except ZeroDivisionError:
-        if math.isnan(a) or a == 0.0:
-            return NAN
-        return math.copysign(INF, a) * math.copysign(1.0, b)
-
-
-def _is_odd_integer(x: float) -> bool:
-    return math.isfinite(x) and x == math.floor(x) and abs(math.fmod(x, 2.0)) == 1.0
-
-
-def _pow(a: float, b: float) -> float:
-    """C99 pow: math.pow raises exactly where C returns inf or nan."""
-    try:
-        return math.pow(a, b)
-    except OverflowError:
-        return -INF if (a < 0.0 and _is_odd_integer(b)) else INF
-    except ValueError:
-        if a == 0.0:  # zero to a negative power: a pole
-            return math.copysign(INF, a) if _is_odd_integer(b) else INF
-        return NAN  # negative base, non-integer exponent
-
-
-def _exp(a: float) -> float:
-    try:
-        return math.exp(a)
-    except OverflowError:
-        return INF
-
-
-def _log(a: float) -> float:
-    if a == 0.0:
-        return -INF
-    if a < 0.0:
-        return NAN
-    return math.log(a)  # nan and +inf pass through
-
-
-def _sqrt(a: float) -> float:
-    if a < 0.0:
-        return NAN
-    return math.sqrt(a)  # sqrt(-0.0) is -0.0, as in C
-
-
-def _sin(a: float) -> float:
-    return NAN if math.isinf(a) else math.sin(a)
-
-
-def _cos(a: float) -> float:
-    return NAN if math.isinf(a) else math.cos(a)
-
-
-def _sigmoid(a: float) -> float:
-    # fg_sigmoid: two branches so exp never overflows.
-    if a >= 0.0:
-        return 1.0 / (1.0 + math.exp(-a))
-    e = math.exp(a)  # also the NaN branch: nan / nan
-    return e / (1.0 + e)
-
-
-def _max(a: float, b: float) -> float:
-    if a > b:
-        return a
-    if b > a:
-        return b
-    return a if a == b else NAN
-
-
-def _min(a: float, b: float) -> float:
-    if a < b:
-        return a
-    if b < a:
-        return b
-    return a if a == b else NAN
-
-
-def _max_share(a: float, b: float) -> float:
-    """Share of d maximum(a, b) that goes to a: ties split, NaN gets none."""
-    if a > b:
-        return 1.0
-    return 0.5 if a == b else 0.0
-
-
-def _sign0(a: float) -> float:
-    if a > 0.0:
-        return 1.0
-    return -1.0 if a < 0.0 else 0.0
-
-
-def _dpow_base(a: float, e: float) -> float:
-    return 0.0 if e == 0.0 else e * _pow(a, e - 1.0)
-
-
-def _dpow_exp(a: float, e: float, y: float) -> float:
-    return 0.0 if (a == 0.0 and e >= 0.0) else y * _log(a)
-
-
-# Unary ops: name -> (forward(a), derivative(a, y)); y is the forward value.
-UNARY_OPS = {
-    "neg": (lambda a: -a, lambda a, y: -1.0),
-    "abs": (abs, lambda a, y: _sign0(a)),
-    "relu": (lambda a: 0.0 if a < 0.0 else a, lambda a, y: 1.0 if a > 0.0 else 0.0),
-    "tanh": (math.tanh, lambda a, y: 1.0 - y * y),
-    "exp": (_exp, lambda a, y: y),
-    "log": (_log, lambda a, y: _div(1.0, a)),
-    "sigmoid": (_sigmoid, lambda a, y: y * (1.0 - y)),
-    "sqrt": (_sqrt, lambda a, y: _div(0.5, y)),
-    "sin": (_sin, lambda a, y: _cos(a)),
-    "cos": (_cos, lambda a, y: -_sin(a)),
-}
+# Unary ops: name -> (forward(a, *params), derivative(a, y, *params)).
+UNARY_OPS = {op.name: (op.fwd, op.da) for op in OPS.values() if op.kind == "unary"}
 
 # Binary ops on two values: name -> (forward(a, b), d/da(a, b, y), d/db(a, b, y)).
-BINARY_OPS = {
-    "add": (lambda a, b: a + b, lambda a, b, y: 1.0, lambda a, b, y: 1.0),
-    "sub": (lambda a, b: a - b, lambda a, b, y: 1.0, lambda a, b, y: -1.0),
-    "mul": (lambda a, b: a * b, lambda a, b, y: b, lambda a, b, y: a),
-    "div": (_div, lambda a, b, y: _div(1.0, b), lambda a, b, y: _div(-y, b)),
-    "pow": (_pow, lambda a, b, y: _dpow_base(a, b), lambda a, b, y: _dpow_exp(a, b, y)),
-    "maximum": (_max, lambda a, b, y: _max_share(a, b), lambda a, b, y: _max_share(b, a)),
-    "minimum": (_min, lambda a, b, y: _max_share(b, a), lambda a, b, y: _max_share(a, b)),
-}
+BINARY_OPS = {op.name: (op.fwd, op.da, op.db) for op in OPS.values() if op.kind == "binary"}
 
 # Ops with a global Lipschitz constant: it bounds how far the value moves
 # when an operand moves, where the local derivative may not (0 at a kink, at
 # the top of cos, in the flat tail of tanh).
-_LIPSCHITZ = {"relu": 1.0, "abs": 1.0, "maximum": 1.0, "minimum": 1.0, "neg": 1.0,
-              "sin": 1.0, "cos": 1.0, "tanh": 1.0, "sigmoid": 0.25}
+_LIPSCHITZ = {op.name: op.lipschitz for op in OPS.values() if op.lipschitz is not None}
 # Ops whose derivative grows without bound (towards 0 or +inf): first order
 # holds only while an operand's possible error stays far from that.
-_STEEP = {"exp", "log", "sqrt", "div", "pow"}
+_STEEP = {op.name for op in OPS.values() if op.steep}
+# Ops that jump (//, %): any error upstream may move the value by a step.
+_JUMPS = {op.name for op in OPS.values() if op.discontinuous}
 
 
 def _as_float(x: object) -> float:
@@ -242,10 +140,10 @@ class RValue:
             second = REL * a.scale * b.scale  # first order says nothing about 0 * 0
         return RValue(y, name, tuple(parents), second=second)
 
-    def _unary(self, name: str) -> RValue:
+    def _unary(self, name: str, *params) -> RValue:
         fwd, d = UNARY_OPS[name]
-        y = fwd(self.data)
-        return RValue(y, name, ((self, d(self.data, y)),))
+        y = fwd(self.data, *params)
+        return RValue(y, name, ((self, d(self.data, y, *params)),))
 
     # -- operators -----------------------------------------------------------
 
@@ -285,29 +183,20 @@ class RValue:
     def __abs__(self):
         return self._unary("abs")
 
-    def relu(self):
-        return self._unary("relu")
+    def __floordiv__(self, other):
+        return RValue._binary("floordiv", self, other)
 
-    def tanh(self):
-        return self._unary("tanh")
+    def __rfloordiv__(self, other):
+        return RValue._binary("floordiv", other, self)
 
-    def exp(self):
-        return self._unary("exp")
+    def __mod__(self, other):
+        return RValue._binary("mod", self, other)
 
-    def log(self):
-        return self._unary("log")
+    def __rmod__(self, other):
+        return RValue._binary("mod", other, self)
 
-    def sigmoid(self):
-        return self._unary("sigmoid")
-
-    def sqrt(self):
-        return self._unary("sqrt")
-
-    def sin(self):
-        return self._unary("sin")
-
-    def cos(self):
-        return self._unary("cos")
+    # x.relu(), x.tanh(), x.leaky_relu(slope), x.clamp(lo, hi), ...: one
+    # method per unary op of the table, added below the class.
 
     # -- reverse mode --------------------------------------------------------
 
@@ -322,6 +211,19 @@ class RValue:
                 node.grad += g
 
 
+def _unary_method(name: str):
+    def method(self, *params):
+        return self._unary(name, *params)
+
+    method.__name__ = name
+    return method
+
+
+for _name in UNARY_OPS:
+    if _name not in ("neg", "abs"):
+        setattr(RValue, _name, _unary_method(_name))
+
+
 def _propagate(op: str, parents: tuple) -> float:
     scale = 0.0
     steep = op in _STEEP
@@ -329,6 +231,8 @@ def _propagate(op: str, parents: tuple) -> float:
         ps = parent.own + parent.inherited
         if ps == 0.0:
             continue  # an exact operand moves nothing, even through a nan/inf derivative
+        if op in _JUMPS:
+            return INF
         if steep and not REL * ps < 1e-3 * min(1.0, abs(parent.data)):
             return INF
         bound = _LIPSCHITZ.get(op, abs(d))
@@ -415,18 +319,10 @@ def radjoints(out: RValue) -> tuple[dict[RValue, float], dict[RValue, float]]:
     scale[out] = 1.0
     for node in reversed(order):
         g, s = adj[node], scale[node]
-        tanh = node.op == "tanh"
         for parent, d in node.parents:
             adj[parent] += g * d
-            scale[parent] += s * (_tanh_derivative_scale(node.data) if tanh else abs(d))
+            scale[parent] += s * abs(d)
     return adj, scale
-
-
-def _tanh_derivative_scale(y: float) -> float:
-    """Size of the terms of tanh's 1 - y*y, which cancels as |y| -> 1: its
-    rounding is relative to 1 + y*y (an engine using an FMA differs there).
-    Every other local derivative is its own size, |d|."""
-    return 1.0 + y * y
 
 
 def rgrad(out: RValue, wrt: RValue | Sequence[RValue]):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import fastgrad
 from fastgrad import Value
+import ops
 from programs import FastgradEngine, Program, close, expected, numbers, programs, run, run_step
 
 ENGINE = FastgradEngine()
@@ -143,32 +144,29 @@ def test_jacobian_and_hvp_match_central_differences(k):
     np.testing.assert_allclose(f.hvp([POINT], v), grad_fd, rtol=1e-5, atol=1e-7)
 
 
-UNARY_POINTS = {"relu": 0.8, "tanh": 0.3, "exp": 0.5, "log": 1.7, "sigmoid": -0.6,
-                "sqrt": 2.2, "sin": 0.9, "cos": 0.4, "neg": 1.1, "abs": -0.7}
+# Every unary op of the test-side table at each of its smooth points, with
+# its first parameter set (leaky_relu's slope, clamp's bounds).
+UNARY_CASES = [(op.name, x, op.params[0] if op.params else ())
+               for op in ops.UNARY_LIST for x in op.points]
 
 
-@pytest.mark.parametrize("op", sorted(UNARY_POINTS))
-def test_second_order_rule_of_every_unary_op(op):
+@pytest.mark.parametrize("op,x,params", UNARY_CASES, ids=[f"{o}({x})" for o, x, _ in UNARY_CASES])
+def test_second_order_rule_of_every_unary_op(op, x, params):
     def fn(xs):
-        u = -xs[0] if op == "neg" else (abs(xs[0]) if op == "abs" else getattr(xs[0], op)())
+        u = ops.apply_unary(op, xs[0], params)
         return u * u * xs[0]          # nonlinear in x through every column of the table
 
-    x = UNARY_POINTS[op]
     f = fastgrad.compile(fn, [x])
     hv = f.hvp([[x]], [1.0])[0]
     fd = (f.value_and_grad([x + 1e-5])[1][0] - f.value_and_grad([x - 1e-5])[1][0]) / 2e-5
     assert hv == pytest.approx(fd, rel=1e-6, abs=1e-8)
+    d1 = (f([x + 1e-6]) - f([x - 1e-6])) / 2e-6
+    assert f.value_and_grad([x])[1][0] == pytest.approx(d1, rel=1e-6, abs=1e-8)
 
 
-BINARY_FNS = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / b, "pow": lambda a, b: a ** b,
-    "maximum": fastgrad.maximum, "minimum": fastgrad.minimum,
-    "addc": lambda a, b: a + 1.5, "mulc": lambda a, b: a * 1.5, "rsubc": lambda a, b: 1.5 - a,
-    "divc": lambda a, b: a / 1.5, "rdivc": lambda a, b: 1.5 / a, "powc": lambda a, b: a ** 2.5,
-    "rpowc": lambda a, b: 1.5 ** a, "sum": lambda a, b: fastgrad.sum([a, b, a], 1.0),
-    "dot": lambda a, b: fastgrad.dot([a, b, 2.0], [b, b, a], 0.5),
-}
+# Every registry row made from two Values or a Value and a number (tests/ops.py ROWS).
+BINARY_FNS = {key.lower(): (lambda a, b, row=row: ops.make_row(row, fastgrad, a, b))
+              for key, row in ops.ROWS.items() if row is not None and row.form != "value"}
 
 
 @pytest.mark.parametrize("name", sorted(BINARY_FNS))
@@ -185,6 +183,15 @@ def test_second_order_rule_of_every_binary_and_constant_op(name):
     for v in (np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.4, -0.9])):
         grad_fd = fd_grad(lambda z: f.value_and_grad(z)[1] @ v, x, h=1e-5)
         np.testing.assert_allclose(f.hvp([x], v), grad_fd, rtol=1e-6, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(f.value_and_grad(x)[1], fd_grad(f, x), rtol=1e-6, atol=1e-8,
+                               err_msg=name)
+
+
+def test_second_order_of_pow_at_exponent_zero():
+    """d2(a**b)/da db at b == 0 is 1/a, though d/da itself is 0 there (x**0)."""
+    f = fastgrad.compile(lambda xs: xs[0] ** xs[1], [2.0, 0.0])
+    np.testing.assert_allclose(f.hvp([[2.0, 0.0]], [0.0, 1.0]), [0.5, math.log(2.0) ** 2],
+                               rtol=1e-15)
 
 
 def mlp_loss(params, xy):

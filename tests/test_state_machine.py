@@ -1,6 +1,6 @@
 """Graph lifetimes as a Hypothesis state machine, against the reference engine.
 
-The machine creates leaves, applies random ops (every op of tests/programs.py,
+The machine creates leaves, applies random ops (every op of tests/ops.py,
 with Values or numbers on either side), drops random handles, calls
 ``backward()`` and ``fastgrad.grad`` at random points (sometimes under
 ``detect_anomaly``), compiles the sub-graph behind a handle and replays it,
@@ -36,6 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import fastgrad
 import reference as ref
+from ops import OPS
 from programs import BINARY, EXPONENTS, UNARY, FastgradEngine, ReferenceEngine, close, numbers
 
 FG = FastgradEngine()
@@ -58,12 +59,13 @@ class Node:
     gid is id() of the fastgrad Graph (the model never keeps a graph alive).
     """
 
-    __slots__ = ("kind", "op", "args", "gid", "ref", "gscale", "serial")
+    __slots__ = ("kind", "op", "args", "gid", "ref", "gscale", "serial", "weight")
     counter = 0
 
     def __init__(self, kind: str, op: str, args: tuple, gid: int, rv: ref.RValue) -> None:
         self.kind, self.op, self.args, self.gid, self.ref = kind, op, args, gid, rv
         self.gscale = 0.0            # error scale of ref.grad
+        self.weight = 1              # fastgrad nodes it stands for (clamp(x, lo, hi): 2)
         Node.counter += 1
         self.serial = Node.counter
 
@@ -133,7 +135,7 @@ def rebuild(out: Node, inputs: list[Node], xs: list, engine: Any, leaf: Any) -> 
         elif n.kind == "leaf":
             raise AssertionError("an input leaf missing from inputs")
         elif n.kind == "unary":
-            memo[n] = engine.unary(n.op, get(n.args[0]))
+            memo[n] = engine.unary(n.op, get(n.args[0]), *n.args[1:])
         elif n.kind == "binary":
             memo[n] = engine.binary(n.op, get(n.args[0]), get(n.args[1]))
         elif n.kind == "sum":
@@ -217,13 +219,17 @@ class GraphLifetimes(RuleBasedStateMachine):
         self.add(v, "leaf", "leaf", (), ref.RValue(x))
 
     @precondition(lambda self: self.handles)
-    @rule(i=PICK, op=st.sampled_from(UNARY), anomaly=st.booleans())
-    def unary(self, i: int, op: str, anomaly: bool) -> None:
+    @rule(i=PICK, op=st.sampled_from(UNARY), k=PICK, anomaly=st.booleans())
+    def unary(self, i: int, op: str, k: int, anomaly: bool) -> None:
         h = self.pick(i)
-        rv = REF.unary(op, h.node.ref)
-        v = self.op_under(anomaly, lambda: FG.unary(op, h.v), rv)
+        choices = OPS[op].params          # leaky_relu's slope, clamp's bounds
+        params = choices[k % len(choices)] if choices else ()
+        rv = REF.unary(op, h.node.ref, *params)
+        before = h.v.graph.stats()["live_nodes"]
+        v = self.op_under(anomaly, lambda: FG.unary(op, h.v, *params), rv)
         if v is not None:
-            self.add(v, "unary", op, (h.node,), rv)
+            made = self.add(v, "unary", op, (h.node, *params), rv)
+            made.node.weight = v.graph.stats()["live_nodes"] - before
 
     @precondition(lambda self: self.handles)
     @rule(i=PICK, j=PICK, op=st.sampled_from(BINARY), anomaly=st.booleans())
@@ -520,7 +526,7 @@ class GraphLifetimes(RuleBasedStateMachine):
             graphs.setdefault(id(h.v.graph), h.v.graph)
         want = dict.fromkeys(graphs, 0)
         for n in reachable([h.node for h in self.handles]):
-            want[n.gid] += 1
+            want[n.gid] += n.weight
         got = {gid: g.stats()["live_nodes"] for gid, g in graphs.items()}
         assert got == want
 

@@ -267,8 +267,13 @@ class Op:
     derivative_kinks: tuple = field(default=())  # inputs where d jumps (branching ops)
 
 
+def _as_tensor(torch, x):
+    return x if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=torch.float64)
+
+
 def _t_floordiv(torch, a, b):
-    """torch.floor_divide has no derivative (fastgrad's is 0, as PyTorch documents)."""
+    """torch.floor_divide has no derivative; fastgrad's is 0, multiplied
+    (an incoming nan or inf gives nan, as every fastgrad rule)."""
 
     class FloorDiv(torch.autograd.Function):
         @staticmethod
@@ -277,11 +282,48 @@ def _t_floordiv(torch, a, b):
 
         @staticmethod
         def backward(ctx, g):
-            return torch.zeros_like(g), torch.zeros_like(g)
+            return g * 0.0, g * 0.0
 
-    ta = a if isinstance(a, torch.Tensor) else torch.tensor(float(a), dtype=torch.float64)
-    tb = b if isinstance(b, torch.Tensor) else torch.tensor(float(b), dtype=torch.float64)
-    return FloorDiv.apply(ta, tb)
+    return FloorDiv.apply(_as_tensor(torch, a), _as_tensor(torch, b))
+
+
+def _t_mod(torch, a, b):
+    """torch.remainder, with its derivatives (1, -floor(a / b)) also where the
+    dividend is a number (torch has none for remainder(Scalar, Tensor))."""
+
+    class Mod(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, y):
+            ctx.save_for_backward(x, y)
+            return torch.remainder(x, y)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, y = ctx.saved_tensors
+            return g, -g * torch.floor_divide(x, y)
+
+    return Mod.apply(_as_tensor(torch, a), _as_tensor(torch, b))
+
+
+def _t_gelu(torch, a):
+    """torch's F.gelu is x/2 (1 + erf(x/sqrt 2)), which cancels for x < -3;
+    this is the same function in erfc form, with fg_ops.h's derivative
+    Phi(x) + x phi(x) as one product (autograd through x * erfc(...) would
+    give inf * 0 = nan at x = 0 where fastgrad multiplies an inf by 0.5)."""
+
+    class Gelu(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * 0.5 * torch.special.erfc(-x * SQRT1_2)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            d = 0.5 * torch.special.erfc(-x * SQRT1_2) + x * (INV_SQRT_2PI * torch.exp(-0.5 * x * x))
+            return g * d
+
+    return Gelu.apply(a)
 
 
 def _t_clamp(torch, a, lo, hi):
@@ -306,10 +348,8 @@ UNARY_LIST = [
     Op("atan", "unary", math.atan, lambda a, y: _datan(a), points=(0.8, -3.0), lipschitz=1.0),
     Op("softplus", "unary", _softplus, lambda a, y: _sigmoid(a), points=(0.4, -2.0), lipschitz=1.0,
        torch=lambda torch, a: torch.logaddexp(a, torch.zeros_like(a))),
-    # torch's F.gelu is x/2 (1 + erf(x/sqrt 2)), which cancels for x < -3;
-    # its erfc form is the same function without the cancellation.
     Op("gelu", "unary", _gelu, lambda a, y: _dgelu(a), points=(0.9, -1.7), lipschitz=1.13,
-       torch=lambda torch, a: a * 0.5 * torch.special.erfc(-a * SQRT1_2)),
+       torch=_t_gelu),
     Op("leaky_relu", "unary", lambda a, s: a if a > 0.0 else a * s,
        lambda a, y, s: 1.0 if a > 0.0 else s, params=((0.01,), (0.2,), (-0.5,)),
        points=(0.8, -0.6), lipschitz=None,
@@ -339,7 +379,7 @@ BINARY_LIST = [
     Op("floordiv", "binary", _floordiv, lambda a, b, y: 0.0, lambda a, b, y: 0.0,
        symbol="//", dunder="floordiv", discontinuous=True, torch=_t_floordiv),
     Op("mod", "binary", _mod, lambda a, b, y: 1.0, lambda a, b, y: -_floordiv(a, b),
-       symbol="%", dunder="mod", discontinuous=True),
+       symbol="%", dunder="mod", discontinuous=True, torch=_t_mod),
     Op("maximum", "binary", _max, lambda a, b, y: _max_share(a, b), lambda a, b, y: _max_share(b, a),
        lipschitz=1.0, method=False, torch=lambda torch, a, b: torch.maximum(a, b)),
     Op("minimum", "binary", _min, lambda a, b, y: _max_share(b, a), lambda a, b, y: _max_share(a, b),

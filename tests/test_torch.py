@@ -17,6 +17,7 @@ from hypothesis import given, settings
 torch = pytest.importorskip("torch")
 
 import fastgrad  # noqa: E402
+import ops  # noqa: E402
 from programs import (  # noqa: E402
     Binary,
     ChainEngine,
@@ -65,10 +66,14 @@ class TorchEngine(Engine):
         return torch.tensor(x, dtype=torch.float64, requires_grad=True)
 
     def binary(self, op, a, b):
+        spell = ops.OPS[op].torch
+        if spell is not None and op not in ("maximum", "minimum"):
+            return spell(torch, _plain(a), _plain(b))
         return super().binary(op, _plain(a), _plain(b))
 
-    def unary(self, op, a):
-        return torch.relu(a) if op == "relu" else super().unary(op, a)
+    def unary(self, op, a, *params):
+        spell = ops.OPS[op].torch    # tests/ops.py: how torch spells it, if not a method
+        return spell(torch, a, *params) if spell is not None else super().unary(op, a, *params)
 
     def maximum(self, a, b):
         return torch.maximum(_t(a), _t(b))

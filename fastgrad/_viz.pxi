@@ -143,7 +143,3 @@ def _graph_view(out, names=None, node=None):
         "names": found,
     }
 
-
-def _op_names():
-    """[user-facing op name by op code] (fg_op_name over the table)."""
-    return [_op_str(k) for k in range(FG_OP_COUNT)]

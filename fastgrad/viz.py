@@ -93,13 +93,13 @@ class _View:
         # index[slot]: the slot's position in the per-node arrays, -1 if unreached.
         self.index = np.full(int(self.nodes.max()) + 1, -1, np.int64)
         self.index[self.nodes] = np.arange(len(self.nodes))
-        self._op_names = _core._op_names()
-        codes = _core.op_codes()
-        self._leaf = codes["LEAF"]
-        # Ops whose constant is part of what they compute ("add 45", "pow 2").
-        self._with_constant = {codes[k] for k in
-                               ("ADDC", "MULC", "RSUBC", "DIVC", "RDIVC", "POWC", "RPOWC")}
-        self._nary = {codes["SUM"], codes["DOT"]}
+        # The op registry (src_c/fg_ops.h): names, and the ops whose constant
+        # is part of what they compute ("add 45", "pow 2", "leaky_relu 0.01").
+        table = _core.op_table()
+        self._op_names = [row.name for row in table]
+        self._leaf = next(row.code for row in table if row.key == "LEAF")
+        self._with_constant = {row.code for row in table if row.constant and not row.nary}
+        self._nary = {row.code for row in table if row.nary}
 
     def reaches(self, slot: int) -> bool:
         """Whether out depends on the node in this slot."""

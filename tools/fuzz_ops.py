@@ -49,19 +49,22 @@ import tempfile
 import atheris
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 import fastgrad  # noqa: E402
 import fastgrad.nn  # noqa: E402
+import ops  # noqa: E402  (tests/ops.py: the test-side op table)
 import numpy as np  # noqa: E402
 from fastgrad import Value  # noqa: E402
 
 ALLOWED = (TypeError, ValueError, OverflowError, FloatingPointError, RuntimeError, MemoryError,
            ZeroDivisionError, BufferError)
 TMP = tempfile.mkdtemp(prefix="fastgrad-fuzz-ops.")
-UNARY = ["neg", "abs", "relu", "tanh", "exp", "log", "sigmoid", "sqrt", "sin", "cos"]
-BINOPS = [operator.add, operator.sub, operator.mul, operator.truediv, operator.pow,
-          fastgrad.maximum, fastgrad.minimum, lambda a, b: pow(a, b, 3), operator.floordiv,
-          operator.mod, operator.lt, operator.eq, operator.matmul]
+# Every op of tests/ops.py, and operators fastgrad does not take.
+UNARY = list(ops.UNARY)
+BINOPS = [(lambda a, b, name=name: ops.apply_binary(name, a, b, fastgrad)) for name in ops.BINARY] + [
+    lambda a, b: pow(a, b, 3), operator.lt, operator.le, operator.gt, operator.ge, operator.eq,
+    operator.matmul]
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 3.0, 1e308, -1e308, 5e-324, float("inf"), float("-inf"),
            float("nan"), 710.0, -745.0, 1e155]
 DTYPES = [np.float64, np.float32, np.float16, np.int64, np.int32, np.uint8, np.int8, np.bool_,
@@ -170,14 +173,16 @@ class Fuzz:
                 self.keep(fdp.PickValueInList(BINOPS)(a, b))
         elif k == 2:
             x, op = self.pick(), fdp.PickValueInList(UNARY)
-            if fdp.ConsumeBool() and op not in ("neg", "abs"):
-                self.keep(getattr(fastgrad, op)(x))
-            elif op == "neg":
-                self.keep(-x)  # type: ignore[operator]
-            elif op == "abs":
-                self.keep(abs(x))  # type: ignore[arg-type]
+            # the table's parameters, or anything at all (a Value, None, a string)
+            choices = list(ops.OPS[op].params)
+            params = fdp.PickValueInList(choices) if choices and fdp.ConsumeBool() else \
+                tuple(self.pick() for _ in range(len(choices[0]) if choices else 0))
+            if fdp.ConsumeBool() and op not in ops.UNARY_OPERATOR:
+                self.keep(getattr(fastgrad, op)(x, *params))
+            elif op in ops.UNARY_OPERATOR:
+                self.keep(ops.apply_unary(op, x))
             elif isinstance(x, Value):
-                self.keep(getattr(x, op)())
+                self.keep(getattr(x, op)(*params))
         elif k == 3:
             items = [self.pick() for _ in range(fdp.ConsumeIntInRange(0, 6))]
             start = self.pick() if fdp.ConsumeBool() else 0.0

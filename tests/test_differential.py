@@ -3,7 +3,7 @@
 Random programs over every op (tests/programs.py) must give the reference's
 values and gradients: within 1e-12 of the reference's error scale, NaN exactly
 where it is NaN, the same infinities.  Hand-picked points pin each op's
-formula and the conventions of DESIGN.md section 3 (relu'(0) = 0, abs'(0) = 0,
+formula and the conventions of docs/design.md (contract section 3) (relu'(0) = 0, abs'(0) = 0,
 ties split 0.5/0.5, IEEE results instead of exceptions) on both engines, so
 the oracle itself is checked against numbers written down by hand.
 """
@@ -144,7 +144,7 @@ def test_backward_adds_to_existing_leaf_gradient(program):
 
 # -- hand-picked points: each op's formula and conventions ---------------------
 
-# (input, value, derivative), written by hand from fg_ops.h and DESIGN.md.
+# (input, value, derivative), written by hand from fg_ops.h and docs/design.md.
 UNARY_CASES = {
     "neg": [(2.0, -2.0, -1.0), (0.0, -0.0, -1.0), (INF, -INF, -1.0)],
     "abs": [(-2.0, 2.0, -1.0), (3.0, 3.0, 1.0), (0.0, 0.0, 0.0), (-0.0, 0.0, 0.0), (NAN, NAN, 0.0)],

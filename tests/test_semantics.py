@@ -1,4 +1,4 @@
-"""DESIGN.md section 3, one promise per test."""
+"""docs/design.md (contract section 3), one promise per test."""
 
 import math
 

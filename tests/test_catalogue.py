@@ -63,7 +63,7 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
     ("operator-with-str", lambda: x() + _any("a"), TypeError, "unsupported operand type(s) for +"),
     ("operator-with-none", lambda: _any(None) * x(), TypeError, "unsupported operand type(s) for *"),
     ("pow-with-modulus", lambda: pow(x(), 2, _any(5)), TypeError, "unsupported operand type(s) for ** or pow()"),
-    ("comparison", lambda: x() < _any(x()), TypeError, "'<' not supported"),
+    ("comparison", lambda: x() < _any("a"), TypeError, "'<' not supported"),
     ("set-data-to-str", lambda: setattr(x(), "data", "1"), TypeError, "data must be a real number, got str"),
     ("set-grad-to-none", lambda: setattr(x(), "grad", None), TypeError, "grad must be a real number"),
     ("name-not-str", lambda: setattr(x(), "name", 3), TypeError, "name must be a str or None, got int"),

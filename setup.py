@@ -9,7 +9,6 @@ import os
 import sys
 from glob import glob
 
-import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -19,7 +18,6 @@ native = os.environ.get("FASTGRAD_NATIVE", "") not in ("", "0")
 
 compile_args = []
 link_args = []
-macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if sys.platform == "win32":
     # MSVC (2019+) compiles src_c's C99 as C: for-loop declarations, static inline.
     # Python's own flags carry /DNDEBUG; a debug build takes it back out.
@@ -64,9 +62,8 @@ extensions = [
     Extension(
         "fastgrad._core",
         sources=["fastgrad/_core.pyx"] + sorted(glob("src_c/*.c")),
-        include_dirs=["src_c", np.get_include()],
+        include_dirs=["src_c"],
         depends=sorted(glob("src_c/*.h")) + ["fastgrad/_core.pxd"],  # header edits rebuild every file
-        define_macros=macros,
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )

@@ -401,7 +401,7 @@ def find(results, workload, engine, variant=None):
 
 
 def targets(results) -> list[dict]:
-    """docs/design.md (contract section 5), checked against this run's medians."""
+    """docs/design.md section 5, checked against this run's medians."""
     out = []
 
     def add(name, value, target, ok, text):
@@ -572,7 +572,7 @@ def main(argv=None) -> int:
     print(f"\n## fastgrad benchmark ({'quick' if cfg.quick else 'full'} run, {elapsed:.0f} s)\n")
     print(table(results))
     if tg:
-        print("\nTargets (docs/design.md (contract section 5)):\n")
+        print("\nTargets (docs/design.md section 5):\n")
         for t in tg:
             print(f"- [{'x' if t['met'] else ' '}] {t['text']}")
     st = wl_mod.scaling_table(results)

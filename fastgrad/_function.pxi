@@ -1,6 +1,11 @@
 # _function.pxi -- compiled replay: fastgrad.compile, Function, fastgrad.load.
 # Included by _core.pyx (one extension module); the kernels are src_c/fg_replay.c (one row)
 # and src_c/fg_batch.c + fg_rows.h (blocks of rows); tapes are built by src_c/fg_tape_build.c.
+#
+# Takes from _core.pyx: the types Graph and Value, _enter (every op on a
+# graph starts there), _raise_status (C status -> exception), _is_number,
+# NOGIL_MIN_NODES, the module's numpy import (np) and libc malloc/free; the C
+# declarations come from _core.pxd.  Gives _core.pyx nothing it calls.
 
 import hashlib
 import os

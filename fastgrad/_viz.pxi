@@ -2,6 +2,11 @@
 # gradient contributions of src_c/fg_explain.c handed to Python as arrays.
 # Included by _core.pyx; the formatting lives in fastgrad/viz.py.
 #
+# Takes from _core.pyx: the types Graph and Value, _enter, _raise_status,
+# NOGIL_MIN_NODES and np.  Gives _core.pyx _node_name and _set_node_name
+# (Value.name and Value(data, name=...) store names here; moving that storage
+# out of this file is left to the Value/Graph rework, issue 11).
+#
 # Names cost no Python object per node: a graph keeps one dict {slot: name}
 # for the nodes that have one, and the C flag array `named` says which slots
 # those are.  fg_alloc_node clears the flag, so a reused slot never shows the

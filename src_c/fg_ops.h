@@ -33,7 +33,7 @@
  * expand these lists, and the glue reads the arrays below (fastgrad's
  * op_table()), so adding an op touches this file and nothing else in C.
  *
- * Subgradient conventions (docs/design.md, "Ops"): relu'(0) = 0, abs'(0) = 0,
+ * Subgradient conventions (docs/design.md section 3): relu'(0) = 0, abs'(0) = 0,
  * maximum/minimum ties split 0.5/0.5 (as PyTorch and JAX).  A NaN operand of
  * relu/maximum/minimum gets a zero derivative (maximum/minimum give a NaN
  * value; PyTorch 2.x passes the gradient through instead).  x**0 has
@@ -171,16 +171,20 @@ static inline double fg_exp_half_sq(double a) {
 /* gelu(a) = a Phi(a) = a/2 erfc(-a/sqrt 2): erfc keeps the digits that
  * 1 + erf(a/sqrt 2) cancels for a < 0. */
 static inline double fg_gelu(double a) {
-    return 0.5 * a * erfc(-a * FG_SQRT1_2);
+    double e = erfc(-a * FG_SQRT1_2);
+    return (e == 0.0) ? copysign(0.0, a) : 0.5 * a * e;   /* -inf: -0.0, not nan */
 }
 
-/* gelu'(a) = Phi(a) + a phi(a);  gelu''(a) = phi(a) (2 - a^2). */
+/* gelu'(a) = Phi(a) + a phi(a);  gelu''(a) = phi(a) (2 - a^2).  Where phi
+ * underflows its term is 0 (at +-inf too: 1 and 0, not inf * 0). */
 static inline double fg_dgelu(double a) {
-    return 0.5 * erfc(-a * FG_SQRT1_2) + a * (FG_INV_SQRT_2PI * fg_exp_half_sq(a));
+    double p = FG_INV_SQRT_2PI * fg_exp_half_sq(a);
+    return 0.5 * erfc(-a * FG_SQRT1_2) + ((p == 0.0) ? 0.0 : a * p);
 }
 
 static inline double fg_d2gelu(double a) {
-    return (FG_INV_SQRT_2PI * fg_exp_half_sq(a)) * (2.0 - a * a);
+    double p = FG_INV_SQRT_2PI * fg_exp_half_sq(a);
+    return (p == 0.0) ? 0.0 : p * (2.0 - a * a);
 }
 
 /* softplus(a) = log(1 + e**a) = max(a, 0) + log1p(e**-|a|): never overflows. */

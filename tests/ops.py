@@ -26,7 +26,7 @@ below.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 INF = math.inf
@@ -192,11 +192,13 @@ def _exp_half_sq(a: float) -> float:
 
 
 def _gelu(a: float) -> float:
-    return 0.5 * a * math.erfc(-a * SQRT1_2)
+    e = math.erfc(-a * SQRT1_2)
+    return math.copysign(0.0, a) if e == 0.0 else 0.5 * a * e
 
 
 def _dgelu(a: float) -> float:
-    return 0.5 * math.erfc(-a * SQRT1_2) + a * (INV_SQRT_2PI * _exp_half_sq(a))
+    p = INV_SQRT_2PI * _exp_half_sq(a)
+    return 0.5 * math.erfc(-a * SQRT1_2) + (0.0 if p == 0.0 else a * p)
 
 
 def _softplus(a: float) -> float:
@@ -252,9 +254,9 @@ class Op:
 
     name: str
     kind: str                                  # "unary", "binary", "nary"
-    fwd: Optional[Callable] = None
-    da: Optional[Callable] = None
-    db: Optional[Callable] = None
+    fwd: Any = None                            # Callable; None for the n-ary ops
+    da: Any = None
+    db: Any = None
     symbol: Optional[str] = None               # binary: the Python operator
     dunder: Optional[str] = None               # binary: "add" for __add__/__radd__
     params: tuple = ()                         # parameter tuples a step draws from
@@ -264,7 +266,6 @@ class Op:
     discontinuous: bool = False                # a last-ulp move may jump the value
     method: bool = True                        # a Value method (unary: also a function)
     torch: Optional[Callable] = None           # (torch, a, *params) or (torch, a, b)
-    derivative_kinks: tuple = field(default=())  # inputs where d jumps (branching ops)
 
 
 def _as_tensor(torch, x):
@@ -315,13 +316,15 @@ def _t_gelu(torch, a):
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
-            return x * 0.5 * torch.special.erfc(-x * SQRT1_2)
+            e = torch.special.erfc(-x * SQRT1_2)
+            return torch.where(e == 0.0, torch.copysign(torch.zeros_like(x), x), x * 0.5 * e)
 
         @staticmethod
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
-            d = 0.5 * torch.special.erfc(-x * SQRT1_2) + x * (INV_SQRT_2PI * torch.exp(-0.5 * x * x))
-            return g * d
+            p = INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+            term = torch.where(p == 0.0, torch.zeros_like(x), x * p)
+            return g * (0.5 * torch.special.erfc(-x * SQRT1_2) + term)
 
     return Gelu.apply(a)
 

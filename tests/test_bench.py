@@ -72,7 +72,7 @@ def test_missing_engine_is_reported_as_skipped(quick_run):
 def test_markdown_table_and_targets_on_stdout(quick_run):
     proc, doc, _ = quick_run
     assert "| workload | variant | engine | median | min | max |" in proc.stdout
-    assert "Targets (docs/design.md (contract section 5))" in proc.stdout
+    assert "Targets (docs/design.md section 5)" in proc.stdout
     assert {t["target"] for t in doc["targets"]} >= {"seed fwd+bwd", "compiled replay vs C floor"}
     assert doc["meta"]["cpus"] and "loadavg_1_5_15_at_start" in doc["meta"]
 

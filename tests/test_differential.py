@@ -3,7 +3,7 @@
 Random programs over every op (tests/programs.py) must give the reference's
 values and gradients: within 1e-12 of the reference's error scale, NaN exactly
 where it is NaN, the same infinities.  Hand-picked points pin each op's
-formula and the conventions of docs/design.md (contract section 3) (relu'(0) = 0, abs'(0) = 0,
+formula and the conventions of docs/design.md section 3 (relu'(0) = 0, abs'(0) = 0,
 ties split 0.5/0.5, IEEE results instead of exceptions) on both engines, so
 the oracle itself is checked against numbers written down by hand.
 """
@@ -156,6 +156,14 @@ UNARY_CASES = {
     "sqrt": [(4.0, 2.0, 0.25), (0.0, 0.0, INF), (-1.0, NAN, NAN), (INF, INF, 0.0)],
     "sin": [(0.0, 0.0, 1.0), (math.pi / 2, 1.0, math.cos(math.pi / 2)), (INF, NAN, NAN)],
     "cos": [(0.0, 1.0, -0.0), (math.pi / 2, math.cos(math.pi / 2), -1.0), (-INF, NAN, NAN)],
+    "log1p": [(0.0, 0.0, 1.0), (1e-20, 1e-20, 1.0), (-1.0, -INF, INF), (-2.0, NAN, -1.0), (INF, INF, 0.0)],
+    "expm1": [(0.0, 0.0, 1.0), (1e-20, 1e-20, 1.0), (1000.0, INF, INF), (-INF, -1.0, 0.0)],
+    "tan": [(0.0, 0.0, 1.0), (math.pi / 4, math.tan(math.pi / 4), 1.0 + math.tan(math.pi / 4) ** 2),
+            (INF, NAN, NAN)],
+    "atan": [(0.0, 0.0, 1.0), (-1.0, -math.pi / 4, 0.5), (INF, math.pi / 2, 0.0), (1e200, math.pi / 2, 0.0)],
+    "softplus": [(0.0, math.log(2.0), 0.5), (1000.0, 1000.0, 1.0), (-1000.0, 0.0, 0.0), (INF, INF, 1.0),
+                 (-INF, 0.0, 0.0), (NAN, NAN, NAN)],
+    "gelu": [(0.0, 0.0, 0.5), (INF, INF, 1.0), (-INF, -0.0, 0.0), (-40.0, -0.0, 0.0), (NAN, NAN, NAN)],
 }
 
 # (a, b, value, d/da, d/db)
@@ -188,6 +196,12 @@ BINARY_CASES = {
         (1.0, NAN, NAN, 0.0, 0.0),
         (-INF, -INF, -INF, 0.5, 0.5),
     ],
+    # Python's float // and % (the remainder has the divisor's sign); a zero
+    # divisor gives IEEE results; d/db of a % b is -(a // b), as PyTorch.
+    "floordiv": [(7.5, -2.0, -4.0, 0.0, 0.0), (1.0, 0.0, INF, 0.0, 0.0), (-1.0, 0.0, -INF, 0.0, 0.0),
+                 (5.0, INF, 0.0, 0.0, 0.0), (-5.0, INF, -1.0, 0.0, 0.0)],
+    "mod": [(7.5, -2.0, -0.5, 1.0, 4.0), (-6.0, 3.0, 0.0, 1.0, 2.0), (5.0, 3.0, 2.0, 1.0, -1.0),
+            (1.0, 0.0, NAN, 1.0, -INF)],
     "minimum": [
         (1.0, 2.0, 1.0, 1.0, 0.0),
         (3.0, 2.0, 2.0, 0.0, 1.0),

@@ -1,4 +1,4 @@
-"""docs/design.md (contract section 2): use counts, prompt iterative freeing, slot reuse, graphs, threads."""
+"""docs/design.md section 2: use counts, prompt iterative freeing, slot reuse, graphs, threads."""
 
 import gc
 import threading

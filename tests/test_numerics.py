@@ -1,4 +1,4 @@
-"""Numerical robustness at the edges (docs/design.md (contract section 3)): sigmoid, tanh, exp
+"""Numerical robustness at the edges (docs/design.md section 3): sigmoid, tanh, exp
 and log for |x| up to 1e308 and at +-inf and nan, pow with negative and zero
 bases, 0**0, and maximum/minimum ties and NaNs.
 

@@ -1,4 +1,4 @@
-"""Compiled replay (docs/design.md (contract section 4)): a Function equals the dynamic engine."""
+"""Compiled replay (docs/design.md section 4): a Function equals the dynamic engine."""
 
 import math
 import pickle

@@ -1,4 +1,4 @@
-"""docs/design.md (contract section 3), one promise per test."""
+"""docs/design.md section 3, one promise per test."""
 
 import math
 
@@ -292,3 +292,52 @@ def test_backward_after_slot_reuse_puts_parents_above_children():
         chain.backward()
         assert x.grad == pytest.approx(3.0 ** 30, rel=1e-14)
         assert fastgrad.grad(chain, x) == x.grad
+
+
+# -- the ops added with the op registry (tests/ops.py) ---------------------------
+
+
+def test_leaky_relu_has_the_slope_at_zero_and_below():
+    for x, want_y, want_d in [(2.0, 2.0, 1.0), (0.0, 0.0, 0.1), (-3.0, -0.30000000000000004, 0.1)]:
+        v = Value(x)
+        y = v.leaky_relu(0.1)
+        y.backward()
+        assert (y.data, v.grad) == (want_y, want_d)
+    v = Value(-2.0)
+    fastgrad.leaky_relu(v).backward()                  # default slope 0.01, as PyTorch
+    assert v.grad == 0.01
+
+
+def test_clamp_passes_the_gradient_inside_and_on_its_bounds():
+    for x, want_y, want_d in [(0.5, 0.5, 1.0), (-1.0, -1.0, 1.0), (1.0, 1.0, 1.0),
+                              (-3.0, -1.0, 0.0), (3.0, 1.0, 0.0)]:
+        v = Value(x)
+        y = v.clamp(-1.0, 1.0)
+        y.backward()
+        assert (y.data, v.grad) == (want_y, want_d), x
+    v = Value(0.0)
+    y = v.clamp(2.0, -2.0)                             # min > max: max, as PyTorch
+    y.backward()
+    assert (y.data, v.grad) == (-2.0, 0.0)
+    assert fastgrad.clamp(5.0, max=3.0).data == 3.0 and Value(5.0).clamp(min=6).data == 6.0
+    with pytest.raises(ValueError, match="min or max"):
+        Value(1.0).clamp()
+
+
+def test_floordiv_and_mod_equal_pythons_floats():
+    grid = [7.5, -7.5, 6.0, -6.0, 0.25, -0.0, 0.0, 1e300, 3.0]
+    for a in grid:
+        for b in [2.0, -2.0, 3.0, -0.5, 1e-300, math.inf, -math.inf]:
+            for got, want in [((Value(a) // b).data, a // b), ((Value(a) % b).data, a % b),
+                              ((a // Value(b)).data, a // b), ((a % Value(b)).data, a % b),
+                              ((Value(a) // Value(b)).data, a // b)]:
+                assert got == want and math.copysign(1.0, got) == math.copysign(1.0, want), (a, b)
+
+
+def test_mod_gradients_are_pytorchs():
+    a, b = Value(7.5), Value(-2.0)
+    (a % b).backward()
+    assert (a.grad, b.grad) == (1.0, 4.0)              # 1 and -(a // b)
+    a, b = Value(7.5), Value(-2.0)
+    (a // b).backward()
+    assert (a.grad, b.grad) == (0.0, 0.0)

@@ -12,7 +12,7 @@ After every step, for every live handle: the value and the gradient agree
 with the reference (``programs.close``: NaN where it is NaN, equal
 infinities, finite values within 1e-12 of the reference's error scale), and
 every graph reports as ``live_nodes`` exactly the number of model nodes
-reachable from live handles (docs/design.md (contract section 2): a node lives while a handle
+reachable from live handles (docs/design.md section 2: a node lives while a handle
 or a consumer does).
 
 CI runs a fixed budget (50 examples of up to 30 steps).  The long run is

@@ -1,4 +1,4 @@
-"""Threads (docs/design.md (contract section 2) and 4): each thread builds into its own graphs,
+"""Threads (docs/design.md sections 2 and 4): each thread builds into its own graphs,
 sweeps run with the GIL released, Functions may be called from several
 threads at once, and a handle may be dropped from any thread.
 

@@ -3,7 +3,7 @@
 An independent second opinion next to the reference engine: values and
 gradients (leaves and intermediates) must agree within 1e-12 of the
 reference's error scale.  Where torch's convention legitimately differs from
-docs/design.md (contract section 3) the comparison is skipped, and ``torch_differs`` says why.
+docs/design.md section 3 the comparison is skipped, and ``torch_differs`` says why.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
     python tools/fuzz_load.py --write-seeds corpus_dir/   # the seed corpus only
     python tools/fuzz_load.py crash-<sha1>                # replay one input
 
-The promise (docs/design.md (contract section 4)): whatever the bytes, ``fastgrad.load``
+The promise (docs/design.md section 4): whatever the bytes, ``fastgrad.load``
 raises ValueError (OSError for the file itself; MemoryError when a hostile
 header asks for more memory than there is) or returns a Function that is
 safe to run -- never a crash, never an out-of-bounds read.  Anything else

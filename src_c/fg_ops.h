@@ -168,10 +168,32 @@ static inline double fg_exp_half_sq(double a) {
     return e - e * (0.5 * err);
 }
 
+#define FG_SQRT1_2_LO -4.833646656726457e-17   /* 1/sqrt(2) - FG_SQRT1_2 */
+#define FG_2_SQRT_PI 1.1283791670955126          /* 2/sqrt(pi) */
+
+/* 2 Phi(a) = erfc(-a/sqrt 2).  erfc's conditioning (~z^2 at z = -a/sqrt 2)
+ * would amplify the rounding of z into ~60 ulps at a = -12: z's error d
+ * (Dekker's product, and 1/sqrt 2's own) is taken out to first order,
+ * erfc(z + d) = erfc(z) - d (2/sqrt pi) e**(-z^2). */
+static inline double fg_erfc_scaled(double a) {
+    double z = -a * FG_SQRT1_2;
+    double e = erfc(z);
+    if (!(fabs(a) < 1e150) || e == 0.0) {
+        return e;
+    }
+    double t = 134217729.0 * a;
+    double hi = t - (t - a), lo = a - hi;
+    double u = 134217729.0 * FG_SQRT1_2;
+    double shi = u - (u - FG_SQRT1_2), slo = FG_SQRT1_2 - shi;
+    double err = ((hi * shi - (a * FG_SQRT1_2)) + hi * slo + lo * shi) + lo * slo;
+    double d = -(err + a * FG_SQRT1_2_LO);             /* z_exact = z + d */
+    return e - d * (FG_2_SQRT_PI * exp(-z * z));
+}
+
 /* gelu(a) = a Phi(a) = a/2 erfc(-a/sqrt 2): erfc keeps the digits that
  * 1 + erf(a/sqrt 2) cancels for a < 0. */
 static inline double fg_gelu(double a) {
-    double e = erfc(-a * FG_SQRT1_2);
+    double e = fg_erfc_scaled(a);
     return (e == 0.0) ? copysign(0.0, a) : 0.5 * a * e;   /* -inf: -0.0, not nan */
 }
 
@@ -179,7 +201,7 @@ static inline double fg_gelu(double a) {
  * underflows its term is 0 (at +-inf too: 1 and 0, not inf * 0). */
 static inline double fg_dgelu(double a) {
     double p = FG_INV_SQRT_2PI * fg_exp_half_sq(a);
-    return 0.5 * erfc(-a * FG_SQRT1_2) + ((p == 0.0) ? 0.0 : a * p);
+    return 0.5 * fg_erfc_scaled(a) + ((p == 0.0) ? 0.0 : a * p);
 }
 
 static inline double fg_d2gelu(double a) {

@@ -191,14 +191,35 @@ def _exp_half_sq(a: float) -> float:
     return e - e * (0.5 * err)
 
 
+SQRT1_2_LO = -4.833646656726457e-17
+TWO_SQRT_PI = 1.1283791670955126
+
+
+def _erfc_scaled(a: float) -> float:
+    """fg_erfc_scaled: erfc(-a/sqrt 2) with the rounding of -a/sqrt 2 taken out."""
+    z = -a * SQRT1_2
+    e = math.erfc(z)
+    if not abs(a) < 1e150 or e == 0.0:
+        return e
+    t = 134217729.0 * a
+    hi = t - (t - a)
+    lo = a - hi
+    u = 134217729.0 * SQRT1_2
+    shi = u - (u - SQRT1_2)
+    slo = SQRT1_2 - shi
+    err = ((hi * shi - (a * SQRT1_2)) + hi * slo + lo * shi) + lo * slo
+    d = -(err + a * SQRT1_2_LO)
+    return e - d * (TWO_SQRT_PI * math.exp(-z * z))
+
+
 def _gelu(a: float) -> float:
-    e = math.erfc(-a * SQRT1_2)
+    e = _erfc_scaled(a)
     return math.copysign(0.0, a) if e == 0.0 else 0.5 * a * e
 
 
 def _dgelu(a: float) -> float:
     p = INV_SQRT_2PI * _exp_half_sq(a)
-    return 0.5 * math.erfc(-a * SQRT1_2) + (0.0 if p == 0.0 else a * p)
+    return 0.5 * _erfc_scaled(a) + (0.0 if p == 0.0 else a * p)
 
 
 def _softplus(a: float) -> float:

@@ -24,7 +24,7 @@
 #
 # Linux with gcc (CC=...; the runtimes come from `$CC -print-file-name`); the
 # python running it needs cython>=3,
-# setuptools>=77 and numpy>=2 (the build) besides the test requirements.
+# setuptools>=77 (the build) and numpy besides the test requirements.
 # FASTGRAD_SANITIZE picks the sanitizers (default address,undefined); KEEP=1
 # keeps the scratch copy.
 set -euo pipefail

@@ -127,6 +127,10 @@ def torch_differs(program: Program, fg_values: list, torch_values: list, fg_grad
     - c / b for a number c: torch computes c * (1/b) and multiplies the
       incoming gradient by c first, which can overflow where fastgrad's
       -c/(b*b) does not.
+    - tanh and sigmoid at |x| >= 2: torch differentiates from the output,
+      1 - y*y and y(1 - y), which cancel as y nears +-1 (to 0.0 past |x| ~ 19
+      and ~ 37); fastgrad computes them from the input (fg_ops.h; measured
+      against mpmath in tests/test_precision.py).
     Every slot upstream of one of these is skipped too: the difference flows
     into each gradient that passes through it.
     """
@@ -143,6 +147,8 @@ def torch_differs(program: Program, fg_values: list, torch_values: list, fg_grad
         if step.op in ("relu", "maximum", "minimum", "pow") and not math.isfinite(fg_grads[i]):
             tainted.add(i)
         if step.op == "div" and isinstance(operands[0], Const) and not math.isfinite(fg_grads[i] * x[0]):
+            tainted.add(i)
+        if step.op in ("tanh", "sigmoid") and abs(x[0]) >= 2.0:
             tainted.add(i)
     return tainted
 

@@ -828,7 +828,7 @@ def dask_scaling(cfg, log) -> list[dict]:
 
 
 def dask_scaling_targets(results) -> list[dict]:
-    """DESIGN.md section 5: 2 workers >= 1.6x one; 2 workers within 1.25x of one process."""
+    """docs/design.md section 5: 2 workers >= 1.6x one; 2 workers within 1.25x of one process."""
     got = {r["engine"]: r for r in results if r["workload"] == "dask_scaling" and r["status"] == "ok"}
     one, two, ref = (got.get(DASK_WORKERS[1]), got.get(DASK_WORKERS[2]), got.get(DASK_ONE))
     out = []

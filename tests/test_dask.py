@@ -1,4 +1,4 @@
-"""Batched replay over Dask arrays (DESIGN.md section 4, "Beyond one machine").
+"""Batched replay over Dask arrays (docs/design.md, "Beyond one machine").
 
 Dask arrays in, Dask arrays out: per-row values equal the numpy call exactly, the
 gradient summed over rows (a tree reduction) within 1e-12 relative, on the

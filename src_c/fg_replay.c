@@ -33,44 +33,26 @@ void fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v
     }
 }
 
-/* Tangents (forward mode), one row: tan of the inputs is set by the caller. */
+/* Tangents (forward mode), one row: tan of the inputs is set by the caller.
+ * The shared edge rule (fg_internal.h) gives each edge's derivative d. */
 void fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
-    const double *cst = t->cst, *ocst = t->ocst;
-    for (int64_t i = t->n_in; i < t->n; i++) {
+    const double *val = v, *cst = t->cst, *ocst = t->ocst;
+    for (int64_t n = t->n_in; n < t->n; n++) {
         double s = 0.0;
-        const double c = cst[i];
-        const int o = op[i];
-#define FG_TJVP_NARY(NAME, group, term, da, db, dab)                           \
-        if (o == FG_OP_##NAME) {                                                \
-            for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
-                FG_GROUP_AT(k, group, opnd, ocst, v)                            \
-                const double da_ = (da), db_ = (db);                            \
-                if (p >= 0) s += da_ * tan[p];                                  \
-                if (q >= 0) s += db_ * tan[q];                                  \
-            }                                                                   \
-        } else
-        FG_NARY_TABLE(FG_TJVP_NARY)
-#undef FG_TJVP_NARY
-        switch (o) {
-#define FG_TJVP_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
-        case FG_OP_##NAME:                                                      \
-            if (arity == 1) {                                                   \
-                double a = v[A[i]], b = 0.0, y = v[i];                          \
-                (void)a; (void)b; (void)y;                                      \
-                s = (da) * tan[A[i]];                                           \
-            } else if (arity == 2) {                                            \
-                double a = v[A[i]], b = v[B[i]], y = v[i];                      \
-                (void)a; (void)b; (void)y;                                      \
-                s = (da) * tan[A[i]] + (db) * tan[B[i]];                        \
-            }                                                                   \
-            (void)c;                                                            \
-            break;
-        FG_OP_TABLE(FG_TJVP_ROW)
-#undef FG_TJVP_ROW
+        const int o = op[n];
+        if (fg_is_nary(o)) {
+#define FG_EDGE(pos, p, d) s += (d) * tan[p]
+            FG_NARY_EDGES(o)
+#undef FG_EDGE
+        } else {
+/* da*ta + db*tb, rounded as that one expression: the first edge assigns. */
+#define FG_EDGE(pos, p, d) s = ((pos) == 0) ? (d) * tan[p] : s + (d) * tan[p]
+            FG_ROW_EDGES(o)
+#undef FG_EDGE
         }
-        tan[i] = s;
+        tan[n] = s;
     }
 }
 
@@ -91,7 +73,7 @@ void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double 
         const int o = op[i];
 /* A term is linear in each operand: the second order is the cross term, which
  * only groups of two have. */
-#define FG_THVP_NARY(NAME, group, term, da, db, dab)                           \
+#define FG_THVP_NARY(NAME, group, term, da, db, dab, ...)                      \
         if (o == FG_OP_##NAME) {                                                \
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
                 FG_GROUP_AT(k, group, opnd, ocst, v)                            \
@@ -115,7 +97,7 @@ void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double 
         FG_NARY_TABLE(FG_THVP_NARY)
 #undef FG_THVP_NARY
         switch (o) {
-#define FG_THVP_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
+#define FG_THVP_ROW(NAME, str, arity, constant, fwd, da, db, daa, dab, dbb, ...) \
         case FG_OP_##NAME:                                                      \
             if (arity == 1) {                                                   \
                 double a = v[A[i]], b = 0.0, y = v[i], ta = tan[A[i]];          \

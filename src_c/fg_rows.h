@@ -155,7 +155,7 @@ FG_ROWS_STORAGE void FG_ROWS_FN(forward)(const fg_tape_t *t, int64_t ld, int64_t
         }                                                                       \
         for (int l = 0; l < (NV); l++) FG_VSTORE(y + r0 + l * FG_W, acc[l]);    \
     }
-#define FG_TFWD_NARY(NAME, group, term, da, db, dab)                           \
+#define FG_TFWD_NARY(NAME, group, term, ...)                                   \
         if (o == FG_OP_##NAME) {                                                \
             int64_t r0 = 0;                                                     \
             for (; r0 + FG_TILE <= m; r0 += FG_TILE) FG_NARY_TILE(FG_TV, group, term) \
@@ -171,7 +171,7 @@ FG_ROWS_STORAGE void FG_ROWS_FN(forward)(const fg_tape_t *t, int64_t ld, int64_t
         FG_NARY_TABLE(FG_TFWD_NARY)
 #undef FG_TFWD_NARY
         switch (o) {
-#define FG_TFWD_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
+#define FG_TFWD_ROW(NAME, str, arity, constant, fwd, ...)                      \
         case FG_OP_##NAME:                                                      \
             if (arity == 0) {                                                   \
                 for (int64_t r = 0; r < m; r++) y[r] = c;                       \
@@ -401,7 +401,7 @@ FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t
         const int64_t m = ui ? 1 : nb;
         const int o = op[i];
 /* Each operand's adjoint: per row, or (a uniform operand) reduced over the rows. */
-#define FG_TREV_NARY(NAME, group, term, da, db, dab)                           \
+#define FG_TREV_NARY(NAME, group, term, da, db, ...)                           \
         if (o == FG_OP_##NAME) {                                                \
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
                 FG_ROWS_GROUP_AT(k, group)                                      \
@@ -418,7 +418,7 @@ FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t
         switch (o) {
 /* Unary and binary rows.  A uniform parent of a per-row node gets the sum of
  * g[r] * d(r), computed through the block buffer d. */
-#define FG_TREV_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
+#define FG_TREV_ROW(NAME, str, arity, constant, fwd, da, db, ...)              \
         case FG_OP_##NAME:                                                      \
             if (arity == 1) {                                                   \
                 const double *pa = v + A[i] * ld, *py = v + i * ld;             \

@@ -35,6 +35,7 @@ cdef extern from "fastgrad.h" nogil:
         FG_OP_COS
         FG_OP_SUM
         FG_OP_DOT
+        FG_OP_USER
         FG_OP_COUNT
 
     enum:
@@ -43,6 +44,10 @@ cdef extern from "fastgrad.h" nogil:
         FG_ENONFINITE
         FG_EINVAL
         FG_EPINNED
+        FG_ECALLBACK
+        FG_OWNED
+
+    ctypedef int (*fg_user_fn)(void *ctx, int32_t node)
 
     ctypedef struct fg_graph_t:
         uint8_t *op
@@ -54,7 +59,8 @@ cdef extern from "fastgrad.h" nogil:
         double *cst
         int32_t *mark
         int32_t *order
-        uint8_t *named
+        void **obj
+        uint8_t *flags
         int64_t capacity
         int64_t top
         int64_t live
@@ -71,6 +77,13 @@ cdef extern from "fastgrad.h" nogil:
         int32_t *origin
         int32_t tag
         int32_t pinned
+        void **release
+        int64_t nrelease
+        int64_t release_cap
+        int64_t nowned
+        int64_t nuser
+        fg_user_fn user_fn
+        void *user_ctx
 
     int fg_graph_init(fg_graph_t *g, int64_t capacity)
     void fg_graph_free(fg_graph_t *g)
@@ -80,6 +93,7 @@ cdef extern from "fastgrad.h" nogil:
     int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget)
     void fg_release_resume(fg_graph_t *g, int64_t pending)
     int64_t fg_graph_bytes(const fg_graph_t *g)
+    int fg_reserve_release(fg_graph_t *g, int64_t n)
     int fg_track_origins(fg_graph_t *g)
     const char *fg_op_name(int op)
     const char *fg_op_key(int op)
@@ -92,6 +106,8 @@ cdef extern from "fastgrad.h" nogil:
     int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b)
     int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
                     const double *cst, double c)
+    int32_t fg_user(fg_graph_t *g, double y, int64_t n, const int32_t *idx)
+    int fg_local_backward(fg_graph_t *g, int32_t n)
 
     int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order)
     int fg_backward(fg_graph_t *g, int32_t out, int check_finite)
@@ -129,19 +145,14 @@ cdef extern from "fastgrad.h" nogil:
                      double *adjt)
 
 
-cdef class _Flag:
-    cdef int depth
-
-
 cdef class Graph:
     cdef fg_graph_t g
-    cdef unsigned long long owner   # id of the thread state that made it
-    cdef _Flag anomaly              # that thread's detect_anomaly depth
     cdef int64_t serial             # names the graph in error messages
-    cdef int32_t *deferred          # handles dropped by other threads
-    cdef int64_t ndeferred
-    cdef int64_t deferred_cap
-    cdef dict names                 # {slot: name} where the node's named flag is set
+    cdef int busy                   # C runs on the graph with the GIL released, or
+                                    # a sweep calls Python (user ops): ops wait
+    cdef unsigned long long busy_tid  # the thread that holds busy
+    cdef list deferred              # (slot, stash or None) of handles dropped while busy
+    cdef object cb_error            # the exception a user op's _backward raised
     cdef list origins               # anomaly mode: tag -> "file:line (in func)"
     cdef dict origin_tags           # and back
     cdef int _drain(self) except -1
@@ -150,5 +161,9 @@ cdef class Graph:
 cdef class Value:
     cdef readonly Graph graph       # the Graph that holds this node
     cdef int32_t idx                # slot in the graph's arrays
+    cdef object _name               # name/label (str) or None
+    cdef object _bw                 # a user op's _backward (callable) or None
+    cdef object _uop                # a user op's _op (str) or None
+    cdef dict __dict__
+    cdef object __weakref__
     cdef Graph _live_graph(self)
-

@@ -126,7 +126,9 @@ static inline double fg_d2pow_bb(double a, double e, double y) {
     X(COS,     "cos",     1, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0) \
     /* n-ary: code and name only; their rules are in FG_NARY_TABLE */                              \
     X(SUM,     "sum",    -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(DOT,     "dot",    -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0)
+    X(DOT,     "dot",    -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
+    /* a user-defined op: parents in the side array, value given, rule in Python */              \
+    X(USER,    "user",   -1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0)
 
 /* N(NAME, GROUP, term, da, db, dab): y = c + the terms of the groups, in order.
  * sum: c + x0 + x1 + ...;  dot: c + x0*x1 + x2*x3 + ... */

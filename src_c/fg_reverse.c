@@ -123,10 +123,25 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
  * once per edge.  Each sweep below defines FG_SEND its own way.  The n-ary ops
  * come first, as an if-else chain, then a switch over the fixed-arity rows. */
 #define FG_SWEEP_BODY                                                           \
+    FG_REV_USER                                                                 \
     FG_NARY_TABLE(FG_REV_NARY)                                                  \
     switch (o) {                                                                \
         FG_OP_TABLE(FG_REV_ROW)                                                 \
     }
+
+/* A USER node: its Python _backward (through user_fn) adds to its parents'
+ * entries itself; the sends of 0.0 only keep Kahn's consumer counts. */
+#define FG_REV_USER                                                             \
+    if (o == FG_OP_USER) {                                                      \
+        if (user_fn != NULL && user_fn(g->user_ctx, n) != 0) {                  \
+            g->err_node = n;                                                    \
+            goto failed;                                                        \
+        }                                                                       \
+        const int32_t *ops = opnd + A[n];                                       \
+        for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {                         \
+            FG_SEND(ops[k], 0.0);                                               \
+        }                                                                       \
+    } else
 
 #define FG_REV_NARY(NAME, group, term, da, db, dab)                            \
     if (o == FG_OP_##NAME) {                                                    \
@@ -173,6 +188,7 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, f
     const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
     const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
     int32_t *mark = g->mark, *stack = g->order;
+    const fg_user_fn user_fn = g->user_fn;
     int64_t sp = 0;
 
     if (r.ordered && (int64_t)out - r.lo + 1 <= 4 * r.count) {
@@ -221,9 +237,34 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, f
 
 nonfinite:
     return FG_ENONFINITE;
+failed:
+    return FG_ECALLBACK;
+}
+
+int fg_local_backward(fg_graph_t *g, int32_t n) {
+    if (!fg_is_live(g, n)) {
+        return FG_EINVAL;
+    }
+    const uint8_t *op = g->op;
+    const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
+    const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
+    double *grad = g->grad;
+    double gn = grad[n];
+    int o = op[n];
+    if (o == FG_OP_USER) {
+        return FG_OK;
+    }
+#define FG_SEND(p, d) (grad[p] += (d))
+    FG_NARY_TABLE(FG_REV_NARY)
+    switch (o) {
+        FG_OP_TABLE(FG_REV_ROW)
+    }
+#undef FG_SEND
+    return FG_OK;
 }
 
 #undef FG_CHECK
+#undef FG_REV_USER
 #undef FG_REV_ROW
 #undef FG_REV_NARY
 #undef FG_SWEEP_BODY
@@ -236,6 +277,12 @@ static int fg_fail_nonfinite(fg_graph_t *g, int32_t n) {
     return FG_ENONFINITE;
 }
 
+/* A sweep that stopped with status rc (FG_ENONFINITE or FG_ECALLBACK). */
+static int fg_fail_sweep(fg_graph_t *g, int rc) {
+    fg_fail_nonfinite(g, g->err_node);
+    return rc;
+}
+
 int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
     if (!fg_is_live(g, out)) {
         return FG_EINVAL;
@@ -243,7 +290,7 @@ int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
     fg_reach_t r = fg_reach(g, 1, &out, g->grad, 1);
     g->grad[out] += 1.0;
     int rc = fg_sweep(g, out, g->grad, check_finite, r);
-    return rc == FG_OK ? FG_OK : fg_fail_nonfinite(g, g->err_node);
+    return rc == FG_OK ? FG_OK : fg_fail_sweep(g, rc);
 }
 
 int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
@@ -264,7 +311,7 @@ int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
     adj[out] = 1.0;
     int rc = fg_sweep(g, out, adj, check_finite, r);
     if (rc != FG_OK) {
-        return fg_fail_nonfinite(g, g->err_node);
+        return fg_fail_sweep(g, rc);
     }
     for (int64_t k = 0; k < nwrt; k++) {
         result[k] = result[k] != 0.0 ? adj[wrt[k]] : 0.0;
@@ -307,3 +354,4 @@ int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *or
 #undef FG_RELEASE
     return count;
 }
+

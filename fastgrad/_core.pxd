@@ -155,6 +155,7 @@ cdef class Graph:
     cdef object cb_error            # the exception a user op's _backward raised
     cdef list origins               # anomaly mode: tag -> "file:line (in func)"
     cdef dict origin_tags           # and back
+    cdef object __weakref__
     cdef int _drain(self) except -1
 
 

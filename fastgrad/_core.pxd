@@ -1,6 +1,7 @@
 # _core.pxd -- the C boundary (src_c/fastgrad.h, mirrored one to one) and the
 # extension types' layout.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 
 
@@ -162,9 +163,7 @@ cdef class Graph:
 cdef class Value:
     cdef readonly Graph graph       # the Graph that holds this node
     cdef int32_t idx                # slot in the graph's arrays
-    cdef object _name               # name/label (str) or None
-    cdef object _bw                 # a user op's _backward (callable) or None
-    cdef object _uop                # a user op's _op (str) or None
-    cdef dict __dict__
+    cdef PyObject *_ext             # an _Ext (name, user op's _op/_backward) or NULL
+    cdef PyObject *_attrs           # the instance dict (tp_dictoffset), made on first use
     cdef object __weakref__
     cdef Graph _live_graph(self)

@@ -239,38 +239,78 @@ cdef int _raise_status(Graph g, int rc) except -1:
 # a Value of the same type with the same state.  C hands a freed node's
 # stash to g.g.release, dropped here (_drop_released).
 
+@cython.final
+cdef class _Ext:
+    """A Value's rarely used fields: its name, a user op's _op and _backward
+    (NULL in most Values, so making and dropping one costs no more)."""
+    cdef object name, bw, uop
+
+
 @cython.no_gc
 @cython.final
 cdef class _Stash:
     """What a Value was, beyond its node: kept by the node (see above)."""
-    cdef object tp, name, bw, uop
+    cdef object tp
+    cdef _Ext ext
     cdef dict d
+
+
+cdef inline _Ext _ext(Value v):
+    return None if v._ext == NULL else <_Ext>v._ext
+
+
+cdef _Ext _ext_for(Value v):
+    """v's _Ext, made on first use."""
+    cdef _Ext e
+    if v._ext == NULL:
+        e = _Ext.__new__(_Ext)
+        Py_IncRef(<PyObject *>e)
+        v._ext = <PyObject *>e
+    return <_Ext>v._ext
+
+
+cdef inline void _set_ext(Value v, _Ext e) noexcept:
+    cdef PyObject *old = v._ext
+    if e is None:
+        v._ext = NULL
+    else:
+        Py_IncRef(<PyObject *>e)
+        v._ext = <PyObject *>e
+    if old != NULL:
+        Py_DecRef(old)
+
+
+cdef inline object _name_of(Value v):
+    return None if v._ext == NULL else (<_Ext>v._ext).name
+
+
+cdef inline object _bw_of(Value v):
+    return None if v._ext == NULL else (<_Ext>v._ext).bw
+
+
+cdef inline object _uop_of(Value v):
+    return None if v._ext == NULL else (<_Ext>v._ext).uop
 
 
 cdef inline PyObject *_vdict(Value v) noexcept:
     """v's instance dict (borrowed), or NULL while it has none."""
-    cdef PyObject **p = _PyObject_GetDictPtr(v)
-    return NULL if p == NULL else p[0]
+    return v._attrs
 
 
 cdef inline void _set_vdict(Value v, object d) noexcept:
-    cdef PyObject **p = _PyObject_GetDictPtr(v)
-    cdef PyObject *old
-    if p == NULL:
-        return
-    old = p[0]
+    cdef PyObject *old = v._attrs
     if d is None:
-        p[0] = NULL
+        v._attrs = NULL
     else:
         Py_IncRef(<PyObject *>d)
-        p[0] = <PyObject *>d
+        v._attrs = <PyObject *>d
     if old != NULL:
         Py_DecRef(old)
 
 
 cdef inline bint _has_state(Value v) noexcept:
     cdef PyObject *d
-    if type(v) is not Value or v._name is not None or v._bw is not None or v._uop is not None:
+    if type(v) is not Value or v._ext != NULL:
         return True
     d = _vdict(v)
     return d != NULL and len(<object>d) != 0
@@ -279,9 +319,7 @@ cdef inline bint _has_state(Value v) noexcept:
 cdef _Stash _stash_of(Value v):
     cdef _Stash st = _Stash.__new__(_Stash)
     st.tp = type(v)
-    st.name = v._name
-    st.bw = v._bw
-    st.uop = v._uop
+    st.ext = _ext(v)
     cdef PyObject *d = _vdict(v)
     st.d = None if d == NULL else <dict>d
     _set_vdict(v, None)     # taken, not shared: Cython's dealloc clears a Value's dict
@@ -310,21 +348,31 @@ cdef void _drop_released(Graph g) noexcept:
         Py_DecRef(<PyObject *>p)
 
 
-cdef int _release(Graph g, int32_t i) except -1:
+cdef void _release_rest(Graph g, int64_t pending) noexcept:
+    # A large cascade finishes with the GIL released; g is busy meanwhile.
+    _hold(g)
+    with nogil:
+        fg_release_resume(&g.g, pending)
+    g.busy = 0
+    g.busy_tid = 0
+
+
+cdef void _drain_unraisable(Graph g) noexcept:
+    try:
+        g._drain()
+    except BaseException:
+        pass
+
+
+cdef inline void _release(Graph g, int32_t i) noexcept:
     """Drops one use of node i (a handle's) at once; g must not be busy."""
     cdef int64_t pending = fg_release(&g.g, i, NOGIL_MIN_NODES)
     if pending:
-        # A large cascade finishes with the GIL released; g is busy meanwhile.
-        _hold(g)
-        with nogil:
-            fg_release_resume(&g.g, pending)
-        g.busy = 0
-        g.busy_tid = 0
+        _release_rest(g, pending)
     if g.g.nrelease:
         _drop_released(g)
     if g.deferred and not g.busy:
-        g._drain()
-    return 0
+        _drain_unraisable(g)
 
 
 cdef Value _wrap(Graph g, int32_t idx):
@@ -374,9 +422,7 @@ cdef object _node_value(Graph g, int32_t i):
     v.idx = i
     g.g.uses[i] += 1
     if st is not None:
-        v._name = st.name
-        v._bw = st.bw
-        v._uop = st.uop
+        _set_ext(v, st.ext)
         _set_vdict(v, st.d)
         g.g.flags[i] &= ~FG_OWNED
         g.g.nowned -= 1
@@ -732,7 +778,10 @@ cdef int _run_user_backward(Graph g, int32_t n) noexcept:
     cdef void *p = g.g.obj[n]
     if p == NULL:
         return 0
-    fn = (<_Stash>p).bw if g.g.flags[n] & FG_OWNED else (<Value>p)._bw
+    cdef _Ext e = (<_Stash>p).ext if g.g.flags[n] & FG_OWNED else _ext(<Value>p)
+    if e is None or e.bw is None:
+        return 0
+    fn = e.bw
     if fn is None:
         return 0
     try:
@@ -760,14 +809,81 @@ cdef traverseproc _value_base_traverse = NULL
 
 cdef int _value_traverse(PyObject *o, visitproc visit, void *arg) except -1:
     cdef Value v = <Value>o
+    cdef int rc
     cdef Graph g = v.graph
     if g is not None and v.idx >= 0 and g.g.uses[v.idx] > 1:
         return 0
+    if v._attrs != NULL:
+        rc = visit(v._attrs, arg)
+        if rc:
+            return rc
+    if v._ext != NULL:
+        rc = visit(v._ext, arg)
+        if rc:
+            return rc
     return _value_base_traverse(o, visit, arg)
 
 
+cdef void _value_dealloc(Value self) noexcept:
+    """A Value dies: its use of the node goes, its state stays with the node
+    when the node lives on (see "handles")."""
+    cdef Graph g = self.graph
+    cdef int32_t i = self.idx
+    cdef object st = None
+    if g is None or i < 0:
+        return
+    if g.g.obj[i] == <void *>self:
+        g.g.obj[i] = NULL
+    if g.g.uses[i] > 1 and _has_state(self):
+        try:
+            st = _stash_of(self)
+        except BaseException:
+            st = None               # out of memory: the state is lost, nothing else
+    if g.busy:
+        if g.busy_tid != _thread_id() or st is None:
+            # Another thread runs C on g with the GIL released: it must not
+            # free or grow meanwhile.  The holder frees after (_unhold).
+            try:
+                g.deferred.append((i, st))
+            except BaseException:
+                pass                # the node leaks until the graph dies; no crash
+            return
+        # This thread's sweep is in a user op's _backward: the state may be
+        # stored now, the free waits until the sweep is done.
+        _install_stash(g, i, <_Stash>st)
+        try:
+            g.deferred.append((i, None))
+        except BaseException:
+            pass
+        return
+    if st is not None:
+        _install_stash(g, i, <_Stash>st)
+    _release(g, i)
+
+
+cdef extern from *:
+    """
+    static PyGetSetDef fg_value_dict_getset = {
+        "__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL};
+    static int fg_set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) {
+        PyObject *descr;
+        tp->tp_dictoffset = offset;
+        descr = PyDescr_NewGetSet(tp, &fg_value_dict_getset);
+        if (descr == NULL) return -1;
+        if (PyDict_SetItemString(tp->tp_dict, "__dict__", descr) < 0) { Py_DECREF(descr); return -1; }
+        Py_DECREF(descr);
+        PyType_Modified(tp);
+        return 0;
+    }
+    """
+    int fg_set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) except -1
+
+
+cdef int _set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) except -1:
+    return fg_set_dict_slot(tp, offset)
+
+
 @cython.no_gc_clear
-@cython.trashcan(True)
 @cython.freelist(512)
 @cython.auto_pickle(False)
 cdef class Value:
@@ -786,9 +902,6 @@ cdef class Value:
     # numpy scalars and arrays defer to Value's operators (a numpy scalar
     # operand then costs what a float does; arrays go through _with_array).
     __array_ufunc__ = None
-
-    def __cinit__(self):
-        self.idx = -1
 
     def __init__(self, data, _children=(), _op='', label='', name=None):
         if self.graph is not None:
@@ -835,46 +948,15 @@ cdef class Value:
         self.graph = g
         self.idx = idx
         g.g.obj[idx] = <void *>self
-        self._name = name
+        if name is not None:
+            _ext_for(self).name = name
         if n or (_op is not None and _op != ''):
-            self._uop = _op
+            _ext_for(self).uop = _op
 
     def __dealloc__(self):
-        cdef Graph g = self.graph
-        cdef int32_t i = self.idx
-        cdef object st = None
-        if g is None or i < 0:
-            return
-        if g.g.obj[i] == <void *>self:
-            g.g.obj[i] = NULL
-        if g.g.uses[i] > 1 and _has_state(self):
-            try:
-                st = _stash_of(self)
-            except BaseException:
-                st = None           # out of memory: the state is lost, nothing else
-        if g.busy:
-            if g.busy_tid != _thread_id() or st is None:
-                # Another thread runs C on g with the GIL released: it must
-                # not free or grow meanwhile.  The holder frees after.
-                try:
-                    g.deferred.append((i, st))
-                except BaseException:
-                    pass            # the node leaks until the graph dies; no crash
-                return
-            # This thread's sweep is in a user op's _backward: the state may
-            # be stored now, the free waits until the sweep is done.
-            _install_stash(g, i, <_Stash>st)
-            try:
-                g.deferred.append((i, None))
-            except BaseException:
-                pass
-            return
-        if st is not None:
-            _install_stash(g, i, <_Stash>st)
-        try:
-            _release(g, i)
-        except BaseException:
-            pass
+        _value_dealloc(self)
+        _set_vdict(self, None)      # the instance dict and _ext are not managed by Cython
+        _set_ext(self, None)
 
     cdef Graph _live_graph(self):
         if self.graph is None:
@@ -914,27 +996,30 @@ cdef class Value:
         """A label for drawings and explain() (str or None); settable, so
         ``h = a * b; h.name = "h"`` names an intermediate node."""
         self._live_graph()
-        return self._name
+        return _name_of(self)
 
     @name.setter
     def name(self, value):
         self._live_graph()
         if value is not None and not isinstance(value, str):
             raise TypeError(f"name must be a str or None, got {type(value).__name__}")
-        self._name = value
+        if value is not None or self._ext != NULL:
+            _ext_for(self).name = value
 
     @property
     def label(self):
         """micrograd's lecture name for ``name`` ('' when there is none)."""
         self._live_graph()
-        return '' if self._name is None else self._name
+        name = _name_of(self)
+        return '' if name is None else name
 
     @label.setter
     def label(self, value):
         self._live_graph()
         if value is not None and not isinstance(value, str):
             raise TypeError(f"label must be a str, got {type(value).__name__}")
-        self._name = value if value else None
+        if value or self._ext != NULL:
+            _ext_for(self).name = value if value else None
 
     @property
     def _prev(self):
@@ -949,8 +1034,9 @@ cdef class Value:
         'exp', '' for leaves), fastgrad's name for the others ('sub',
         'sigmoid', 'dot', ...), a user op's own ``_op``."""
         cdef Graph g = self._live_graph()
-        if self._uop is not None:
-            return self._uop
+        uop = _uop_of(self)
+        if uop is not None:
+            return uop
         return _micrograd_op(g.g.op[self.idx], g.g.cst[self.idx])
 
     @property
@@ -960,7 +1046,8 @@ cdef class Value:
         op's is its own callable (a no-op until set)."""
         cdef Graph g = self._live_graph()
         if g.g.op[self.idx] == FG_OP_USER:
-            return self._bw if self._bw is not None else _no_backward
+            bw = _bw_of(self)
+            return bw if bw is not None else _no_backward
         return self._local_backward
 
     @_backward.setter
@@ -972,7 +1059,7 @@ cdef class Value:
                 "a Python _backward belongs to a Value made as Value(data, _children, _op)")
         if fn is not None and not callable(fn):
             raise TypeError(f"_backward must be callable, got {type(fn).__name__}")
-        self._bw = fn
+        _ext_for(self).bw = fn
 
     def _local_backward(self):
         """The built-in local backward step of this node (see _backward)."""
@@ -993,7 +1080,8 @@ cdef class Value:
         cdef int op = g.g.op[i]
         cdef int64_t k, off, cnt
         cdef PyObject *d = _vdict(self)
-        state = (self._name, self._uop, self._bw, None if d == NULL or not len(<object>d) else <object>d)
+        state = (_name_of(self), _uop_of(self), _bw_of(self),
+                 None if d == NULL or not len(<object>d) else <object>d)
         if op == FG_OP_LEAF:
             spec = ()
         elif op == FG_OP_USER or fg_op_arity(op) == -1:
@@ -1011,9 +1099,9 @@ cdef class Value:
 
     def __setstate__(self, state):
         name, uop, bw, d = state
-        self._name = name
-        self._uop = uop
-        self._bw = bw
+        if name is not None or uop is not None or bw is not None:
+            e = _ext_for(self)
+            e.name, e.uop, e.bw = name, uop, bw
         if d:
             for k, x in d.items():
                 setattr(self, k, x)
@@ -1125,6 +1213,12 @@ cdef class Value:
 
 _value_base_traverse = (<PyTypeObject *>Value).tp_traverse
 (<PyTypeObject *>Value).tp_traverse = _value_traverse
+# The instance dict lives in _attrs, made on first use (Cython would make a
+# dict for every Value of a `cdef dict __dict__`): tp_dictoffset points there
+# and `__dict__` is CPython's generic descriptor for it.
+cdef Value _probe = Value.__new__(Value)
+_set_dict_slot(<PyTypeObject *>Value, <Py_ssize_t>(<char *>&_probe._attrs - <char *><PyObject *>_probe))
+_probe = None
 
 
 # ---------------------------------------------------------------- functions ---

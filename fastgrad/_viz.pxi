@@ -13,8 +13,9 @@ cdef object _node_name(Graph g, int32_t idx):
     if p == NULL:
         return None
     if g.g.flags[idx] & FG_OWNED:
-        return (<_Stash>p).name
-    return (<Value>p)._name
+        e = (<_Stash>p).ext
+        return None if e is None else (<_Ext>e).name
+    return _name_of(<Value>p)
 
 
 cdef int32_t _slot_in(Graph g, object v, str what) except -1:

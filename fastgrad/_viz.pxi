@@ -33,6 +33,7 @@ def _graph_view(out, names=None, node=None):
       out, node   slots of out and of node (-1 when node is None)
       nodes       int32 slots reachable from out, consumers first (out first)
       op, val, cst, grad   per node: op code, value, constant, d out / d node
+      stored_grad per node: its ``.grad`` as it is (what backward() left)
       consumer, pos, parent, contrib   per edge parent -> consumer: pos is the
                   edge's rank among the consumer's node operands, contrib the
                   gradient it carries back, (d out / d consumer) * (d consumer
@@ -131,6 +132,7 @@ def _graph_view(out, names=None, node=None):
         "val": np.asarray(<double[:top]> g.g.val)[nodes],
         "cst": np.asarray(<double[:top]> g.g.cst)[nodes],
         "grad": adj_arr[nodes],
+        "stored_grad": np.asarray(<double[:top]> g.g.grad)[nodes],
         "consumer": consumer_arr[:ne].copy(),
         "pos": pos_arr[:ne].copy(),
         "parent": parent_arr[:ne].copy(),

@@ -56,6 +56,9 @@ class Neuron(Module):
         self.w = params[:nin]
         self.b = params[nin]
         self.nonlin = nonlin
+        for k, w in enumerate(self.w):      # a drawing of a neuron reads w0, w1, ..., b
+            w.name = f"w{k}"
+        self.b.name = "b"
 
     def __call__(self, x: Sequence[Union[Value, Number]]) -> Value:
         act = dot(self.w, x, self.b)

@@ -104,7 +104,7 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
     ("exit-out-of-order", lambda: _exit_out_of_order(), RuntimeError, "exited out of order"),
     ("op-inside-a-user-backward", lambda: _builds_in_backward(), RuntimeError,
      "while its backward() runs"),
-    ("value-init-twice", lambda: x().__init__(1.0), TypeError, "already has a node"),
+    ("value-init-twice", lambda: Value.__init__(x(), 1.0), TypeError, "already has a node"),
     ("backward-on-a-builtin-node", lambda: setattr(x() * 2, "_backward", lambda: None), TypeError,
      "fastgrad's own backward rule"),
     ("compile-a-user-op", lambda: fastgrad.compile(lambda xs: Value(1.0, (xs[0],), "f"), [1.0]),
@@ -205,22 +205,6 @@ def _builds_in_backward() -> None:
         out.backward()
     finally:
         del out, _backward
-
-
-def _in_thread(fn: Callable[[], Any]) -> None:
-    box: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if box:
-        raise box[0]
 
 
 def _compile_capturing() -> None:

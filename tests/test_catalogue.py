@@ -15,7 +15,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import threading
 from typing import Any, Callable
 
 import numpy as np

@@ -266,7 +266,6 @@ cdef _Ext _ext_for(Value v):
         e = _Ext.__new__(_Ext)
         Py_IncRef(<PyObject *>e)
         v._ext = <PyObject *>e
-        fg_track(<PyObject *>v)
     return <_Ext>v._ext
 
 
@@ -390,7 +389,6 @@ cdef Value _wrap(Graph g, int32_t idx):
     v.graph = g
     v.idx = idx
     g.g.obj[idx] = <void *>v
-    fg_untrack(<PyObject *>v)           # a plain Value: see fg_track
     if _anomaly_total and _state().anomaly:
         y = g.g.val[idx]
         if not isfinite(y):
@@ -423,9 +421,7 @@ cdef object _node_value(Graph g, int32_t i):
     v.graph = g
     v.idx = i
     g.g.uses[i] += 1
-    if st is None:
-        fg_untrack(<PyObject *>v)
-    else:
+    if st is not None:
         _set_ext(v, st.ext)
         _set_vdict(v, st.d)
         g.g.flags[i] &= ~FG_OWNED
@@ -867,35 +863,11 @@ cdef void _value_dealloc(Value self) noexcept:
 
 cdef extern from *:
     """
-    /* Plain Values (exact type, no dict, no name, no user op) are kept out of
-     * the cycle collector: they refer to nothing it could need (their graph
-     * is not a GC object), and a program may hold hundreds of thousands of
-     * them.  A Value is tracked from the moment it gets state: an attribute
-     * (tp_setattro, or __dict__ handed out), an _Ext, a subclass type. */
-    static void fg_track(PyObject *o) {
-        if (!PyObject_GC_IsTracked(o)) PyObject_GC_Track(o);
-    }
-    static void fg_untrack(PyObject *o) {
-        PyObject_GC_UnTrack(o);
-    }
-    static setattrofunc fg_value_base_setattro = NULL;
-    static int fg_value_setattro(PyObject *o, PyObject *name, PyObject *v) {
-        int rc = fg_value_base_setattro(o, name, v);
-        PyObject **dp = _PyObject_GetDictPtr(o);
-        if (dp != NULL && *dp != NULL) fg_track(o);
-        return rc;
-    }
-    static PyObject *fg_value_get_dict(PyObject *o, void *ctx) {
-        fg_track(o);
-        return PyObject_GenericGetDict(o, ctx);
-    }
     static PyGetSetDef fg_value_dict_getset = {
-        "__dict__", fg_value_get_dict, PyObject_GenericSetDict, NULL, NULL};
+        "__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL};
     static int fg_set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) {
         PyObject *descr;
         tp->tp_dictoffset = offset;
-        fg_value_base_setattro = tp->tp_setattro ? tp->tp_setattro : PyObject_GenericSetAttr;
-        tp->tp_setattro = fg_value_setattro;
         descr = PyDescr_NewGetSet(tp, &fg_value_dict_getset);
         if (descr == NULL) return -1;
         if (PyDict_SetItemString(tp->tp_dict, "__dict__", descr) < 0) { Py_DECREF(descr); return -1; }
@@ -905,8 +877,6 @@ cdef extern from *:
     }
     """
     int fg_set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) except -1
-    void fg_track(PyObject *o)
-    void fg_untrack(PyObject *o)
 
 
 cdef int _set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) except -1:
@@ -982,8 +952,6 @@ cdef class Value:
             _ext_for(self).name = name
         if n or (_op is not None and _op != ''):
             _ext_for(self).uop = _op
-        if type(self) is Value and self._ext == NULL and self._attrs == NULL:
-            fg_untrack(<PyObject *>self)
 
     def __dealloc__(self):
         _value_dealloc(self)
@@ -1548,7 +1516,6 @@ def leaves(data):
             v.graph = g
             v.idx = <int32_t>(first + k)
             g.g.obj[v.idx] = <void *>v
-            fg_untrack(<PyObject *>v)
         return out
     finally:
         free(vals)

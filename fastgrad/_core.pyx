@@ -11,6 +11,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_FORMAT
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
 
 from cpython.object cimport PyObject, PyTypeObject, traverseproc, visitproc
 
@@ -430,6 +431,13 @@ cdef object _node_value(Graph g, int32_t i):
         Py_DecRef(<PyObject *>st)   # the node's reference; st lives on in this frame
     g.g.obj[i] = <void *>v
     return v
+
+
+cdef tuple _NO_CHILDREN = ()
+
+
+cdef inline bint _is_empty_str(object s) noexcept:
+    return PyUnicode_CheckExact(s) and PyUnicode_GET_LENGTH(s) == 0
 
 
 cdef inline bint _is_value(object x):
@@ -903,19 +911,31 @@ cdef class Value:
     # operand then costs what a float does; arrays go through _with_array).
     __array_ufunc__ = None
 
-    def __init__(self, data, _children=(), _op='', label='', name=None):
+    def __init__(self, data, _children=_NO_CHILDREN, _op='', label='', name=None):
         if self.graph is not None:
             raise TypeError("Value.__init__ called on a Value that already has a node "
                             "(make a new Value instead)")
         cdef double d = _coerce(data, "Value(data)")
+        cdef Graph g = None
+        cdef int32_t idx
+        if (name is None and _children is _NO_CHILDREN and _is_empty_str(_op)
+                and _is_empty_str(label)):
+            # A plain leaf, the common case (micrograd's Value(x)).
+            g = _current_graph()
+            _enter(g)
+            idx = fg_leaf(&g.g, d)
+            if idx < 0:
+                _raise_status(g, idx)
+            self.graph = g
+            self.idx = idx
+            g.g.obj[idx] = <void *>self
+            return
         if name is None and label is not None and label != '':
             name = label
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {type(name).__name__}")
         cdef tuple kids = tuple(_children) if _children is not None else ()
         cdef int64_t n = len(kids), k
-        cdef Graph g = None
-        cdef int32_t idx
         cdef int32_t small[SMALL_N]
         cdef int32_t *ids = small
         for k in range(n):

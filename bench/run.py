@@ -341,11 +341,13 @@ def plot(results, path, title) -> str:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     panels: dict = {}
     for rec in results:
-        panels.setdefault((rec["workload"], rec["variant"]), []).append(rec)
-    if not panels:
+        if rec["workload"] != "batch_scaling":   # one log-log panel of its own, last
+            panels.setdefault((rec["workload"], rec["variant"]), []).append(rec)
+    scaling = any(rec["workload"] == "batch_scaling" for rec in results)
+    if not panels and not scaling:
         return "nothing to plot"
     cols = 3
-    rows = (len(panels) + cols - 1) // cols
+    rows = (len(panels) + scaling + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
     for ax, ((workload, variant), recs) in zip(axes.flat, panels.items()):
         names, vals, lo, hi, colors = [], [], [], [], []
@@ -379,7 +381,9 @@ def plot(results, path, title) -> str:
         ax.set_ylabel("bytes per node (RSS)" if workload == "memory" else f"seconds per {unit}", fontsize=8)
         ax.set_title(f"{workload}\n{variant}", fontsize=9)
         ax.grid(axis="y", which="major", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    if scaling:
+        wl_mod.plot_batch_scaling(list(axes.flat)[len(panels)], results)
+    for ax in list(axes.flat)[len(panels) + scaling:]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -571,6 +575,10 @@ def main(argv=None) -> int:
         print("\nTargets (DESIGN.md section 5):\n")
         for t in tg:
             print(f"- [{'x' if t['met'] else ' '}] {t['text']}")
+    st = wl_mod.scaling_table(results)
+    if st:
+        print("\nbatch_scaling (median time per call; peak RSS growth of one call):\n")
+        print(st)
     md = modes(results)
     if md:
         print("\nHow each engine runs it:\n")

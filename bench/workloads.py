@@ -689,9 +689,6 @@ def memory_probe(engine, n: int, mode: str) -> dict:
     return res
 
 
-WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain()]
-
-
 # ----------------------------------------------------------------------------
 # 6. dask_scaling: batched replay over a Dask array on LocalClusters (opt-in:
 #    `run.py --workloads dask_scaling`; it starts worker processes)
@@ -769,7 +766,7 @@ def dask_scaling(cfg, log) -> list[dict]:
             for n, name in DASK_WORKERS.items():
                 t0 = time.perf_counter()
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
                 client = Client(cluster, set_as_default=False)
                 clusters.append((client, cluster))
                 data = client.persist(da.from_array(rows, chunks=(DASK_CHUNK, -1)))
@@ -857,3 +854,257 @@ def dask_scaling_targets(results) -> list[dict]:
                     "text": f"dask_scaling: CPU seconds of 2 workers + client and scheduler / one process's = "
                             f"{c:.2f}x (target <= {goal:g}x; what the load average does not change)"})
     return out
+
+
+# ----------------------------------------------------------------------------
+# 7. batch_scaling: batched value_and_grad from 1e2 to 1e6 rows (docs/design.md, Replay)
+
+SCALING_SIZES = [(2, 16, 16, 1), (2, 64, 64, 1)]
+FG_ONE_THREAD = "fastgrad[threads=1]"
+
+
+def mlp_label(sizes) -> str:
+    return f"MLP({sizes[0]},[{','.join(str(s) for s in sizes[1:])}])"
+
+
+def scaling_params(sizes, seed: int = 1337) -> np.ndarray:
+    """Flat parameters in micrograd's order (per neuron: weights, then bias)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for nin, nout in zip(sizes, sizes[1:]):
+        for _ in range(nout):
+            out += list(rng.uniform(-1, 1, nin) / math.sqrt(nin)) + [0.0]
+    return np.array(out)
+
+
+def scaling_unflatten(params, sizes) -> list:
+    mats, k = [], 0
+    for nin, nout in zip(sizes, sizes[1:]):
+        block = np.asarray(params[k:k + nout * (nin + 1)]).reshape(nout, nin + 1)
+        mats += [np.ascontiguousarray(block[:, :nin]), np.ascontiguousarray(block[:, nin])]
+        k += nout * (nin + 1)
+    return mats
+
+
+def peak_rss_growth(fn):
+    """Bytes the peak RSS rises above the current RSS during fn() (Linux: VmHWM
+    after /proc/self/clear_refs reset it), or None where that cannot be read."""
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+    try:
+        gc.collect()
+        base = status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        fn()
+        return None
+    fn()
+    return status("VmHWM") - base
+
+
+class BatchScaling(Workload):
+    name = "batch_scaling"
+    what = ("the summed hinge loss of an MLP over N rows and its gradient w.r.t. the "
+            "parameters, float64: fastgrad batch_value_and_grad (default threads and 1), "
+            "JAX jit(value_and_grad), torch tensors + backward(); time per call, peak RSS")
+
+    def variants(self, cfg):
+        # --quick (a smoke run, and tests/test_bench.py): 1e2-1e4 rows, 1e2-1e3 for the wide MLP
+        tops = [4, 3] if cfg.quick else [6, 6]
+        return [Variant(f"{mlp_label(s)} x {sci(10 ** e)} rows", {"sizes": s, "rows": 10 ** e})
+                for s, top in zip(SCALING_SIZES, tops) for e in range(2, top + 1)]
+
+    def prepare(self, api, engine, variant, ctx):
+        raise Unsupported("batch_scaling compares fastgrad, JAX and torch only")
+
+    @staticmethod
+    def data(variant, ctx):
+        n = variant.params["rows"]
+        key = ("scaling_rows", n)
+        if key not in ctx:
+            ctx.pop(next((k for k in ctx if isinstance(k, tuple) and k[0] == "scaling_rows"), None), None)
+            rng = np.random.default_rng(n)
+            ctx[key] = np.ascontiguousarray(np.column_stack([rng.normal(size=(n, 2)),
+                                                             rng.choice([-1.0, 1.0], n)]))
+        return ctx[key]
+
+    def extra_cases(self, cases, engines, variant, ctx):
+        sizes, n = variant.params["sizes"], variant.params["rows"]
+        rows = self.data(variant, ctx)
+        params = scaling_params(sizes)
+        out: dict = {}
+        for name, make in (("fastgrad", self._fastgrad), (FG_ONE_THREAD, self._fastgrad),
+                           ("jax", self._jax), ("torch", self._torch)):
+            eng = engines.get(name.split("[")[0])
+            if eng is None:
+                continue
+            try:
+                run, mode = make(eng, sizes, params, rows, name, ctx)
+                first = run()
+                case = Case(run=run, unit="call", keep={"first": first},
+                            info={"mode": mode, "rows": n, "parameters": int(params.size)})
+                growth = peak_rss_growth(run)
+                if growth is not None:
+                    case.info["peak_rss_growth_mb"] = growth / 2**20
+                case.info["inputs_mb"] = rows.nbytes / 2**20
+                out[name] = case
+            except Exception as exc:  # reported in the table, never hidden
+                out[name] = exc
+        ref = out.get("fastgrad")
+        if isinstance(ref, Case):
+            loss0, grad0 = ref.keep["first"]
+            for name, case in out.items():
+                if name == "fastgrad" or not isinstance(case, Case):
+                    continue
+                loss, grad = case.keep["first"]
+                ok = math.isclose(loss, loss0, rel_tol=1e-9) and np.allclose(grad, grad0, rtol=1e-7, atol=1e-9)
+                case.info["matches_fastgrad"] = bool(ok)
+                if not ok:
+                    out[name] = RuntimeError(f"loss/gradient differ from fastgrad's (loss {loss} vs {loss0})")
+        return out
+
+    @staticmethod
+    def _fastgrad(eng, sizes, params, rows, name, ctx):
+        fg = eng.fg
+        key = ("scaling_fastgrad", sizes)
+        if key not in ctx:
+            def sample_loss(p, row):
+                x, k = row[:2], 0
+                for layer, (nin, nout) in enumerate(zip(sizes, sizes[1:])):
+                    nxt = []
+                    for _ in range(nout):
+                        act = fg.dot(p[k:k + nin], x, p[k + nin])
+                        k += nin + 1
+                        nxt.append(act.relu() if layer < len(sizes) - 2 else act)
+                    x = nxt
+                return (1 + -row[2] * x[0]).relu()
+            ctx[key] = fg.compile(sample_loss, params, rows[0])
+        g = ctx[key]
+        threads = 1 if name == FG_ONE_THREAD else None
+
+        def run():
+            losses, grad = g.batch_value_and_grad(params, rows, batch_argnums=(1,), threads=threads)
+            return float(losses.sum()), grad
+
+        cfg = fg.show_config(mode="dicts")
+        return run, (f"compile(per-row loss) once; g.batch_value_and_grad(params, rows, "
+                     f"threads={threads}), {cfg['row_kernels']} row kernels, "
+                     f"{g.n_nodes} tape nodes; the per-row losses summed in numpy")
+
+    @staticmethod
+    def _jax(eng, sizes, params, rows, name, ctx):
+        jax, jnp = eng.jax, eng.jnp
+        relu = jax.nn.relu
+        nl = len(sizes) - 1
+
+        def loss_fn(ps, X, y):
+            h = X
+            for k in range(nl):
+                h = h @ ps[2 * k].T + ps[2 * k + 1]
+                if k < nl - 1:
+                    h = relu(h)
+            return jnp.sum(relu(1 - y * h[:, 0]))
+
+        vg = jax.jit(jax.value_and_grad(loss_fn))
+        ps = [jnp.asarray(m) for m in scaling_unflatten(params, sizes)]
+        X, y = jnp.asarray(rows[:, :2]), jnp.asarray(rows[:, 2])
+
+        def run():
+            loss, g = vg(ps, X, y)
+            loss.block_until_ready()
+            return float(loss), _flat_grad(g)
+
+        run()   # compile now, untimed
+        return run, "float64; jit(value_and_grad) of the summed loss, inputs on the device, block_until_ready"
+
+    @staticmethod
+    def _torch(eng, sizes, params, rows, name, ctx):
+        torch = eng.torch
+        ps = [torch.tensor(m, dtype=torch.float64).requires_grad_() for m in scaling_unflatten(params, sizes)]
+        X, y = torch.tensor(rows[:, :2]), torch.tensor(rows[:, 2])
+        nl = len(sizes) - 1
+
+        def run():
+            h = X
+            for k in range(nl):
+                h = torch.addmm(ps[2 * k + 1], h, ps[2 * k].T)
+                if k < nl - 1:
+                    h = torch.relu(h)
+            loss = torch.relu(1 - y * h[:, 0]).sum()
+            for p in ps:
+                p.grad = None
+            loss.backward()
+            return float(loss.detach()), _flat_grad([p.grad for p in ps])
+
+        return run, f"float64 tensors, addmm + relu, loss.backward(); {torch.get_num_threads()} intra-op thread(s)"
+
+
+def _flat_grad(mats):
+    parts = []
+    for W, b in zip(mats[0::2], mats[1::2]):
+        W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64).reshape(-1, 1)
+        parts.append(np.hstack([W, b]).ravel())
+    return np.concatenate(parts)
+
+
+def scaling_table(results) -> str:
+    """batch_scaling as rows x engines: median time per call, and peak RSS growth."""
+    recs = [r for r in results if r["workload"] == "batch_scaling"]
+    if not recs:
+        return ""
+    names = ["fastgrad", FG_ONE_THREAD, "jax", "torch"]
+    lines = ["| model | rows | " + " | ".join(names) + " | JAX / fastgrad | peak RSS growth, fastgrad (inputs) |",
+             "|---|---|" + "---|" * len(names) + "---|---|"]
+    by_variant: dict = {}
+    for r in recs:
+        by_variant.setdefault(r["variant"], {})[r["engine"]] = r
+    for variant, engines in by_variant.items():
+        model, n = variant.split(" x ")[0], variant.split(" x ")[1].split()[0]
+        cells = []
+        for name in names:
+            r = engines.get(name)
+            if r is None or r["status"] != "ok":
+                cells.append("" if r is None else r["status"])
+                continue
+            cells.append(_fmt_s(r["median_s"]))
+        fg, jx = engines.get("fastgrad"), engines.get("jax")
+        ratio = (f"{jx['median_s'] / fg['median_s']:.2f}x" if fg and jx and fg["status"] == jx["status"] == "ok"
+                 else "")
+        mem = ""
+        if fg and fg["status"] == "ok" and "peak_rss_growth_mb" in fg["info"]:
+            mem = f"{fg['info']['peak_rss_growth_mb']:.1f} MB ({fg['info']['inputs_mb']:.1f} MB)"
+        lines.append(f"| {model} | {n} | " + " | ".join(cells) + f" | {ratio} | {mem} |")
+    return "\n".join(lines)
+
+
+def _fmt_s(t: float) -> str:
+    for scale, unit in ((1e-6, "µs"), (1e-3, "ms"), (1.0, "s")):
+        if t < scale * 1000 or unit == "s":
+            v = t / scale
+            return (f"{v:.3g}" if v < 100 else f"{v:.0f}") + f" {unit}"
+    raise AssertionError
+
+
+def plot_batch_scaling(ax, results) -> None:
+    """Log-log time per call against rows, one line per (model, engine)."""
+    recs = [r for r in results if r["workload"] == "batch_scaling" and r["status"] == "ok"]
+    series: dict = {}
+    for r in recs:
+        model = r["variant"].split(" x ")[0]
+        series.setdefault((model, r["engine"]), []).append((r["info"]["rows"], r["median_s"]))
+    styles = {"fastgrad": "tab:orange", FG_ONE_THREAD: "tab:red", "jax": "tab:blue", "torch": "tab:green"}
+    for (model, engine), pts in sorted(series.items()):
+        pts.sort()
+        ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
+                  ls="-" if "16" in model else "--", color=styles.get(engine, "gray"),
+                  label=f"{engine}, {model}")
+    ax.set_xlabel("rows", fontsize=8)
+    ax.set_ylabel("seconds per call", fontsize=8)
+    ax.set_title("batch_scaling: value_and_grad of the summed loss", fontsize=9)
+    ax.grid(which="major", alpha=0.3)
+    ax.legend(fontsize=6)
+
+
+WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain(), BatchScaling()]

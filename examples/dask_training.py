@@ -67,8 +67,8 @@ def main(rows: int, epochs: int, chunk: int, scheduler: str | None, workers: int
         client = Client(scheduler)
         cluster = None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0")
         client = Client(cluster)
     try:
         n = len(client.scheduler_info()["workers"])

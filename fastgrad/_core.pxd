@@ -68,6 +68,11 @@ cdef extern from "fastgrad.h" nogil:
         int32_t free_head
         int32_t ordered
         int64_t freed
+        int64_t min_capacity
+        int64_t keep
+        int64_t shrunk_to
+        int64_t quiet
+        int64_t reclaim_peak
         int32_t *opnd
         double *ocst
         int64_t ocap
@@ -93,6 +98,7 @@ cdef extern from "fastgrad.h" nogil:
     void fg_decref(fg_graph_t *g, int32_t i)
     int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget)
     void fg_release_resume(fg_graph_t *g, int64_t pending)
+    void fg_reclaim(fg_graph_t *g)
     int64_t fg_graph_bytes(const fg_graph_t *g)
     int fg_reserve_release(fg_graph_t *g, int64_t n)
     int fg_track_origins(fg_graph_t *g)
@@ -144,6 +150,42 @@ cdef extern from "fastgrad.h" nogil:
     void fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan)
     void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
                      double *adjt)
+
+    int fg_rows_target_count()
+    const char *fg_rows_target_name(int k)
+    int fg_rows_target_tile(int k)
+    int fg_rows_target_supported(int k)
+    int fg_rows_select(int k)
+    int fg_rows_current()
+
+    ctypedef struct fg_batch_t:
+        const fg_tape_t *t
+        const uint8_t *uni
+        int64_t rows
+        int64_t nargs
+        const int64_t *off
+        const int64_t *size
+        const uint8_t *batched
+        const double **arg
+        double *values
+        double **grad
+        double *shared
+        int want_reverse
+        int target
+        const int32_t *lane_of
+        int64_t per_row
+        int64_t n_lanes
+        int64_t block
+        int64_t chunk
+        int64_t nchunks
+
+    int64_t fg_batch_layout(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of,
+                            int64_t *per_row)
+    void fg_batch_plan(fg_batch_t *b)
+    int64_t fg_batch_block_bytes(int64_t bytes)
+    int64_t fg_batch_ws_doubles(const fg_batch_t *b)
+    void fg_batch_prepare(const fg_batch_t *b, double *ws)
+    void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws)
 
 
 cdef class Graph:

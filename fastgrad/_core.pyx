@@ -34,7 +34,7 @@ cdef inline unsigned long long _thread_id() noexcept:
     # new thread never inherits a dead thread's graphs.
     return PyThreadState_GetID(PyThreadState_Get())
 
-from libc.math cimport isfinite
+from libc.math cimport isfinite, isinf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -136,6 +136,8 @@ cdef inline int _enter(Graph g) except -1:
         _wait_idle(g)
     if g.deferred:
         g._drain()
+    if g.g.reclaim_peak:
+        fg_reclaim(&g.g)
     if _anomaly_total or g.g.tag:
         _stamp(g)
     return 0
@@ -155,14 +157,19 @@ cdef inline int _unhold(Graph g) except -1:
     return 0
 
 
-# The package's own files: the line that made a node is the first frame
-# outside them (user code calling fastgrad.nn, say, not nn.py itself).
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The line that made a node is the first frame outside the package (user
+# code calling fastgrad.nn, say, not nn.py itself).  "Inside" is decided by
+# the frame's module name, not by a path prefix: a checkout reached through
+# a sys.path entry such as "../repo" or a symlink names files by paths that
+# no prefix of this module's own path matches.
+cdef bint _in_package(object frame):
+    name = frame.f_globals.get("__name__")
+    return type(name) is str and (name == "fastgrad" or (<str>name).startswith("fastgrad."))
 
 
 cdef str _user_line():
     f = sys._getframe(0)        # Cython functions add no frame of their own
-    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+    while f is not None and _in_package(f):
         f = f.f_back
     if f is None:
         return "<unknown>"
@@ -356,6 +363,7 @@ cdef void _release_rest(Graph g, int64_t pending) noexcept:
         fg_release_resume(&g.g, pending)
     g.busy = 0
     g.busy_tid = 0
+    fg_reclaim(&g.g)                # storage moves only with the GIL held, not busy
 
 
 cdef void _drain_unraisable(Graph g) noexcept:
@@ -447,16 +455,30 @@ cdef inline bint _is_value(object x):
 
 # ---------------------------------------------------------------- numbers ---
 
+# numpy's bool is not a numbers.Real (Python's bool is, as an int): both are 0/1.
+cdef object _NP_BOOL = np.bool_
+
+
 cdef inline bint _is_number(object x):
-    return PyFloat_Check(x) or PyLong_Check(x) or isinstance(x, numbers.Real)
+    return PyFloat_Check(x) or PyLong_Check(x) or type(x) is _NP_BOOL or isinstance(x, numbers.Real)
 
 
 cdef inline double _to_double(object x) except? -1.0:
     if PyFloat_Check(x):
         return PyFloat_AS_DOUBLE(x)
     if PyLong_Check(x):
-        return PyLong_AsDouble(x)
-    return float(x)
+        return PyLong_AsDouble(x)       # OverflowError past the double range
+    return _real_to_double(x)
+
+
+cdef double _real_to_double(object x) except? -1.0:
+    """float(x) for the other reals (numpy scalars, Fraction, Decimal, user
+    types: may run Python code).  A finite number beyond the double range
+    raises OverflowError, as a huge int does, instead of becoming inf."""
+    cdef double d = float(x)
+    if isinf(d) and not (x == d):
+        raise OverflowError(f"{type(x).__name__} too large to convert to float")
+    return d
 
 
 cdef double _coerce(object x, str what) except? -1.0:
@@ -588,13 +610,19 @@ cdef class Graph:
         """
         cdef int64_t n = self.g.top
         out = {}
-        out["op"] = np.asarray(<uint8_t[:n]> self.g.op).copy() if n else np.zeros(0, np.uint8)
-        out["uses"] = np.asarray(<uint32_t[:n]> self.g.uses).copy() if n else np.zeros(0, np.uint32)
-        out["a"] = np.asarray(<int32_t[:n]> self.g.a).copy() if n else np.zeros(0, np.int32)
-        out["b"] = np.asarray(<int32_t[:n]> self.g.b).copy() if n else np.zeros(0, np.int32)
-        out["val"] = np.asarray(<double[:n]> self.g.val).copy() if n else np.zeros(0)
-        out["grad"] = np.asarray(<double[:n]> self.g.grad).copy() if n else np.zeros(0)
-        out["cst"] = np.asarray(<double[:n]> self.g.cst).copy() if n else np.zeros(0)
+        # Pinned while the copies are made: a __del__ run by the collector
+        # during these allocations cannot move (grow or shrink) the storage.
+        self.g.pinned += 1
+        try:
+            out["op"] = np.asarray(<uint8_t[:n]> self.g.op).copy() if n else np.zeros(0, np.uint8)
+            out["uses"] = np.asarray(<uint32_t[:n]> self.g.uses).copy() if n else np.zeros(0, np.uint32)
+            out["a"] = np.asarray(<int32_t[:n]> self.g.a).copy() if n else np.zeros(0, np.int32)
+            out["b"] = np.asarray(<int32_t[:n]> self.g.b).copy() if n else np.zeros(0, np.int32)
+            out["val"] = np.asarray(<double[:n]> self.g.val).copy() if n else np.zeros(0)
+            out["grad"] = np.asarray(<double[:n]> self.g.grad).copy() if n else np.zeros(0)
+            out["cst"] = np.asarray(<double[:n]> self.g.cst).copy() if n else np.zeros(0)
+        finally:
+            self.g.pinned -= 1
         return out
 
 
@@ -761,19 +789,24 @@ cdef Value _retype(Value v, object tp):
 
 
 cdef Value _rebuild_nary(int op, tuple spec, double c):
-    cdef int64_t n = len(spec), k
-    cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
-    cdef double *cs = <double *>malloc((n + 1) * sizeof(double))
-    cdef Graph g = None
+    cdef int64_t n = len(spec)
+    cdef int32_t small_idx[SMALL_N]
+    cdef double small_cst[SMALL_N]
+    cdef int32_t *idx = small_idx
+    cdef double *cs = small_cst
+    cdef Graph g
+    _alloc_operands(n, &idx, &cs)
     try:
-        if idx == NULL or cs == NULL:
-            raise MemoryError()
-        for k in range(n):
-            g = _fill_operands(spec[k], k, idx, cs, g, "a pickled Value")
-        return _nary(op, n, idx, cs, c, g)
+        _coerce_operands(spec, 0, 1, idx, cs, "a pickled Value")
+        g = _first_graph(spec, None)
+        if g is None:
+            g = _current_graph()
+        _enter(g)
+        _index_operands(spec, 0, 1, idx, g)
+        return _wrap(g, fg_nary(&g.g, op, n, idx, cs, c))
     finally:
-        free(idx)
-        free(cs)
+        if idx != small_idx:
+            free(idx); free(cs)
 
 
 cdef int _user_callback(void *ctx, int32_t n) noexcept nogil:
@@ -1299,65 +1332,109 @@ def minimum(a, b):
     return _minmax(a, b, FG_OP_MIN)
 
 
-cdef Graph _fill_operands(object item, int64_t k, int32_t *idx, double *cst,
-                          Graph g, str what):
-    """Operand k: a Value's index, or -1 and the number.  Returns the graph of
-    the Values seen so far (None while there were only numbers)."""
+# The n-ary ops read user sequences, and Python code can run while they do:
+# float() of a user number type, a __del__ run by the cycle collector during
+# an allocation, another thread at a GIL switch.  So each op reads its
+# sequence once, into a tuple that holds every item until the C call, in two
+# passes: numbers first (the only pass that may run Python code), then, after
+# _enter(g) drained the deferred frees, the Values' node indices, with no
+# Python code between reading them and the C call.  The result equals
+# Python's sum over the same objects, whatever the code does to the sequence.
+
+cdef int _coerce_operands(tuple items, int64_t first, int64_t step, int32_t *idx, double *cst,
+                          str what) except -1:
+    """Pass 1: the numbers of items into cst at first, first + step, ...;
+    a Value's entry is left for _index_operands."""
+    cdef int64_t k, pos
+    for k in range(len(items)):
+        item = items[k]
+        pos = first + k * step
+        if _is_value(item):
+            idx[pos] = -1
+            cst[pos] = 0.0
+        elif _is_number(item):
+            idx[pos] = -1
+            cst[pos] = _to_double(item)
+        else:
+            raise TypeError(f"{what} must hold Values or real numbers, got {type(item).__name__}")
+    return 0
+
+
+cdef Graph _first_graph(tuple items, Graph g):
+    """g, or the graph of the first Value of items when g is None.  No Python code."""
+    cdef int64_t k
+    if g is not None:
+        return g
+    for k in range(len(items)):
+        if _is_value(items[k]):
+            g = (<Value>items[k]).graph
+            if g is None:
+                raise ValueError("uninitialised Value (made with Value.__new__)")
+            return g
+    return None
+
+
+cdef int _index_operands(tuple items, int64_t first, int64_t step, int32_t *idx, Graph g) except -1:
+    """Pass 2, after _enter(g): the node index of every Value of items, all of
+    graph g.  Runs no Python code, so no index read here goes stale before the
+    C call."""
+    cdef int64_t k
     cdef Value v
-    if _is_value(item):
-        v = <Value>item
-        if v.graph is None:
-            raise ValueError("uninitialised Value (made with Value.__new__)")
-        if g is None:
-            g = v.graph
-        elif v.graph is not g:
-            raise ValueError(f"cannot combine Values of two graphs: {g!r} and {v.graph!r}")
-        idx[k] = v.idx
-        cst[k] = 0.0
-    elif _is_number(item):
-        idx[k] = -1
-        cst[k] = _to_double(item)
-    else:
-        raise TypeError(f"{what} must hold Values or real numbers, got {type(item).__name__}")
-    return g
+    for k in range(len(items)):
+        if _is_value(items[k]):
+            v = <Value>items[k]
+            if v.graph is not g:
+                if v.graph is None:
+                    raise ValueError("uninitialised Value (made with Value.__new__)")
+                raise ValueError(f"cannot combine Values of two graphs: {g!r} and {v.graph!r}")
+            idx[first + k * step] = v.idx
+    return 0
 
 
-cdef Value _nary(int op, int64_t n, int32_t *idx, double *cst, double c, Graph g):
-    if g is None:
-        g = _current_graph()
-    _enter(g)
-    return _wrap(g, fg_nary(&g.g, op, n, idx, cst, c))
+cdef int _alloc_operands(int64_t total, int32_t **idx, double **cst) except -1:
+    """Heap operand buffers when the C stack ones (SMALL_N) are too small."""
+    if total > SMALL_N:
+        idx[0] = <int32_t *>malloc(total * sizeof(int32_t))
+        cst[0] = <double *>malloc(total * sizeof(double))
+        if idx[0] == NULL or cst[0] == NULL:
+            free(idx[0]); free(cst[0])
+            raise MemoryError()
+    return 0
 
 
 def sum(values, start=0.0):
     """start + values[0] + values[1] + ... as ONE node (one call into C).
 
-    Elements (and start) may be Values or numbers; they are added left to right.
+    Elements (and start) may be Values or numbers; they are added left to
+    right, as Python's sum adds them (-0.0 stays -0.0).  The sequence is read
+    once, when the call starts: what the elements' ``__float__`` (or anything
+    else) does to it meanwhile does not change the result.
     """
-    cdef list seq = values if type(values) is list else list(values)
-    cdef int64_t n = len(seq), k, off = 0
+    cdef tuple seq = tuple(values)
+    cdef int64_t n = len(seq), off = 0
     cdef int32_t small_idx[SMALL_N]
     cdef double small_cst[SMALL_N]
     cdef int32_t *idx = small_idx
     cdef double *cst = small_cst
-    cdef Graph g = None
-    cdef double c = 0.0
+    cdef tuple head = ()
+    cdef Graph g
+    cdef double c = -0.0      # x + -0.0 == x for every x, -0.0 included
     if _is_value(start):
         off = 1
+        head = (start,)
     else:
         c = _coerce(start, "start")
-    if n + off > SMALL_N:
-        idx = <int32_t *>malloc((n + off) * sizeof(int32_t))
-        cst = <double *>malloc((n + off) * sizeof(double))
-        if idx == NULL or cst == NULL:
-            free(idx); free(cst)
-            raise MemoryError()
+    _alloc_operands(n + off, &idx, &cst)
     try:
-        if off:
-            g = _fill_operands(start, 0, idx, cst, g, "start")
-        for k in range(n):
-            g = _fill_operands(seq[k], k + off, idx, cst, g, "sum()")
-        return _nary(FG_OP_SUM, n + off, idx, cst, c, g)
+        cst[0] = 0.0                # start's entry, when start is a Value
+        _coerce_operands(seq, off, 1, idx, cst, "sum()")
+        g = _first_graph(seq, _first_graph(head, None))
+        if g is None:
+            g = _current_graph()
+        _enter(g)
+        _index_operands(head, 0, 1, idx, g)
+        _index_operands(seq, off, 1, idx, g)
+        return _wrap(g, fg_nary(&g.g, FG_OP_SUM, n + off, idx, cst, c))
     finally:
         if idx != small_idx:
             free(idx); free(cst)
@@ -1367,85 +1444,116 @@ def dot(ws, xs, start=0.0):
     """start + ws[0]*xs[0] + ws[1]*xs[1] + ... as ONE node (one call into C).
 
     A neuron is ``dot(w, x, b)``: the same sum, in the same order, as
-    micrograd's ``sum((wi*xi for wi, xi in zip(w, x)), b)``.
+    micrograd's ``sum((wi*xi for wi, xi in zip(w, x)), b)``.  The sequences
+    are read once, when the call starts (see ``sum``).
     """
-    cdef list wl = ws if type(ws) is list else list(ws)
-    cdef list xl = xs if type(xs) is list else list(xs)
-    cdef int64_t n = len(wl), k, off = 0, total
+    cdef tuple wl = tuple(ws)
+    cdef tuple xl = tuple(xs)
+    cdef int64_t n = len(wl), off = 0, total
     if len(xl) != n:
         raise ValueError(f"dot() needs sequences of equal length, got {n} and {len(xl)}")
     cdef int32_t small_idx[SMALL_N]
     cdef double small_cst[SMALL_N]
     cdef int32_t *idx = small_idx
     cdef double *cst = small_cst
-    cdef Graph g = None
-    cdef double c = 0.0
+    cdef tuple head = ()
+    cdef Graph g
+    cdef double c = -0.0
     if _is_value(start):
         off = 2        # start enters as the pair (start, 1.0): start*1.0 == start
+        head = (start,)
     else:
         c = _coerce(start, "start")
     total = 2 * n + off
-    if total > SMALL_N:
-        idx = <int32_t *>malloc(total * sizeof(int32_t))
-        cst = <double *>malloc(total * sizeof(double))
-        if idx == NULL or cst == NULL:
-            free(idx); free(cst)
-            raise MemoryError()
+    _alloc_operands(total, &idx, &cst)
     try:
         if off:
-            g = _fill_operands(start, 0, idx, cst, g, "start")
+            cst[0] = 0.0
             idx[1] = -1
             cst[1] = 1.0
-        for k in range(n):
-            g = _fill_operands(wl[k], off + 2 * k, idx, cst, g, "dot()")
-            g = _fill_operands(xl[k], off + 2 * k + 1, idx, cst, g, "dot()")
-        return _nary(FG_OP_DOT, total, idx, cst, c, g)
+        _coerce_operands(wl, off, 2, idx, cst, "dot()")
+        _coerce_operands(xl, off + 1, 2, idx, cst, "dot()")
+        g = _first_graph(xl, _first_graph(wl, _first_graph(head, None)))
+        if g is None:
+            g = _current_graph()
+        _enter(g)
+        _index_operands(head, 0, 1, idx, g)
+        _index_operands(wl, off, 2, idx, g)
+        _index_operands(xl, off + 1, 2, idx, g)
+        return _wrap(g, fg_nary(&g.g, FG_OP_DOT, total, idx, cst, c))
     finally:
         if idx != small_idx:
             free(idx); free(cst)
 
 
-def _layer_forward(list neurons, x, neuron_type):
-    """[n(x) for n in neurons] in one call, for fastgrad.nn.Layer.
+def _layer_forward(units, x):
+    """[u(x) for u in units] in one call, for fastgrad.nn.Layer.
 
-    Each neuron of exactly neuron_type becomes dot(n.w, x, n.b) (+ relu when
-    n.nonlin), the same nodes Neuron.__call__ makes; x's operands are read
-    once for all of them.  Anything else (a subclass, a length mismatch) is
-    simply called.
+    The protocol: a unit whose ``_dense`` attribute is a tuple ``(w, b,
+    relu)`` -- w a list of Values as long as x, b a Value -- becomes
+    ``dot(w, x, b)``, relu'd when relu is true: the nodes its own call makes.
+    x's operands are read once for all units.  Any other unit (no ``_dense``,
+    None, another shape, numbers in w) is simply called with a list of x.
     """
-    cdef list xl = x if type(x) is list else list(x)
-    cdef int64_t nx = len(xl), total = 2 * nx + 2, k, j
+    cdef tuple us = tuple(units)
+    cdef tuple xs = tuple(x)
+    cdef int64_t nx = len(xs), total = 2 * nx + 2, k, j
     cdef int32_t *idx = <int32_t *>malloc(total * sizeof(int32_t))
     cdef double *cst = <double *>malloc(total * sizeof(double))
-    cdef Graph g = None, gx = None
+    cdef Graph g, gx
     cdef list out = []
     cdef list w
-    cdef Value node
+    cdef tuple dense
+    cdef object item
+    cdef Value b, node
+    cdef bint relu
     if idx == NULL or cst == NULL:
         free(idx); free(cst)
         raise MemoryError()
     try:
-        for k in range(nx):
-            gx = _fill_operands(xl[k], 2 * k + 3, idx, cst, gx, "dot()")
+        # x: numbers now (Python code may run), indices below, per unit,
+        # after _enter: the snapshot holds x's Values, so they stay valid.
+        _coerce_operands(xs, 3, 2, idx, cst, "dot()")
+        gx = _first_graph(xs, None)
         idx[1] = -1
         cst[1] = 1.0
-        for neuron in neurons:
-            if type(neuron) is not neuron_type:
-                out.append(neuron(xl))
+        for unit in us:
+            d = getattr(unit, "_dense", None)
+            if (type(d) is not tuple or len(<tuple>d) != 3 or type((<tuple>d)[0]) is not list
+                    or type((<tuple>d)[1]) is not Value):
+                out.append(unit(list(xs)))
                 continue
-            wl, b = neuron.w, neuron.b
-            if type(wl) is not list or len(wl) != nx or not _is_value(b):
-                out.append(neuron(xl))
+            dense = <tuple>d        # holds w and b
+            w = <list>dense[0]
+            b = <Value>dense[1]
+            relu = bool(dense[2])   # may run Python code: everything after must not
+            g = b.graph
+            if g is None or (gx is not None and gx is not g):
+                out.append(unit(list(xs)))   # the unit's own call raises the error
                 continue
-            w = wl
-            g = _fill_operands(b, 0, idx, cst, gx, "start")
+            _enter(g)
+            # From here to fg_nary no Python code runs: w's items are read as is.
+            if len(w) != nx:
+                out.append(unit(list(xs)))
+                continue
             for j in range(nx):
-                g = _fill_operands(w[j], 2 * j + 2, idx, cst, g, "dot()")
-            node = _nary(FG_OP_DOT, total, idx, cst, 0.0, g)
-            out.append(_unary(node, FG_OP_RELU) if neuron.nonlin else node)
+                item = w[j]
+                if not _is_value(item) or (<Value>item).graph is not g:
+                    break
+                idx[2 * j + 2] = (<Value>item).idx
+                cst[2 * j + 2] = 0.0
+            else:
+                _index_operands(xs, 3, 2, idx, g)
+                idx[0] = b.idx
+                cst[0] = 0.0
+                node = _wrap(g, fg_nary(&g.g, FG_OP_DOT, total, idx, cst, -0.0))
+                out.append(_unary(node, FG_OP_RELU) if relu else node)
+                continue
+            out.append(unit(list(xs)))      # numbers or foreign Values in w
         return out
     finally:
         free(idx); free(cst)
+
 
 
 def grad(out, wrt):

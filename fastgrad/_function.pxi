@@ -1,16 +1,19 @@
 # _function.pxi -- compiled replay: fastgrad.compile, Function, fastgrad.load.
-# Included by _core.pyx (one extension module); the kernels are src_c/fg_tape.c.
+# Included by _core.pyx (one extension module); the kernels are src_c/fg_replay.c (one row)
+# and src_c/fg_batch.c + fg_rows.h (blocks of rows); tapes are built by src_c/fg_tape_build.c.
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor, wait as _futures_wait
+import queue
+
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK)
 
 cdef int64_t FORMAT_VERSION = 1
-# Below this many node-rows a batch is not split across threads: handing the
-# work to a pool costs more than it saves.
-cdef int64_t THREAD_MIN_WORK = 200_000
-# A Function keeps its batch blocks between calls up to this many doubles each.
-cdef int64_t BLOCK_CACHE_MAX = 8_000_000
+# A default call takes one more thread per this many node-rows of work (rows
+# x nodes with a value per row): below it, waking a thread costs more than it
+# saves, so 100 rows never pay for threads.
+cdef int64_t THREAD_MIN_WORK = 150_000
 
 _STATE_DTYPES = {
     "version": np.int64, "sizes": np.int64, "single": np.bool_,
@@ -18,28 +21,134 @@ _STATE_DTYPES = {
     "opnd": np.int32, "ocst": np.float64, "out": np.int32,
 }
 
+
+def _pool_worker(tasks):
+    while True:
+        run = tasks.get()
+        if run is None:
+            return
+        run()
+        run = None
+
+
+class _Pool:
+    """Daemon threads taking batch jobs' run methods from one queue.
+
+    Handing out work is SimpleQueue.put, one C call per thread: no Python
+    code (so no KeyboardInterrupt) runs inside it, unlike a
+    ThreadPoolExecutor.submit interrupted while it holds its lock, which
+    hangs every later submit.
+    """
+
+    def __init__(self, int n):
+        self.tasks = queue.SimpleQueue()
+        self.size = 0
+        for _ in range(n):
+            threading.Thread(target=_pool_worker, args=(self.tasks,), daemon=True,
+                             name=f"fastgrad-{self.size}").start()
+            self.size += 1
+
+    def __del__(self):
+        for _ in range(self.size):
+            self.tasks.put(None)
+
+
 _pool = None
-_pool_size = 0
 
 
 def _thread_pool(int n):
-    global _pool, _pool_size
-    if _pool is None or _pool_size < n:
-        # The old pool is dropped, never shut down: another thread may hold it
-        # between _thread_pool() and submit() (shutdown made that submit raise
-        # RuntimeError).  Its idle workers exit when it is collected.
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastgrad")
-        _pool_size = n
-    return _pool
+    """A pool of at least n threads (a bigger one replaces it; the old one's
+    threads exit once the queue that feeds them is dropped)."""
+    global _pool
+    pool = _pool
+    if pool is None or pool.size < n:
+        pool = _Pool(n)
+        _pool = pool
+    return pool
+
+
+def _forget_thread_pool():
+    # A forked child has none of the parent's threads: a pool inherited from
+    # the parent would queue work that no thread ever takes (a hang).
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_thread_pool)
+
+
+def _row_targets():
+    """[(name, supported by this CPU, rows per tile)] for every row-kernel target of this build."""
+    return [(fg_rows_target_name(k).decode("ascii"), bool(fg_rows_target_supported(k)),
+             fg_rows_target_tile(k)) for k in range(fg_rows_target_count())]
+
+
+def _set_row_kernels(name):
+    """Test hook: run batches with the named target's kernels; returns the previous name."""
+    before = fg_rows_target_name(fg_rows_current()).decode("ascii")
+    names = [t[0] for t in _row_targets()]
+    if name not in names:
+        raise ValueError(f"unknown row kernels {name!r}; this build has {names}")
+    if fg_rows_select(names.index(name)) < 0:
+        raise ValueError(f"this CPU cannot run the {name!r} row kernels")
+    return before
+
+
+def _block_bytes(bytes_=0):
+    """Tuning hook: the bytes a batch block's node rows aim at; a positive
+    argument sets it.  Returns the value before."""
+    if not isinstance(bytes_, int) or bytes_ < 0:
+        raise ValueError("block bytes must be a non-negative int")
+    return fg_batch_block_bytes(bytes_)
+
+
+def show_config(mode="stdout"):
+    """Which row kernels batched replay runs (picked at import from the CPU's
+    features; FASTGRAD_ROW_KERNELS=name forces one), and which this build has.
+
+    mode="stdout" prints it; mode="dicts" returns it as a dict.
+    """
+    targets = _row_targets()
+    info = {"row_kernels": fg_rows_target_name(fg_rows_current()).decode("ascii"),
+            "row_kernel_targets": {name: ok for name, ok, _ in targets},
+            "tile_rows": {name: tile for name, _, tile in targets},
+            "cpu_count": os.cpu_count() or 1}
+    if mode == "dicts":
+        return info
+    if mode != "stdout":
+        raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")
+    print(f"fastgrad row kernels: {info['row_kernels']} (this build: "
+          + ", ".join(f"{n}{'' if ok else ' (not on this CPU)'}" for n, ok, _ in targets) + ")")
+
+
+def _select_row_kernels_at_import():
+    forced = os.environ.get("FASTGRAD_ROW_KERNELS", "")
+    if forced:
+        _set_row_kernels(forced)
+    else:
+        fg_rows_select(-1)
+
+
+_select_row_kernels_at_import()
 
 
 cdef object _real_array(object arg, str name, int ndim):
     """arg as a C-contiguous float64 array of ndim dimensions, or an error naming it."""
-    arr = np.asarray(arg)
+    # A list is read once: an element numpy calls back into may change it.
+    arr = np.asarray(tuple(arg) if type(arg) is list else arg)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got {type(arg).__name__} of dtype {arr.dtype}")
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        # long double: a finite entry beyond the double range raises
+        # OverflowError, as it does for Value(), instead of becoming inf
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(arr, dtype=np.float64)
+        if (np.isinf(out) & np.isfinite(arr)).any():
+            raise OverflowError(f"{name} holds a {arr.dtype} too large to convert to float")
+        return out
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
@@ -71,13 +180,6 @@ cdef tuple _argnums(object argnums, int64_t nargs):
     return tuple(int(k) for k in nums), single
 
 
-cdef void _rows(const fg_tape_t *t, int64_t ld, int64_t r0, int64_t r1, double *V, double *ADJ,
-               const uint8_t *uni) noexcept nogil:
-    fg_tape_forward(t, ld, r1 - r0, V + r0, uni)
-    if ADJ != NULL:
-        fg_tape_reverse(t, ld, r1 - r0, V + r0, ADJ + r0, NULL, uni)
-
-
 @cython.final
 @cython.auto_pickle(False)
 cdef class Function:
@@ -98,8 +200,7 @@ cdef class Function:
     cdef bint single            # fn returned one Value (not a sequence)
     cdef double *ws             # cached workspace: 4 * n doubles
     cdef bint ws_busy           # taken by a call (another thread may run one)
-    cdef object blocks          # cached (V, ADJ) node x row blocks of the last batch size
-    cdef bint blocks_busy
+    cdef dict layouts           # batched argument numbers -> _layout()
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Functions are made by fastgrad.compile() or fastgrad.load()")
@@ -362,47 +463,42 @@ cdef class Function:
 
     # ------------------------------------------------------------ batches
 
-    cdef list _bounds(self, int64_t B, object threads):
-        """Row ranges, one per thread: [b0=0, b1, ..., B]."""
-        cdef int64_t nthreads, k
-        if threads is None:
-            nthreads = os.cpu_count() or 1
-            if self.t.n * B < THREAD_MIN_WORK:
-                nthreads = 1
-        else:
-            nthreads = threads
-            if nthreads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
-        nthreads = max(1, min(nthreads, B))
-        return [B * k // nthreads for k in range(nthreads + 1)]
+    cdef tuple _layout(self, tuple bnums):
+        """(uni, lane_of, n_lanes, per_row) of batches over the arguments bnums:
+        computed once per set of batched arguments, then kept (read-only)."""
+        key = tuple(sorted(set(bnums)))
+        if self.layouts is not None:
+            lay = self.layouts.get(key)
+            if lay is not None:
+                return lay
+        batched_in = np.zeros(self.t.n_in + 1, dtype=np.uint8)
+        for k in key:
+            batched_in[self.offsets[k]:self.offsets[k] + self.sizes[k]] = 1
+        uni = np.empty(self.t.n + 1, dtype=np.uint8)
+        lane_of = np.empty(self.t.n + 1, dtype=np.int32)
+        cdef const uint8_t[::1] mb = batched_in
+        cdef uint8_t[::1] mu = uni
+        cdef int32_t[::1] ml = lane_of
+        cdef int64_t per_row = 0, n_lanes
+        fg_tape_uniform(&self.t, &mb[0], &mu[0])
+        n_lanes = fg_batch_layout(&self.t, &mu[0], &ml[0], &per_row)
+        lay = (uni, lane_of, n_lanes, per_row)
+        if self.layouts is None:
+            self.layouts = {}
+        if len(self.layouts) < 16:
+            self.layouts[key] = lay
+        return lay
 
-    cdef tuple _take_blocks(self, int64_t B):
-        """(V, ADJ), n x B each: the cached pair when free and of this size.
-        Fresh blocks every call would cost page faults that dwarf the sweep."""
-        c = self.blocks
-        if not self.blocks_busy and c is not None and c[0].shape[1] == B:
-            self.blocks_busy = True
-            return c
-        V = np.empty((self.t.n, B))
-        c = (V, np.empty_like(V))
-        if not self.blocks_busy and self.t.n * B <= BLOCK_CACHE_MAX:
-            self.blocks = c
-            self.blocks_busy = True
-        return c
-
-    cdef void _give_blocks(self, tuple c):
-        if c is self.blocks:
-            self.blocks_busy = False
-
-    cdef tuple _batch_inputs(self, tuple args, object batch_argnums, str what, object threads):
-        """(V, ADJ, B, bnums, uni, bounds): value and adjoint blocks (n x B),
-        every batched input row written; shared inputs, uniform, are written
-        only in each chunk's first row (the only row their readers read)."""
+    cdef _BatchJob _batch_job(self, tuple args, object batch_argnums, str what, bint reverse,
+                              tuple nums):
+        """A job over the rows of the batched arguments, its outputs allocated:
+        job.values (rows x outputs), job.grads (per-row gradients of the batched
+        arguments in nums), job.shared (per-chunk summed adjoints) when reverse."""
         self._check_nargs(args, what)
         bnums, _ = _argnums(batch_argnums, len(self.sizes))
+        cdef int64_t nargs = len(args), B = -1, k, size
         arrays = []
-        cdef int64_t B = -1, k, i, size
-        for k in range(len(args)):
+        for k in range(nargs):
             batched = k in bnums
             arr = _real_array(args[k], f"{what} argument {k}", 2 if batched else 1)
             size = self.sizes[k]
@@ -416,92 +512,113 @@ cdef class Function:
             arrays.append(arr)
         if B < 0:
             raise ValueError(f"{what} needs at least one batched argument (batch_argnums)")
-        bounds = self._bounds(B, threads)
-        starts = bounds[:len(bounds) - 1] if B else []
-        batched = np.zeros(self.t.n_in + 1, dtype=np.uint8)
-        uni = np.empty(self.t.n + 1, dtype=np.uint8)
-        for k in bnums:
-            batched[self.offsets[k]:self.offsets[k] + self.sizes[k]] = 1
-        cdef const uint8_t[::1] mb = batched
-        cdef uint8_t[::1] mu = uni
-        fg_tape_uniform(&self.t, &mb[0], &mu[0])
-        blocks = self._take_blocks(B)
-        V = blocks[0]
-        try:
-            for k in range(len(args)):
-                off = self.offsets[k]
-                size = self.sizes[k]
-                if k in bnums:
-                    V[off:off + size, :] = arrays[k].T
-                elif B:
-                    V[off:off + size, starts] = arrays[k][:, None]
-        except BaseException:
-            self._give_blocks(blocks)
-            raise
-        return blocks, B, bnums, uni, bounds
-
-    cdef object _run_batch(self, object V, object ADJ, int64_t B, list bounds, object uni):
-        """Runs the rows in chunks (bounds); returns the chunks' first rows
-        (where the uniform nodes and their row-summed adjoints live)."""
-        cdef int64_t nthreads = len(bounds) - 1, k
-        cdef double[:, ::1] mV = V
-        cdef double[:, ::1] mA
+        cdef _BatchJob job = _BatchJob.__new__(_BatchJob)
+        job.owner = self
+        job.mem = malloc(nargs * (2 * sizeof(int64_t) + 2 * sizeof(void *) + 1) + 1)
+        if job.mem == NULL:
+            raise MemoryError()
+        cdef int64_t *off = <int64_t *>job.mem
+        cdef int64_t *sz = off + nargs
+        cdef const double **argp = <const double **>(sz + nargs)
+        cdef double **gradp = <double **>(argp + nargs)
+        cdef uint8_t *bat = <uint8_t *>(gradp + nargs)
+        uni, lane_of, n_lanes, per_row = self._layout(bnums)
         cdef const uint8_t[::1] mu = uni
-        cdef double *pV = &mV[0, 0] if B > 0 else NULL
-        cdef double *pA = NULL
-        if B == 0:
-            return [0]
-        if ADJ is not None:
-            mA = ADJ
-            pA = &mA[0, 0]
-        if nthreads == 1:
-            with nogil:
-                _rows(&self.t, B, 0, B, pV, pA, &mu[0])
-            return [0]
-        pool = _thread_pool(nthreads - 1)
-        futures = []
-        try:
-            for k in range(1, nthreads):
-                futures.append(pool.submit(self._chunk, <size_t>pV, <size_t>pA, <size_t>&mu[0], B,
-                                           bounds[k], bounds[k + 1]))
-            self._chunk(<size_t>pV, <size_t>pA, <size_t>&mu[0], B, bounds[0], bounds[1])
-        finally:
-            # Whatever happened, no worker may still write into V and ADJ once
-            # this returns or raises (the caller owns and frees them).
-            _futures_wait(futures)
-        for f in futures:
-            f.result()
-        return bounds[:nthreads]
+        cdef const int32_t[::1] ml = lane_of
+        values = np.empty((B, self.t.n_out))
+        grads = {}
+        for k in range(nargs):
+            off[k] = self.offsets[k]
+            sz[k] = self.sizes[k]
+            bat[k] = k in bnums
+            argp[k] = _data(arrays[k])
+            gradp[k] = NULL
+            if reverse and bat[k] and k in nums:
+                grads[k] = np.empty((B, sz[k]))
+                gradp[k] = _data(grads[k])
+        job.b.t = &self.t
+        job.b.uni = &mu[0]
+        job.b.rows = B
+        job.b.nargs = nargs
+        job.b.off = off
+        job.b.size = sz
+        job.b.batched = bat
+        job.b.arg = argp
+        job.b.values = _data(values)
+        job.b.grad = gradp
+        job.b.want_reverse = reverse
+        job.b.target = fg_rows_current()
+        job.b.lane_of = &ml[0]
+        job.b.per_row = per_row
+        job.b.n_lanes = n_lanes
+        fg_batch_plan(&job.b)
+        job.shared = None
+        if reverse:
+            job.shared = np.empty((job.b.nchunks, self.t.n_in))
+            job.b.shared = _data(job.shared)
+        job.values = values
+        job.grads = grads
+        job.keep = (arrays, uni, lane_of)   # what the pointers point into lives as long as the job
+        return job
 
-    def _chunk(self, size_t pV, size_t pA, size_t pU, int64_t ld, int64_t r0, int64_t r1):
-        # Rows [r0, r1) of the blocks at pV/pA; the caller keeps them alive.
+    cdef int _run_job(self, _BatchJob job, object threads) except -1:
+        """Runs every chunk of job, on this thread and, when the work is big
+        enough (or threads asks), on pool threads; returns only once no thread
+        is left inside the job, whatever happens (KeyboardInterrupt included)."""
+        cdef int64_t nthreads, k
+        if threads is None:
+            nthreads = os.cpu_count() or 1
+            nthreads = min(nthreads, max(1, job.b.rows * max(job.b.per_row, 1) // THREAD_MIN_WORK))
+        else:
+            if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool):
+                raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            nthreads = min(threads, 1 << 16)
+        nthreads = max(1, min(nthreads, job.b.nchunks))
+        pool = None
+        if nthreads > 1:
+            try:
+                pool = _thread_pool(nthreads - 1)
+            except RuntimeError:   # no thread can be started: this one does every chunk
+                pass
+        job.open()
+        # From here on the job is open: whatever is raised (a KeyboardInterrupt
+        # between two puts), finish() runs and waits for every thread that joined.
+        try:
+            if pool is not None:
+                put, run = pool.tasks.put, job.run
+                for k in range(nthreads - 1):
+                    put(run)
+        except BaseException:
+            with nogil:
+                job.finish(True)
+            raise
         with nogil:
-            _rows(&self.t, ld, r0, r1, <double *>pV, <double *>pA, <const uint8_t *>pU)
+            job.finish(False)
+        if job.status == FG_ENOMEM:
+            raise MemoryError()
+        return 0
 
     def batch(self, *args, batch_argnums=(1,), threads=None):
         """Outputs for every row of the batched arguments.
 
         Arguments listed in batch_argnums are 2-D (rows x traced length), the
         others 1-D and shared by every row.  Returns shape (rows,) for one
-        output, (rows, outputs) otherwise.  threads (default: all cores when
-        the batch is large enough) split the rows with the GIL released.
+        output, (rows, outputs) otherwise.  threads (default: as many as the
+        work pays for, up to all cores) take blocks of rows with the GIL
+        released; the result does not depend on it.
         """
+        cdef _BatchJob job
         args = tuple(args)
         if _has_dask(args):
             self._check_nargs(args, "batch")
             from fastgrad import _dask
             return _dask.batch(self, args, _argnums(batch_argnums, len(self.sizes))[0], threads)
-        blocks, B, _, uni, bounds = self._batch_inputs(args, batch_argnums, "batch", threads)
-        V = blocks[0]
-        try:
-            self._run_batch(V, None, B, bounds, uni)
-            outs = np.empty((self.t.n_out, B))
-            for k in range(self.t.n_out):
-                # a uniform output was computed once per chunk, in its first row
-                outs[k] = V[self.t.out[k], 0] if uni[self.t.out[k]] and B else V[self.t.out[k]]
-            return outs[0] if self.single else np.ascontiguousarray(outs.T)
-        finally:
-            self._give_blocks(blocks)
+        job = self._batch_job(args, batch_argnums, "batch", False, ())
+        self._run_job(job, threads)
+        values = job.values
+        return values.reshape(values.shape[0]) if self.single else values
 
     def batch_value_and_grad(self, *args, batch_argnums=(1,), argnums=0, threads=None):
         """(per-row values, gradient) of a scalar output over a batch.
@@ -509,40 +626,38 @@ cdef class Function:
         Rows of the batched arguments are independent inputs.  The gradient
         w.r.t. an unbatched argument is summed over rows (1-D); w.r.t. a
         batched one it is per row (rows x length).  A tuple argnums gives a
-        tuple of gradients.
+        tuple of gradients.  Rows run in blocks, whose sums are added in row
+        order, so the result is the same bits for any threads.
         """
+        cdef _BatchJob job
+        cdef double[:, ::1] ms
+        cdef double[::1] mg
+        cdef int64_t c, i, lo, size
         self._scalar_output("batch_value_and_grad")
-        args = tuple(args)
         nums, single = _argnums(argnums, len(self.sizes))
         if _has_dask(args):
             self._check_nargs(args, "batch_value_and_grad")
             from fastgrad import _dask
             return _dask.batch_value_and_grad(self, args, _argnums(batch_argnums, len(self.sizes))[0],
                                               nums, single, threads)
-        blocks, B, bnums, uni, bounds = self._batch_inputs(args, batch_argnums, "batch_value_and_grad",
-                                                           threads)
-        try:
-            return self._value_and_grad_rows(blocks, B, bnums, uni, bounds, nums, single)
-        finally:
-            self._give_blocks(blocks)
-
-    cdef tuple _value_and_grad_rows(self, tuple blocks, int64_t B, tuple bnums, object uni, list bounds,
-                                    tuple nums, bint single):
-        V, ADJ = blocks
-        starts = self._run_batch(V, ADJ, B, bounds, uni)
-        out = self.t.out[0]
-        values = np.full(B, V[out, 0]) if uni[out] and B else V[out].copy()
+        job = self._batch_job(args, batch_argnums, "batch_value_and_grad", True, nums)
+        self._run_job(job, threads)
+        ms = job.shared
         grads = []
         for k in nums:
-            lo, hi = self.offsets[k], self.offsets[k] + self.sizes[k]
-            if k in bnums:
-                grads.append(np.array(ADJ[lo:hi].T, order="C"))   # a copy: ADJ is reused
-            elif B == 0:
-                grads.append(np.zeros(hi - lo))
-            else:
-                # shared inputs are uniform: each chunk summed its rows into its first row
-                grads.append(ADJ[lo:hi][:, starts].sum(axis=1))
-        return values, (grads[0] if single else tuple(grads))
+            if k in job.grads:
+                grads.append(job.grads[k])
+                continue
+            lo, size = self.offsets[k], self.sizes[k]
+            out = np.zeros(size)
+            mg = out
+            # the chunks' sums, added in chunk (row) order
+            for c in range(job.b.nchunks):
+                for i in range(size):
+                    mg[i] += ms[c, lo + i]
+            grads.append(out)
+        values = job.values
+        return values.reshape(values.shape[0]), (grads[0] if single else tuple(grads))
 
     # ------------------------------------------------------------ storage
 
@@ -582,6 +697,135 @@ cdef class Function:
         """Write the tape to path as plain arrays (an .npz archive; no pickle)."""
         with open(path, "wb") as fh:
             np.savez(fh, **self._state())
+
+
+def _batch_plan(Function f, *args, batch_argnums=(1,), reverse=True):
+    """Test hook: {block, chunk, nchunks, per_row} of a batched call with these arguments."""
+    cdef _BatchJob job = f._batch_job(tuple(args), batch_argnums, "_batch_plan", reverse, ())
+    return {"block": job.b.block, "chunk": job.b.chunk, "nchunks": job.b.nchunks,
+            "per_row": job.b.per_row}
+
+
+cdef double _no_data[1]
+
+
+cdef double *_data(object arr) except NULL:
+    """The first double of a C-contiguous float64 array (a dummy for an empty
+    one); read-only arrays too: only outputs the call allocated are written."""
+    cdef const double[::1] m
+    if arr.size == 0:
+        return _no_data
+    m = arr.reshape(-1)
+    return <double *>&m[0]
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _BatchJob:
+    """One batched call, shared by the threads that run it.
+
+    Every pointer lives in C fields that the call set up; the workers' entry
+    point run() takes no arguments.  Threads join while the job is open, take
+    chunks until none is left, and the caller (finish) returns only after the
+    last one left, so no thread ever writes into arrays the call has let go.
+    A job that is not open (made from Python, or its call over) does nothing.
+    """
+
+    cdef fg_batch_t b
+    cdef PyThread_type_lock lock    # guards the fields below
+    cdef PyThread_type_lock done    # held by the job; the last worker out releases it to the caller
+    cdef int64_t next_chunk
+    cdef int active                 # threads inside
+    cdef bint is_open               # threads may still join
+    cdef bint waiting               # the caller waits for done
+    cdef int status                 # FG_OK, FG_ENOMEM, or FG_EINVAL (cancelled)
+    cdef void *mem                  # the per-argument arrays of b
+    cdef object owner               # the Function whose tape b reads
+    cdef object keep                # the arrays b points into
+    cdef object values
+    cdef dict grads
+    cdef object shared
+
+    def __cinit__(self):
+        self.lock = PyThread_allocate_lock()
+        self.done = PyThread_allocate_lock()
+        if self.lock == NULL or self.done == NULL:
+            raise MemoryError()
+        PyThread_acquire_lock(self.done, WAIT_LOCK)
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+        if self.done != NULL:
+            PyThread_release_lock(self.done)
+            PyThread_free_lock(self.done)
+        free(self.mem)
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("batch jobs are made by Function.batch and batch_value_and_grad")
+
+    def run(self):
+        """A worker's part: chunks until none is left (nothing, once the call is over)."""
+        with nogil:
+            self.work()
+
+    cdef void open(self) noexcept:
+        self.next_chunk = 0
+        self.status = FG_OK
+        self.is_open = True
+
+    cdef void work(self) noexcept nogil:
+        cdef int64_t c
+        cdef double *ws
+        PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        if not self.is_open:
+            PyThread_release_lock(self.lock)
+            return
+        self.active += 1
+        PyThread_release_lock(self.lock)
+        ws = <double *>malloc(fg_batch_ws_doubles(&self.b) * sizeof(double))
+        if ws == NULL:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+            self.status = FG_ENOMEM
+            PyThread_release_lock(self.lock)
+        else:
+            fg_batch_prepare(&self.b, ws)
+            while True:
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+                c = self.next_chunk
+                if self.status != FG_OK or c >= self.b.nchunks:
+                    c = -1
+                else:
+                    self.next_chunk = c + 1
+                PyThread_release_lock(self.lock)
+                if c < 0:
+                    break
+                fg_batch_run_chunk(&self.b, c, ws)
+            free(ws)
+        PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        self.active -= 1
+        if self.active == 0 and self.waiting:
+            self.waiting = False
+            PyThread_release_lock(self.done)
+        PyThread_release_lock(self.lock)
+
+    cdef void finish(self, bint cancel) noexcept nogil:
+        """The caller's share of the chunks (none when cancel), then closes the
+        job and waits, uninterruptibly, until every thread that joined left."""
+        cdef bint wait
+        if cancel:
+            PyThread_acquire_lock(self.lock, WAIT_LOCK)
+            self.status = FG_EINVAL
+            PyThread_release_lock(self.lock)
+        else:
+            self.work()
+        PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        self.is_open = False
+        wait = self.active > 0
+        self.waiting = wait
+        PyThread_release_lock(self.lock)
+        if wait:
+            PyThread_acquire_lock(self.done, WAIT_LOCK)
 
 
 cdef void _copy_out(object arr, const void *src, int64_t nbytes):
@@ -664,14 +908,61 @@ def load(path):
     """
     with open(path, "rb") as fh:        # missing or unreadable: OSError, as for any file
         try:
-            archive = np.load(fh, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError(f"an .npy array, not an archive")
-            with archive:
-                state = {key: archive[key] for key in archive.files}
+            state = _read_archive(fh)
         except Exception as exc:
             raise ValueError(f"{path!r} is not a saved fastgrad Function: {exc}") from exc
     return _function_from_state(state, repr(path))
+
+
+# What one archive member may expand to: its stored size times this (save()
+# stores members uncompressed, ratio 1), or at least MEMBER_MIN_BOUND bytes.
+cdef int64_t MEMBER_RATIO = 64
+cdef int64_t MEMBER_MIN_BOUND = 1 << 20
+
+
+cdef dict _read_archive(object fh):
+    """The arrays of an .npz archive that the format has (_STATE_DTYPES),
+    each read only after checking what it may cost: unknown members are
+    never decompressed, and a member whose declared size exceeds its bound,
+    or whose .npy header promises more data than the member holds, is refused
+    before anything is allocated for it."""
+    import zipfile
+    from numpy.lib import format as npformat
+    magic = fh.read(6)
+    fh.seek(0)
+    if magic == npformat.MAGIC_PREFIX:
+        raise ValueError("an .npy array, not an archive")
+    state = {}
+    with zipfile.ZipFile(fh) as zf:
+        for key in _STATE_DTYPES:
+            try:
+                info = zf.getinfo(key + ".npy")
+            except KeyError:
+                continue                  # _function_from_state names it
+            bound = max(MEMBER_MIN_BOUND, MEMBER_RATIO * info.compress_size)
+            if info.file_size > bound:
+                raise ValueError(f"member {info.filename!r} expands to {info.file_size} bytes from "
+                                 f"{info.compress_size} (more than {bound})")
+            with zf.open(info) as member:
+                version = npformat.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = npformat.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, fortran, dtype = npformat.read_array_header_2_0(member)
+                else:
+                    raise ValueError(f"member {info.filename!r}: unsupported .npy version {version}")
+                if dtype.hasobject:
+                    raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+                count = 1
+                for d in shape:
+                    count *= d
+                nbytes = count * dtype.itemsize
+                if nbytes > info.file_size - member.tell():
+                    raise ValueError(f"member {info.filename!r} promises {nbytes} bytes of data "
+                                     f"in {info.file_size} bytes")
+            with zf.open(info) as member:
+                state[key] = npformat.read_array(member, allow_pickle=False)
+    return state
 
 
 cdef int _refuse_user_op(Graph g, int32_t node) except -1:
@@ -690,7 +981,9 @@ def compile(fn, *example_args):
 
     fn is called with one list of leaf Values per example argument (each a
     1-D sequence or array of numbers) and returns a Value or a sequence of
-    Values/numbers.  The nodes reachable from the outputs are copied, in
+    Values (a number among them raises TypeError: it would replay as a
+    constant).  The inputs are the Values fn was given, whatever fn then
+    does to its lists.  The nodes reachable from the outputs are copied, in
     topological order, into a tape owned by the Function; sub-graphs that do
     not depend on the arguments are folded to constants.  Python control flow
     in fn runs once, now: the tape records the branch taken at the examples.
@@ -704,6 +997,9 @@ def compile(fn, *example_args):
     cdef int64_t n_in = 0, n_out, k
     with g:
         lists = [[Value(x) for x in arr.tolist()] for arr in arrays]
+        # The inputs as fn receives them, before it runs: whatever fn does to
+        # its lists (sort, append, clear, replace), the tape's inputs are these.
+        inputs_traced = tuple([v for lst in lists for v in lst])
         result = fn(*lists)
         single = _is_value(result)
         if single:
@@ -720,12 +1016,12 @@ def compile(fn, *example_args):
                 if (<Value>outs[k]).graph is not g:
                     raise ValueError(f"compile(): output {k} belongs to {(<Value>outs[k]).graph!r}, "
                                      f"not to the traced graph {g!r}; build outputs from fn's arguments")
-            elif _is_number(outs[k]):
-                outs[k] = Value(outs[k])
             else:
-                raise TypeError(f"compile(): output {k} is a {type(outs[k]).__name__}, not a Value or number")
-    leaves = [v for lst in lists for v in lst]
-    n_in = len(leaves)
+                # A number (say a float of fastgrad.grad) would replay as a
+                # constant: the Function would be wrong for every other input.
+                raise TypeError(f"compile(): output {k} is a {type(outs[k]).__name__}, not a Value "
+                                "(fn must return Values built from its arguments)")
+    n_in = len(inputs_traced)
     n_out = len(outs)
     cdef int32_t *inputs = <int32_t *>malloc((n_in + 1) * sizeof(int32_t))
     cdef int32_t *out_idx = <int32_t *>malloc((n_out + 1) * sizeof(int32_t))
@@ -733,11 +1029,11 @@ def compile(fn, *example_args):
     try:
         if inputs == NULL or out_idx == NULL:
             raise MemoryError()
+        _enter(g)
         for k in range(n_in):
-            inputs[k] = (<Value>leaves[k]).idx
+            inputs[k] = (<Value>inputs_traced[k]).idx
         for k in range(n_out):
             out_idx[k] = (<Value>outs[k]).idx
-        _enter(g)
         rc = fg_tape_build(&f.t, &g.g, n_in, inputs, n_out, out_idx)
         if rc == FG_EINVAL and g.g.nuser and fg_is_live(&g.g, g.g.err_node) \
                 and g.g.op[g.g.err_node] == FG_OP_USER:

@@ -116,6 +116,16 @@ def _graph_view(out, names=None, node=None):
 
     cdef int64_t top = g.g.top
     nodes = order_arr[:nnodes].copy()
+    # Pinned while the node arrays are read: a __del__ run by the collector
+    # during these allocations cannot move (grow or shrink) the storage.
+    g.g.pinned += 1
+    try:
+        ops = np.asarray(<uint8_t[:top]> g.g.op)[nodes]
+        vals = np.asarray(<double[:top]> g.g.val)[nodes]
+        csts = np.asarray(<double[:top]> g.g.cst)[nodes]
+        stored = np.asarray(<double[:top]> g.g.grad)[nodes]
+    finally:
+        g.g.pinned -= 1
     cdef dict found = {}
     cdef int32_t slot
     for slot in nodes.tolist():
@@ -128,11 +138,11 @@ def _graph_view(out, names=None, node=None):
         "out": int(o.idx),
         "node": int(node_slot),
         "nodes": nodes,
-        "op": np.asarray(<uint8_t[:top]> g.g.op)[nodes],
-        "val": np.asarray(<double[:top]> g.g.val)[nodes],
-        "cst": np.asarray(<double[:top]> g.g.cst)[nodes],
+        "op": ops,
+        "val": vals,
+        "cst": csts,
         "grad": adj_arr[nodes],
-        "stored_grad": np.asarray(<double[:top]> g.g.grad)[nodes],
+        "stored_grad": stored,
         "consumer": consumer_arr[:ne].copy(),
         "pos": pos_arr[:ne].copy(),
         "parent": parent_arr[:ne].copy(),

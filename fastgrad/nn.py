@@ -48,6 +48,9 @@ class Module:
         return leaf_arrays(self.parameters())
 
 
+_DENSE_FIELDS = frozenset(("w", "b", "nonlin"))
+
+
 class Neuron(Module):
     """``relu(w . x + b)`` (or linear with ``nonlin=False``)."""
 
@@ -59,6 +62,16 @@ class Neuron(Module):
         for k, w in enumerate(self.w):      # a drawing of a neuron reads w0, w1, ..., b
             w.name = f"w{k}"
         self.b.name = "b"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _DENSE_FIELDS:
+            # The fused Layer path reads this tuple instead of the fields: a
+            # neuron whose class keeps Neuron.__call__ is dot(w, x, b) (+ relu).
+            # Rebuilt whenever a field is set; w's list itself is read per call.
+            d = self.__dict__
+            fused = type(self).__call__ is Neuron.__call__ and "w" in d and "b" in d and "nonlin" in d
+            d["_dense"] = (d["w"], d["b"], d["nonlin"]) if fused else None
 
     def __call__(self, x: Sequence[Union[Value, Number]]) -> Value:
         act = dot(self.w, x, self.b)
@@ -79,7 +92,7 @@ class Layer(Module):
 
     def __call__(self, x: Sequence[Union[Value, Number]]) -> Union[Value, List[Value]]:
         # [n(x) for n in self.neurons], in one call into C
-        out: List[Value] = _layer_forward(self.neurons, x, Neuron)
+        out: List[Value] = _layer_forward(self.neurons, x)
         return out[0] if len(out) == 1 else out
 
     def parameters(self) -> List[Value]:

@@ -23,7 +23,9 @@
  *   origin  int32   the glue's tag for the Python line that made the node
  *                   (the value of `tag` when the slot was handed out)
  * Slots in [top, capacity) are never read, so growth does not touch them:
- * a large capacity costs address space, not memory, until it is used.
+ * a large capacity costs address space, not memory, until it is used.  When
+ * the slots in use fall far below capacity the storage shrinks again (never
+ * below the capacity asked for at init; with hysteresis, see fg_graph.c).
  * n-ary operands (SUM, DOT) live in a side array of (int32 index, double
  * constant) pairs; index -1 means "this operand is the constant".
  */
@@ -79,6 +81,11 @@ typedef struct {
     int32_t   free_head;  /* first free slot below top, -1 if none */
     int32_t   ordered;    /* every live edge goes from a higher index to a lower */
     int64_t   freed;      /* nodes freed since top and the free list were last trimmed */
+    int64_t   min_capacity; /* capacity asked for at init: storage never shrinks below it */
+    int64_t   keep;       /* learned working size: a shrink was undone by regrowth (0: none) */
+    int64_t   shrunk_to;  /* capacity the last shrink left, until the next trim (0: none) */
+    int64_t   quiet;      /* trims in a row whose peak stayed below keep / 4 */
+    int64_t   reclaim_peak; /* > 0: a trim ran where storage could not move (fg_reclaim) */
 
     int32_t  *opnd;       /* side array: operand node index or -1 */
     double   *ocst;       /* side array: constant operand where opnd == -1 */
@@ -112,7 +119,13 @@ void     fg_decref(fg_graph_t *g, int32_t i);
  * (0: done), which fg_release_resume finishes (e.g. with the GIL released).
  * No other call on g may come between the two. */
 int64_t  fg_release(fg_graph_t *g, int32_t i, int64_t budget);
+/* Never moves the node storage (it may run with the GIL released while
+ * other threads read .data): a memory give-back it would do is left to
+ * fg_reclaim, which the caller runs afterwards. */
 void     fg_release_resume(fg_graph_t *g, int64_t pending);
+/* Gives node storage back to the allocator when the live slots fell far
+ * below capacity (see fg_graph.c); a no-op unless a trim asked for it. */
+void     fg_reclaim(fg_graph_t *g);
 int64_t  fg_graph_bytes(const fg_graph_t *g);
 /* Room for n entries in release[] (the glue calls it before setting FG_OWNED). */
 int      fg_reserve_release(fg_graph_t *g, int64_t n);
@@ -178,9 +191,9 @@ int64_t  fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnod
                        double *adj, int64_t cap, int32_t *consumer, int32_t *pos,
                        int32_t *parent, double *contrib);
 
-/* Compiled replay (fg_tape.c).  A tape: nodes in topological order, inputs
- * first ([0, n_in), op LEAF), constants folded to FG_OP_CONST.  Parents are
- * tape indices below the child; n-ary operands live in opnd/ocst as in a graph. */
+/* Compiled replay.  A tape: nodes in topological order, inputs first
+ * ([0, n_in), op LEAF), constants folded to FG_OP_CONST.  Parents are tape
+ * indices below the child; n-ary operands live in opnd/ocst as in a graph. */
 typedef struct {
     int64_t   n;          /* nodes */
     int64_t   n_in;       /* inputs: [0, n_in) */
@@ -195,6 +208,7 @@ typedef struct {
     int32_t  *out;        /* tape index of each output */
 } fg_tape_t;
 
+/* Building and checking tapes (fg_tape_build.c). */
 int      fg_tape_alloc(fg_tape_t *t, int64_t n, int64_t n_in, int64_t nopnd, int64_t n_out);
 void     fg_tape_free(fg_tape_t *t);
 /* FG_OK, or FG_EINVAL for any op code, index or length out of place. */
@@ -202,10 +216,13 @@ int      fg_tape_validate(const fg_tape_t *t);
 /* The nodes reachable from outs, with inputs[k] (live leaves) at index k. */
 int      fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inputs,
                        int64_t n_out, const int32_t *outs);
-/* Row kernels: arrays hold ld doubles per node; rows [0, nb) are computed.
- * uni (n flags from fg_tape_uniform, or NULL) marks nodes that are the same in
- * every row: computed once in row 0, their adjoint summed over rows in row 0. */
+/* uni (n flags) marks nodes that are the same in every row of a batch (they
+ * depend on no batched input): computed once in row 0, their adjoint summed
+ * over rows in row 0. */
 void     fg_tape_uniform(const fg_tape_t *t, const uint8_t *batched_input, uint8_t *uni);
+
+/* Replay (fg_replay.c).  Arrays hold ld doubles per node; rows [0, nb) are
+ * computed (ld = nb = 1: one row; otherwise the selected row kernels). */
 void     fg_tape_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v,
                          const uint8_t *uni);
 void     fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v,
@@ -214,5 +231,61 @@ void     fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const doubl
 void     fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan);
 void     fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
                      double *adjt);
+
+/* Row-kernel dispatch (fg_batch.c): target k in [0, count) is "baseline",
+ * "avx2", "avx512" (those this build has); select(-1) takes the widest the
+ * CPU supports and returns its index, select(k) forces k (FG_EINVAL if the
+ * CPU lacks it).  Every target gives the same bits. */
+int         fg_rows_target_count(void);
+const char *fg_rows_target_name(int k);
+int         fg_rows_target_tile(int k);     /* rows per register tile */
+int         fg_rows_target_supported(int k);
+int         fg_rows_select(int k);
+int         fg_rows_current(void);
+
+/* A batched call (fg_batch.c): rows of the batched arguments through the tape
+ * in blocks.  The caller fills the fields down to n_lanes, fg_batch_plan the
+ * rest; then any threads run disjoint chunks c < nchunks, each with its own
+ * workspace of fg_batch_ws_doubles doubles (fg_batch_prepare'd once). */
+typedef struct {
+    const fg_tape_t *t;
+    const uint8_t *uni;         /* fg_tape_uniform's flags for this call */
+    int64_t rows;
+    int64_t nargs;
+    const int64_t *off;         /* per argument: tape index of its first input */
+    const int64_t *size;        /* per argument: its length */
+    const uint8_t *batched;     /* per argument: rows x size, else size shared by every row */
+    const double *const *arg;   /* per argument: its values, C order */
+    double *values;             /* rows x n_out outputs, or NULL */
+    double *const *grad;        /* per argument: rows x size per-row gradient of a batched
+                                 * argument, or NULL */
+    double *shared;             /* nchunks x n_in: each chunk's summed adjoints of the inputs
+                                 * (rows of shared arguments are filled), or NULL */
+    int want_reverse;           /* run the reverse sweep (scalar output, seed 1 per row) */
+    int target;                 /* row kernels (fg_rows_select's index) */
+    const int32_t *lane_of;     /* fg_batch_layout's lane slots (n entries) */
+    int64_t per_row;            /* fg_batch_layout's count of nodes with a value per row */
+    int64_t n_lanes;            /* fg_batch_layout's number of lane slots */
+    /* set by fg_batch_plan: */
+    int64_t block;              /* rows per block: the workspace's ld */
+    int64_t chunk;              /* rows per chunk, a multiple of block */
+    int64_t nchunks;
+} fg_batch_t;
+
+/* Lanes of every sum over rows in the row kernels (fg_rows.h's FG_LANES). */
+#define FG_ROWS_LANES 32
+
+/* For a tape and its uniform flags: lane_of[i] (n entries), the lane slot of
+ * uniform node i or -1; *per_row, the nodes with a value per row; returns the
+ * number of slots.  Depends on the tape and uni only: callers may keep it. */
+int64_t  fg_batch_layout(const fg_tape_t *t, const uint8_t *uni, int32_t *lane_of,
+                         int64_t *per_row);
+void     fg_batch_plan(fg_batch_t *b);
+/* Bytes a block's per-row node arrays aim at (default 1 MB); bytes > 0 sets
+ * it (a tuning and test hook).  Returns the value before. */
+int64_t  fg_batch_block_bytes(int64_t bytes);
+int64_t  fg_batch_ws_doubles(const fg_batch_t *b);
+void     fg_batch_prepare(const fg_batch_t *b, double *ws);
+void     fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws);
 
 #endif /* FASTGRAD_H */

@@ -69,6 +69,7 @@ int fg_graph_init(fg_graph_t *g, int64_t capacity) {
     if (capacity < 16) {
         capacity = 16;
     }
+    g->min_capacity = capacity;
     return fg_grow_nodes(g, capacity);
 }
 
@@ -201,11 +202,13 @@ void fg_incref(fg_graph_t *g, int32_t i) {
 }
 
 /* Copies the live operand runs into fresh arrays so freed runs stop costing
- * memory.  Runs are found through their nodes; a run's order is kept. */
-static int fg_compact_operands(fg_graph_t *g, int64_t need) {
+ * memory.  Runs are found through their nodes; a run's order is kept.  The
+ * new arrays hold at least live + need entries: ocap's doubling when growing,
+ * the smallest power of 2 from 64 holding 4 * live when shrinking. */
+static int fg_compact_operands(fg_graph_t *g, int64_t need, int shrink) {
     int64_t live = g->oused - g->odead;
-    int64_t cap = g->ocap;
-    while (cap < live + need) {
+    int64_t cap = shrink ? 64 : g->ocap;
+    while (cap < (shrink ? 4 * live : live + need)) {
         cap *= 2;
     }
     int32_t *opnd = (int32_t *)fg_realloc(NULL, cap, sizeof *opnd);
@@ -244,7 +247,7 @@ int64_t fg_alloc_operands(fg_graph_t *g, int64_t n) {
     }
     if (g->oused + n > g->ocap) {
         if (g->ocap > 0 && g->odead * 2 >= g->oused) {
-            if (fg_compact_operands(g, n) != FG_OK) {
+            if (fg_compact_operands(g, n, 0) != FG_OK) {
                 return FG_ENOMEM;
             }
         } else {
@@ -294,12 +297,95 @@ static void fg_trim(fg_graph_t *g) {
     g->freed = 0;
 }
 
+/* Giving memory back.  After a trim (below), when the slots in use fell far
+ * below the capacity -- a large graph was dropped -- every per-node array is
+ * reallocated smaller, and the operand arrays compacted into smaller ones,
+ * so the allocator returns the pages.  Hysteresis keeps a training loop,
+ * which drops and rebuilds its graph every step, from shrinking and
+ * regrowing each step:
+ *  - a shrink needs top < capacity / FG_SHRINK_AT and leaves room for 4 * top;
+ *  - never below the capacity asked for at init (Graph(capacity=...): that
+ *    room is what lets numpy views stay pinned while the graph grows);
+ *  - a graph that regrew past what a shrink left before its next trim has a
+ *    working set that large: it keeps that capacity (keep) from then on,
+ *  - until FG_QUIET_TRIMS trims in a row peaked below keep / 4.
+ * Checked only at trims (after >= top / 2 frees), so amortised O(1) per
+ * freed node; never while views pin the storage; an allocation failure
+ * leaves the larger block, which is harmless. */
+#define FG_SHRINK_AT   8
+#define FG_QUIET_TRIMS 16
+
+static void fg_shrink_array(void **pp, int64_t count, size_t elem) {
+    void *p = realloc(*pp, (size_t)count * elem);
+    if (p != NULL) {
+        *pp = p;
+    }
+}
+
+/* A trim just ran; peak is the top it started from (the cycle's high water). */
+static void fg_shrink_after_trim(fg_graph_t *g, int64_t peak) {
+    if (g->shrunk_to > 0) {
+        if (peak > g->shrunk_to) {
+            g->keep = g->capacity;   /* the last shrink was undone: a working set */
+            g->quiet = 0;
+        }
+        g->shrunk_to = 0;
+    }
+    if (g->keep > 0) {
+        if (peak * 4 >= g->keep) {
+            g->quiet = 0;
+        } else if (++g->quiet >= FG_QUIET_TRIMS) {
+            g->keep = 0;
+            g->quiet = 0;
+        }
+    }
+    int64_t floor = g->min_capacity > g->keep ? g->min_capacity : g->keep;
+    if (g->pinned || g->capacity <= floor || g->top * FG_SHRINK_AT >= g->capacity) {
+        return;
+    }
+    int64_t cap = g->capacity;
+    while (cap / 2 >= floor && cap / 2 >= 4 * g->top) {
+        cap /= 2;
+    }
+    if (cap >= g->capacity) {
+        return;
+    }
+    fg_shrink_array((void **)&g->op, cap, sizeof *g->op);
+    fg_shrink_array((void **)&g->uses, cap, sizeof *g->uses);
+    fg_shrink_array((void **)&g->a, cap, sizeof *g->a);
+    fg_shrink_array((void **)&g->b, cap, sizeof *g->b);
+    fg_shrink_array((void **)&g->val, cap, sizeof *g->val);
+    fg_shrink_array((void **)&g->grad, cap, sizeof *g->grad);
+    fg_shrink_array((void **)&g->cst, cap, sizeof *g->cst);
+    fg_shrink_array((void **)&g->mark, cap, sizeof *g->mark);
+    fg_shrink_array((void **)&g->order, cap, sizeof *g->order);
+    fg_shrink_array((void **)&g->obj, cap, sizeof *g->obj);
+    fg_shrink_array((void **)&g->flags, cap, sizeof *g->flags);
+    if (g->origin != NULL) {
+        fg_shrink_array((void **)&g->origin, cap, sizeof *g->origin);
+    }
+    g->capacity = cap;
+    g->shrunk_to = cap;
+    if (g->ocap > 64 && (g->oused - g->odead) * FG_SHRINK_AT < g->ocap) {
+        (void)fg_compact_operands(g, 0, 1);   /* on failure the old arrays stay */
+    }
+}
+
+void fg_reclaim(fg_graph_t *g) {
+    if (g->reclaim_peak > 0) {
+        int64_t peak = g->reclaim_peak;
+        g->reclaim_peak = 0;
+        fg_shrink_after_trim(g, peak);
+    }
+}
+
 /* Frees the nodes on the cascade stack (order[0, top)) and, in turn, the
  * parents whose uses reach 0: an explicit stack instead of recursion, so a
  * chain of any length frees without touching the C stack.  A node is pushed
  * only when its count reaches 0, so capacity entries always suffice.  Stops
- * after `budget` frees; returns the entries still on the stack. */
-static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget) {
+ * after `budget` frees; returns the entries still on the stack.  may_move
+ * 0: the storage must stay where it is (a shrink is left to fg_reclaim). */
+static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_move) {
     int32_t *stack = g->order;
     while (top > 0 && budget-- > 0) {
         int32_t n = stack[--top];
@@ -330,17 +416,26 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget) {
         g->live--;
         g->freed++;
     }
-    if (top == 0 && g->live == 0) {
-        /* Nothing is reachable: restart the slot and operand counters so an
-         * emptied graph lays nodes out in creation order again. */
-        g->top = 0;
-        g->free_head = -1;
-        g->ordered = 1;
-        g->oused = 0;
-        g->odead = 0;
-        g->freed = 0;
-    } else if (top == 0 && g->freed * 2 >= g->top) {
-        fg_trim(g);
+    if (top == 0 && (g->live == 0 || g->freed * 2 >= g->top)) {
+        int64_t peak = g->top;
+        if (g->live == 0) {
+            /* Nothing is reachable: restart the slot and operand counters so an
+             * emptied graph lays nodes out in creation order again. */
+            g->top = 0;
+            g->free_head = -1;
+            g->ordered = 1;
+            g->oused = 0;
+            g->odead = 0;
+            g->freed = 0;
+        } else {
+            fg_trim(g);
+        }
+        if (may_move) {
+            g->reclaim_peak = 0;
+            fg_shrink_after_trim(g, peak);
+        } else if (peak > g->reclaim_peak) {
+            g->reclaim_peak = peak;
+        }
     }
     return top;
 }
@@ -350,11 +445,11 @@ int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget) {
         return 0;
     }
     g->order[0] = i;
-    return fg_cascade(g, 1, budget);
+    return fg_cascade(g, 1, budget, 1);
 }
 
 void fg_release_resume(fg_graph_t *g, int64_t pending) {
-    fg_cascade(g, pending, INT64_MAX);
+    fg_cascade(g, pending, INT64_MAX, 0);
 }
 
 /* Drops one use of node i, freeing whatever becomes unreachable. */

@@ -75,4 +75,9 @@ typedef char fg_every_nary_op_has_rules[
     (void)a;                                                                          \
     (void)b;
 
+/* The selected target's block kernels (fg_batch.c). */
+void fg_rows_forward(const fg_tape_t *t, int64_t ld, int64_t nb, double *v, const uint8_t *uni);
+void fg_rows_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v, double *adj,
+                     const double *seed, const uint8_t *uni);
+
 #endif /* FG_INTERNAL_H */

@@ -269,17 +269,39 @@ int fg_local_backward(fg_graph_t *g, int32_t n) {
 #undef FG_REV_NARY
 #undef FG_SWEEP_BODY
 
-static int fg_fail_nonfinite(fg_graph_t *g, int32_t n) {
-    /* The sweep stopped part way: mark[] still counts for unswept nodes. */
-    memset(g->mark, 0, (size_t)g->capacity * sizeof *g->mark);
+/* The sweep stopped part way: mark[] still counts for the unswept nodes.  A
+ * walk over the nodes reachable from out (the set pass 1 marked; nothing else
+ * is nonzero) clears them: work proportional to the nodes reached, never to
+ * the graph's capacity.  -1 marks a node as queued (counts are >= 0). */
+static int fg_fail_nonfinite(fg_graph_t *g, int32_t out, int32_t n) {
+    int32_t *mark = g->mark, *queue = g->order;
+    int64_t head = 0, tail = 0;
+    mark[out] = -1;
+    queue[tail++] = out;
+    while (head < tail) {
+        int32_t m = queue[head++];
+#define FG_QUEUE_CLEAR(p)                \
+        do {                             \
+            int32_t p_ = (p);            \
+            if (mark[p_] != -1) {        \
+                mark[p_] = -1;           \
+                queue[tail++] = p_;      \
+            }                            \
+        } while (0)
+        FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, m, FG_QUEUE_CLEAR)
+#undef FG_QUEUE_CLEAR
+    }
+    for (int64_t k = 0; k < tail; k++) {
+        mark[queue[k]] = 0;
+    }
     g->err_node = n;
     g->err_op = g->op[n];
     return FG_ENONFINITE;
 }
 
 /* A sweep that stopped with status rc (FG_ENONFINITE or FG_ECALLBACK). */
-static int fg_fail_sweep(fg_graph_t *g, int rc) {
-    fg_fail_nonfinite(g, g->err_node);
+static int fg_fail_sweep(fg_graph_t *g, int32_t out, int rc) {
+    fg_fail_nonfinite(g, out, g->err_node);
     return rc;
 }
 
@@ -290,7 +312,7 @@ int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
     fg_reach_t r = fg_reach(g, 1, &out, g->grad, 1);
     g->grad[out] += 1.0;
     int rc = fg_sweep(g, out, g->grad, check_finite, r);
-    return rc == FG_OK ? FG_OK : fg_fail_sweep(g, rc);
+    return rc == FG_OK ? FG_OK : fg_fail_sweep(g, out, rc);
 }
 
 int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
@@ -311,7 +333,7 @@ int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
     adj[out] = 1.0;
     int rc = fg_sweep(g, out, adj, check_finite, r);
     if (rc != FG_OK) {
-        return fg_fail_sweep(g, rc);
+        return fg_fail_sweep(g, out, rc);
     }
     for (int64_t k = 0; k < nwrt; k++) {
         result[k] = result[k] != 0.0 ? adj[wrt[k]] : 0.0;

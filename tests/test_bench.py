@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
-WORKLOADS = {"seed", "mlp_step", "mlp_compiled", "optim_step", "random_backward", "chain", "memory"}
+WORKLOADS = {"seed", "mlp_step", "mlp_compiled", "optim_step", "random_backward", "chain", "memory",
+             "batch_scaling"}
 
 pytestmark = pytest.mark.skipif(not RUN.is_file(), reason="bench/ is not shipped with the package")
 

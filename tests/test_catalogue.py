@@ -57,6 +57,8 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
     ("value-of-complex", lambda: Value(_any(1 + 2j)), TypeError, "must be a real number, got complex"),
     ("value-of-value", lambda: Value(_any(x())), TypeError, "must be a real number, got Value"),
     ("value-of-huge-int", lambda: Value(10**400), OverflowError, "int too large to convert to float"),
+    ("value-of-huge-long-double", lambda: Value(_huge_long_double()), OverflowError,
+     "longdouble too large to convert to float"),
     ("operator-with-str", lambda: x() + _any("a"), TypeError, "unsupported operand type(s) for +"),
     ("operator-with-none", lambda: _any(None) * x(), TypeError, "unsupported operand type(s) for *"),
     ("pow-with-modulus", lambda: pow(x(), 2, _any(5)), TypeError, "unsupported operand type(s) for ** or pow()"),
@@ -114,6 +116,8 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
      "fn must return a Value or a sequence of them, got str"),
     ("compile-returns-nothing", lambda: fastgrad.compile(lambda a: [], [1.0]), ValueError,
      "fn returned no outputs"),
+    ("compile-returns-a-number-in-a-list", lambda: fastgrad.compile(lambda a: [a[0] * 2, 7.0], [1.0]), TypeError,
+     "output 1 is a float, not a Value"),
     ("compile-captures-a-value", lambda: _compile_capturing(), ValueError,
      "output 0 belongs to"),
     ("compile-2d-example", lambda: fastgrad.compile(lambda a: a[0], np.ones((2, 2))), ValueError,
@@ -130,6 +134,8 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
      "must hold real numbers, got list of dtype object"),
     ("function-argument-2d", lambda: _f()(np.ones((2, 2)), [1.0, 2.0]), ValueError,
      "Function argument 0 must be 1-D, got shape (2, 2)"),
+    ("function-argument-huge-long-double", lambda: _f()(np.array([_huge_long_double(), 1]), [1.0, 2.0]),
+     OverflowError, "Function argument 0 holds a float128 too large to convert to float"),
     ("value-and-grad-of-several-outputs", lambda: _f2().value_and_grad([1.0, 2.0]), ValueError,
      "needs a function with one scalar output; this one has 2 outputs"),
     ("argnums-out-of-range", lambda: _f().value_and_grad([1.0, 2.0], [1.0, 2.0], argnums=5), ValueError,
@@ -165,6 +171,8 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
      ValueError, "corrupt tape"),
     ("load-output-out-of-range", lambda: fastgrad.load(_archive(out=np.array([5], np.int32))), ValueError,
      "corrupt tape"),
+    ("load-member-bomb", lambda: fastgrad.load(_bomb_archive()), ValueError,
+     "member 'cst.npy' expands to 67108992 bytes from"),
     ("load-lengths-overflow", lambda: fastgrad.load(_archive(sizes=np.array([2**62] * 4, np.int64))), ValueError,
      "argument lengths add up to"),
     ("unpickle-tampered", lambda: pickle.loads(_tampered_pickle()), ValueError, "corrupt tape"),
@@ -257,6 +265,26 @@ def _forged_value_pickle() -> bytes:
     return pickle.dumps(x()).replace(b"LEAF", b"NOPE")
 
 
+def _huge_long_double() -> Any:
+    if np.finfo(np.longdouble).max <= np.finfo(np.float64).max:
+        pytest.skip("long double is double on this platform")
+    return np.longdouble("1e400")
+
+
+def _bomb_archive() -> str:
+    """_f()'s saved arrays with 'cst' replaced by 64 MB of zeros, deflated to ~64 kB."""
+    import zipfile
+
+    path = _tmp("bomb.npz")
+    with zipfile.ZipFile(path, "w") as zf:
+        for key, arr in _f()._state().items():
+            buf = io.BytesIO()
+            np.save(buf, np.zeros(8 << 20) if key == "cst" else arr)
+            zf.writestr(key + ".npy", buf.getvalue(),
+                        compress_type=zipfile.ZIP_DEFLATED if key == "cst" else zipfile.ZIP_STORED)
+    return path
+
+
 def _tampered_pickle() -> bytes:
     f = _f()
     data = pickle.dumps(f)
@@ -308,6 +336,38 @@ def test_nan_and_inf_give_ieee_results_and_no_exception(g):
     v = Value(INF)
     (v - v).backward()                             # inf - inf: nan value, gradients 1 and -1
     assert v.grad == 0.0
+
+
+def test_numpy_bools_are_numbers_as_python_bools_are(g):
+    assert Value(np.True_).data == 1.0 and (Value(2.0) + np.False_).data == 2.0
+    assert fastgrad.sum([np.True_, True]).data == 2.0
+
+
+def test_a_sequence_changed_while_an_op_reads_it_gives_the_sum_of_what_it_held(g):
+    import numbers
+
+    class Clearing:
+        def __init__(self, lst):
+            self.lst = lst
+
+        def __float__(self):
+            self.lst.clear()
+            return 0.5
+
+    numbers.Real.register(Clearing)
+    lst: list = [Value(1.0), Value(2.0)]
+    lst.insert(1, Clearing(lst))
+    assert fastgrad.sum(lst).data == 3.5 and lst == []
+
+
+def test_unknown_members_of_a_saved_function_are_never_read(tmp_path):
+    import zipfile
+
+    path = str(tmp_path / "f.npz")
+    _f().save(path)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("bomb.npy", b"\0" * (64 << 20), compress_type=zipfile.ZIP_DEFLATED)
+    assert fastgrad.load(path)([1.0, 2.0], [3.0, 4.0]) == 11.0
 
 
 def test_detect_anomaly_points_at_the_creating_line(g):

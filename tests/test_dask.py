@@ -71,7 +71,7 @@ def assert_same(values, grad, want_values=WANT_VALUES, want_grad=WANT_GRAD):
 def client():
     """Two worker processes of one thread each, on the loopback interface."""
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
     c = distributed.Client(cluster, set_as_default=False)
     try:
         c.wait_for_workers(2, timeout=TIMEOUT)

@@ -103,7 +103,7 @@ def test_dask_training_example_runs_on_a_scheduler_address():
     pytest.importorskip("dask.array")
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address="127.0.0.1:0") as cluster:
         proc = run([str(EXAMPLES / "dask_training.py"), "--rows", "8000", "--chunk", "4000", "--epochs", "1",
                     "--scheduler", cluster.scheduler_address])
     assert proc.returncode == 0, proc.stderr

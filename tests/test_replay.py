@@ -309,9 +309,15 @@ def test_compile_rejects_bad_functions():
         fastgrad.Function()
 
 
-def test_number_outputs_become_constants():
-    f = fastgrad.compile(lambda xs: [xs[0] * 2, 7.0], [1.0])
-    np.testing.assert_array_equal(f([3.0]), [6.0, 7.0])
+def test_number_outputs_are_refused_as_a_single_number_is():
+    # a float among the outputs (the floats of fastgrad.grad, say) would replay
+    # as the trace point's value for every input, with a zero Jacobian
+    with pytest.raises(TypeError, match="output 1 is a float, not a Value"):
+        fastgrad.compile(lambda xs: [xs[0] * 2, 7.0], [1.0])
+    with pytest.raises(TypeError, match="output 0 is a float, not a Value"):
+        fastgrad.compile(lambda xs: fastgrad.grad(xs[0] * xs[1], [xs[0], xs[1]]), [1.0, 2.0])
+    with pytest.raises(TypeError, match="fn must return a Value"):
+        fastgrad.compile(lambda xs: 7.0, [1.0])
 
 
 # ---------------------------------------------------------------- storage ---

@@ -13,7 +13,7 @@ safe to run -- never a crash, never an out-of-bounds read.  Anything else
 (a segfault, an ASan report, another exception type) is a finding: libFuzzer
 stops and writes the input to crash-<sha1>.
 
-Each input is read two ways, chosen by its first byte:
+Each input is read three ways, chosen by its first byte:
 - raw: the bytes are the file (a seed corpus of real saved Functions is
   written at start-up, so mutations start from valid archives);
 - structured: a valid Function's arrays (the plain arrays of the .npz) with
@@ -21,6 +21,13 @@ Each input is read two ways, chosen by its first byte:
   grown, a wrong dtype or rank, a key dropped -- then saved and loaded, or
   unpickled.  This reaches the validator (fg_tape_validate) with near-valid
   tapes, where raw bytes rarely get past the zip checksums.
+- archive members: a valid Function's members written into a zip by hand,
+  with unknown members added (any name, a duplicate, a deflate stream
+  expanding to 256 MiB, junk that is not deflate at all) and known members
+  replaced by such a bomb, deflated, given a declared size or CRC that lies,
+  or an .npy header promising more data than there is.  load must never read
+  an unknown member and must bound what a known one may expand to: the
+  process's peak RSS is checked after every such load.
 A Function that loads is then run through every entry point (call,
 value_and_grad, jvp, vjp, jacobian, hvp, batch, batch_value_and_grad), so a
 hole in validation shows as an out-of-bounds read -- caught for certain when
@@ -33,9 +40,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import resource
+import struct
 import sys
 import tempfile
 import zipfile
+import zlib
 
 import atheris
 
@@ -155,13 +165,124 @@ def _outcome(msg: str) -> None:
     reaches a new check (the C validator itself is not instrumented)."""
     for key in ("not a saved", "missing array", "must be 1-D", "format version", "negative",
                 "entries for", "operands", "output count", "impossible sizes", "corrupt tape",
-                "Bad", "zip", "CRC", "pickle", "header", "EOF", "shape", "dtype", "descr"):
+                "Bad", "zip", "CRC", "pickle", "header", "EOF", "shape", "dtype", "descr",
+                "expands to", "promises", "unsupported .npy", "compression", "Truncated"):
         if key in msg:
             return
 
 
+# ---------------------------------------------------------------- archive members
+
+BOMB_SIZE = 256 << 20
+# What the process may reach: a load that decompressed even a few bombs passes it.
+RSS_LIMIT_MB = 900
+_bomb = None
+
+
+def _bomb_member() -> tuple:
+    """(raw deflate stream, crc32, size) of BOMB_SIZE zero bytes (~256 kB), made once."""
+    global _bomb
+    if _bomb is None:
+        chunk = bytes(1 << 20)
+        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+        parts, crc = [], 0
+        for _ in range(BOMB_SIZE >> 20):
+            parts.append(comp.compress(chunk))
+            crc = zlib.crc32(chunk, crc)
+        parts.append(comp.flush())
+        _bomb = (b"".join(parts), crc, BOMB_SIZE)
+    return _bomb
+
+
+def _zip_bytes(members: list) -> bytes:
+    """A zip archive written by hand: [(name, method, data, crc, declared size)],
+    so declared sizes and CRCs can lie and streams can be given pre-compressed."""
+    out, central = bytearray(), bytearray()
+    for name, method, data, crc, size in members:
+        off = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21,
+                           crc & 0xFFFFFFFF, len(data), size & 0xFFFFFFFF, len(name), 0) + name + data
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21,
+                               crc & 0xFFFFFFFF, len(data), size & 0xFFFFFFFF, len(name), 0, 0, 0, 0, 0,
+                               off) + name
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0)
+    return bytes(out + central + end)
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _archive_members(fdp: atheris.FuzzedDataProvider) -> bytes:
+    state = EXAMPLES[fdp.ConsumeIntInRange(0, len(EXAMPLES) - 1)]
+    if fdp.ConsumeBool():
+        state = _edit(fdp, state)
+    members = []
+    for key, arr in state.items():
+        data = _npy(arr)
+        members.append([(key + ".npy").encode(), 0, data, zlib.crc32(data), len(data)])
+    for _ in range(fdp.ConsumeIntInRange(0, 4)):          # known members made hostile
+        m = members[fdp.ConsumeIntInRange(0, len(members) - 1)]
+        how = fdp.ConsumeIntInRange(0, 6)
+        if how == 0:
+            _, m[2], m[3], m[4] = (None,) + _bomb_member()
+            m[1] = 8
+        elif how == 1:                                     # honestly deflated
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+            m[1], m[2] = 8, comp.compress(m[2]) + comp.flush()
+        elif how == 2:                                     # declared size lies
+            m[4] = fdp.PickValueInList([0, 1, m[4] - 1, m[4] + 1, 2 * m[4], 2**31, 2**32 - 1])
+        elif how == 3:                                     # CRC lies
+            m[3] ^= 1 << fdp.ConsumeIntInRange(0, 31)
+        elif how == 4:                                     # a header that promises more data
+            head = io.BytesIO()
+            shape = (fdp.PickValueInList([2**20, 2**31, 2**40, 2**62]),)
+            np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False,
+                                                        "shape": shape})
+            m[2] = head.getvalue() + m[2][128:]
+            m[3], m[4] = zlib.crc32(m[2]), len(m[2])
+        elif how == 5:                                     # not deflate at all
+            m[1], m[2] = 8, fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
+        else:
+            members.remove(m)
+    names = [b"junk.npy", b"op.npy", b"version.npy", b"x", b"../../evil.npy", b"a" * 300, b"", b"sizes"]
+    for _ in range(fdp.ConsumeIntInRange(0, 4)):          # unknown (or duplicated) members
+        name = fdp.PickValueInList(names)
+        kind = fdp.ConsumeIntInRange(0, 2)
+        if kind == 0:
+            data, crc, size = _bomb_member()
+            members.insert(fdp.ConsumeIntInRange(0, len(members)), [name, 8, data, crc, size])
+        elif kind == 1:
+            data = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256))
+            members.insert(fdp.ConsumeIntInRange(0, len(members)), [name, 8, data, 0, 2**31])
+        else:
+            data = _npy(np.zeros(fdp.ConsumeIntInRange(0, 64)))
+            members.append([name, 0, data, zlib.crc32(data), len(data)])
+    return _zip_bytes([tuple(m) for m in members])
+
+
+def _check_rss() -> None:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    assert peak < RSS_LIMIT_MB, f"loading reached {peak} MB: an archive member was read unbounded"
+
+
 def TestOneInput(data: bytes) -> None:
     if not data:
+        return
+    if data[0] % 4 == 3:                 # archive members
+        fdp = atheris.FuzzedDataProvider(data[1:])
+        with open(PATH, "wb") as fh:
+            fh.write(_archive_members(fdp))
+        try:
+            f = fastgrad.load(PATH)
+        except (ValueError, OSError, MemoryError) as exc:
+            _check_rss()
+            _outcome(str(exc))
+            return
+        _check_rss()
+        _exercise(f, fdp)
         return
     if data[0] % 2 == 0:                 # raw bytes are the file
         with open(PATH, "wb") as fh:

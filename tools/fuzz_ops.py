@@ -15,6 +15,16 @@ junk, capturing Values of another graph, raising, compiling inside the
 trace) and call every Function method with arguments of every shape, dtype,
 layout and length, with random argnums, batch_argnums and threads.
 
+Python code in the middle of an op (the "midop" and "signals" steps):
+sum/dot/nn.Layer/leaves/compile over lists holding numbers whose
+``__float__`` mutates those lists (clear, cut, extend, replace, drop the
+pool's Values and collect, make new Values that reuse freed slots, re-enter
+the op), sometimes with a gc callback doing the same at every collection
+(threshold 1), and a ``signal.setitimer`` timer whose Python handler runs
+ops while ordinary steps run.  Here the result is also checked: it must
+equal Python's own left-to-right sum over the objects the list held when
+the op was called.
+
 The promise: a Python exception of a documented kind (TypeError,
 ValueError, OverflowError, FloatingPointError, RuntimeError, MemoryError,
 ZeroDivisionError) or a result -- never a crash, never another exception
@@ -27,9 +37,12 @@ from __future__ import annotations
 
 import decimal
 import fractions
+import gc
+import numbers
 import operator
 import os
 import pickle
+import signal
 import sys
 import tempfile
 
@@ -38,6 +51,7 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fastgrad  # noqa: E402
+import fastgrad.nn  # noqa: E402
 import numpy as np  # noqa: E402
 from fastgrad import Value  # noqa: E402
 
@@ -66,6 +80,7 @@ class Fuzz:
         self.graphs: list = []
         self.entered: list = []
         self.functions: list = []
+        self.cycles = False
 
     # ------------------------------------------------------------ objects
 
@@ -137,7 +152,7 @@ class Fuzz:
 
     def step(self) -> None:
         fdp = self.fdp
-        k = fdp.ConsumeIntInRange(0, 20)
+        k = fdp.ConsumeIntInRange(0, 22)
         anomaly = fdp.ConsumeIntInRange(0, 7) == 0
         if anomaly:
             with fastgrad.detect_anomaly():
@@ -237,6 +252,10 @@ class Fuzz:
                 # grow while pinned: BufferError once the graph is full, never a crash
                 for _ in range(fdp.ConsumeIntInRange(0, 300)):
                     self.keep(Value(self.number()) * 2.0)
+        elif k == 21:
+            midop(self)
+        elif k == 22:
+            signals(self)
         else:
             self.keep(Value(self.number()))
 
@@ -335,9 +354,259 @@ class Fuzz:
             while self.entered:
                 self.entered.pop().__exit__(None, None, None)
         self.pool.clear()
+        if self.cycles:
+            gc.collect()       # midop's numbers and their lists refer to each other
         for g in self.graphs:
             live = g.stats()["live_nodes"]
             assert live == 0, f"{g!r}: {live} nodes still live after every handle was dropped"
+
+
+# ---------------------------------------------------------------- Python code mid-op
+
+class Meddler:
+    """A real number whose float() first runs an action (once)."""
+
+    __slots__ = ("value", "act")
+
+    def __init__(self, value: float, act) -> None:
+        self.value = value
+        self.act = act
+
+    def __float__(self) -> float:
+        act, self.act = self.act, None
+        if act is not None:
+            act()
+        return self.value
+
+
+numbers.Real.register(Meddler)
+
+
+def meddle(fz: Fuzz, lst: list):
+    """One action on lst (and the pool) that Python code inside an op may take."""
+    fdp = fz.fdp
+    k = fdp.ConsumeIntInRange(0, 7)
+    cut = fdp.ConsumeIntInRange(0, 8)
+
+    def act() -> None:
+        if k == 0:
+            lst.clear()
+        elif k == 1:
+            del lst[cut:]
+        elif k == 2:
+            lst.extend(fz.pool[:cut] + [1.5] * 50)           # the list's storage moves
+        elif k == 3:
+            lst[:] = [2.0] * len(lst)
+        elif k == 4:
+            del fz.pool[cut:]                                  # their last references
+            gc.collect()
+        elif k == 5:
+            del fz.pool[cut:]
+            fz.pool.extend(Value(1e6) for _ in range(4))       # new nodes in the freed slots
+        elif k == 6:
+            fastgrad.sum([v for v in lst if isinstance(v, (Value, float))])   # re-entered
+        else:
+            lst.reverse()
+    return act
+
+
+def _val(x) -> float:
+    """x's number as the op reads it (raises for what it refuses)."""
+    if type(x) is Value:
+        return x.data
+    if isinstance(x, Meddler):
+        return x.value
+    if isinstance(x, (str, bytes, complex, list, np.ndarray)) or x is None:
+        raise TypeError
+    return float(x)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)
+
+
+def _reference(fn):
+    """fn() over the snapshot, or None where it does not apply."""
+    try:
+        return fn()
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, AttributeError):
+        return None
+
+
+def midop(fz: Fuzz) -> None:
+    fdp = fz.fdp
+    fz.cycles = True
+    lst = [fz.pick() for _ in range(fdp.ConsumeIntInRange(0, 8))]
+    for _ in range(fdp.ConsumeIntInRange(1, 3)):
+        lst.insert(fdp.ConsumeIntInRange(0, len(lst)), Meddler(fz.number(), meddle(fz, lst)))
+    snap = list(lst)
+    what = fdp.ConsumeIntInRange(0, 4)
+    collector = fdp.ConsumeIntInRange(0, 3) == 0
+    check = not collector     # a collection may change lst before the op is even called
+    if collector:
+        act = meddle(fz, lst)
+        threshold = gc.get_threshold()
+
+        def callback(phase, info):
+            if phase == "start":
+                act()
+
+        gc.callbacks.append(callback)
+        gc.set_threshold(1)
+    try:
+        if what == 0:
+            start = fz.pick() if fdp.ConsumeBool() else 0.0
+            expected = _reference(lambda: _seq_sum(snap, _val(start)))
+            out = fastgrad.sum(lst, start)
+            assert not check or expected is None or _same(out.data, expected), (out.data, expected, snap)
+        elif what == 1:
+            xs = [fz.pick() if fdp.ConsumeBool() else 1.0 for _ in snap]
+            xsnap = list(xs)
+            start = fz.pick() if fdp.ConsumeBool() else 0.0
+            expected = _reference(lambda: _seq_dot(snap, xsnap, _val(start)))
+            out = fastgrad.dot(lst, xs, start) if fdp.ConsumeBool() else fastgrad.dot(xs, lst, start)
+            assert not check or expected is None or _same(out.data, expected), (out.data, expected)
+        elif what == 2:
+            layer = fastgrad.nn.Layer(len(snap), fdp.ConsumeIntInRange(1, 3), nonlin=fdp.ConsumeBool())
+            ws = [([w.data for w in n.w], n.b.data, n.nonlin) for n in layer.neurons]
+            expected = _reference(lambda: [_relu(_seq_dot(w, snap, b), r) for w, b, r in ws])
+            out = layer(lst)
+            got = [o.data for o in out] if isinstance(out, list) else [out.data]
+            assert not check or expected is None or all(map(_same, got, expected)), (got, expected)
+        elif what == 3:
+            expected = _reference(lambda: [_val(None if type(x) is Value else x) for x in snap])
+            got = [v.data for v in fastgrad.leaves(lst)]
+            assert not check or expected is None or all(map(_same, got, expected)), (got, expected)
+        else:
+            compile_mutating(fz)
+    finally:
+        if collector:
+            gc.callbacks.remove(callback)
+            gc.set_threshold(*threshold)
+
+
+def _seq_sum(items, start: float) -> float:
+    total = start
+    for x in items:
+        total = total + _val(x)
+    return total
+
+
+def _seq_dot(ws, xs, start: float) -> float:
+    total = start
+    for w, x in zip(ws, xs):
+        total = total + (w if isinstance(w, float) else _val(w)) * _val(x)
+    return total
+
+
+def _relu(y: float, nonlin) -> float:
+    return (0.0 if y < 0.0 else y) if nonlin else y
+
+
+def compile_mutating(fz: Fuzz) -> None:
+    """fn changes its argument lists after using them: the Function replays what fn traced."""
+    fdp = fz.fdp
+    n = fdp.ConsumeIntInRange(1, 5)
+    example = [fz.number() for _ in range(n)]
+    how = fdp.ConsumeIntInRange(0, 5)
+    traced = []
+
+    def fn(xs):
+        out = fastgrad.dot(xs, [float(k + 1) for k in range(len(xs))], 0.5)
+        traced.append(out.data)
+        if how == 0:
+            xs.sort(key=lambda v: -v.data if v.data == v.data else 0.0)
+        elif how == 1:
+            xs.append(Value(3.0))
+        elif how == 2:
+            xs.clear()
+        elif how == 3:
+            xs[0] = 7.0
+        elif how == 4:
+            xs[:] = [Value(9.0)] * (len(xs) + 1)
+        else:
+            xs.reverse()
+        return out
+
+    f = fastgrad.compile(fn, example)
+    assert f.arg_sizes == (n,)
+    assert _same(f(example), traced[0]), (f(example), traced[0])
+
+
+SIGNAL_OPS = 0
+SIGNALS_ON = False
+
+
+def _handler(signum, frame) -> None:
+    """Runs ops at whatever point the main thread was interrupted (between
+    bytecodes: inside a __float__, a __del__, fastgrad.nn, ...).  Installed
+    once for good, so a stray late signal is harmless."""
+    global SIGNAL_OPS
+    if not SIGNALS_ON:
+        return
+    SIGNAL_OPS += 1
+    try:
+        xs = [Value(float(k)) for k in range(4)]
+        out = fastgrad.sum(xs, xs[0]) * fastgrad.dot(xs, [1.0, 2.0, 3.0, 4.0])
+        out.backward()
+        assert xs[1].grad == 20.0 + 6.0 * 2.0, xs[1].grad
+        del xs, out
+        if SIGNAL_OPS % 16 == 0:
+            gc.collect()
+    except ALLOWED:
+        pass
+
+
+def signals(fz: Fuzz) -> None:
+    """A Python signal handler runs ops while ordinary steps (and midop) run:
+    SIGVTALRM from signal.setitimer (ITIMER_VIRTUAL: libFuzzer keeps SIGALRM
+    for its -timeout; CPU-time timers tick every few ms), and many more sent
+    by a thread with pthread_kill under a 1 us switch interval, so handlers
+    land inside ops (in a __float__ the op calls, say)."""
+    global SIGNALS_ON
+    fdp = fz.fdp
+    import threading
+    import time
+
+    stop = threading.Event()
+    main = threading.main_thread().ident
+    pause = fdp.PickValueInList([0.0, 1e-5, 1e-4])
+
+    def kick() -> None:
+        while not stop.is_set():
+            signal.pthread_kill(main, signal.SIGVTALRM)
+            time.sleep(pause)
+
+    interval = sys.getswitchinterval()
+    SIGNALS_ON = True
+    signal.setitimer(signal.ITIMER_VIRTUAL, 1e-5, 1e-5)
+    kicker = threading.Thread(target=kick, daemon=True)
+    sys.setswitchinterval(1e-6)
+    kicker.start()
+    try:
+        for _ in range(fdp.ConsumeIntInRange(1, 6)):
+            k = fdp.ConsumeIntInRange(0, 22)
+            try:
+                fz.do(k if k != 22 else 21)
+            except ALLOWED:
+                pass
+    finally:
+        stop.set()
+        kicker.join()
+        sys.setswitchinterval(interval)
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        SIGNALS_ON = False
+    global REPORT_AT
+    if SIGNAL_OPS >= REPORT_AT:          # libFuzzer's exit skips atexit: report on the way
+        print(f"fuzz_ops: the signal handler has run ops {SIGNAL_OPS} times", file=sys.stderr)
+        REPORT_AT *= 4
+
+
+REPORT_AT = 1000
+
+
+signal.signal(signal.SIGVTALRM, _handler)
+
 
 
 def TestOneInput(data: bytes) -> None:

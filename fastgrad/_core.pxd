@@ -1,6 +1,7 @@
 # _core.pxd -- the C boundary (src_c/fastgrad.h, mirrored one to one) and the
 # extension types' layout.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 
 
@@ -50,6 +51,7 @@ cdef extern from "fastgrad.h" nogil:
         FG_OP_MOD
         FG_OP_MODC
         FG_OP_RMODC
+        FG_OP_USER
         FG_OP_COUNT
 
     # fg_ops.h: the table's columns as arrays indexed by op code.
@@ -64,6 +66,10 @@ cdef extern from "fastgrad.h" nogil:
         FG_ENONFINITE
         FG_EINVAL
         FG_EPINNED
+        FG_ECALLBACK
+        FG_OWNED
+
+    ctypedef int (*fg_user_fn)(void *ctx, int32_t node)
 
     ctypedef struct fg_graph_t:
         uint8_t *op
@@ -75,7 +81,8 @@ cdef extern from "fastgrad.h" nogil:
         double *cst
         int32_t *mark
         int32_t *order
-        uint8_t *named
+        void **obj
+        uint8_t *flags
         int64_t capacity
         int64_t top
         int64_t live
@@ -97,6 +104,13 @@ cdef extern from "fastgrad.h" nogil:
         int32_t *origin
         int32_t tag
         int32_t pinned
+        void **release
+        int64_t nrelease
+        int64_t release_cap
+        int64_t nowned
+        int64_t nuser
+        fg_user_fn user_fn
+        void *user_ctx
 
     int fg_graph_init(fg_graph_t *g, int64_t capacity)
     void fg_graph_free(fg_graph_t *g)
@@ -106,6 +120,7 @@ cdef extern from "fastgrad.h" nogil:
     void fg_release_resume(fg_graph_t *g, int64_t pending)
     void fg_reclaim(fg_graph_t *g)
     int64_t fg_graph_bytes(const fg_graph_t *g)
+    int fg_reserve_release(fg_graph_t *g, int64_t n)
     int fg_track_origins(fg_graph_t *g)
     const char *fg_op_name(int op)
     const char *fg_op_key(int op)
@@ -117,6 +132,8 @@ cdef extern from "fastgrad.h" nogil:
     int32_t fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b)
     int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
                     const double *cst, double c)
+    int32_t fg_user(fg_graph_t *g, double y, int64_t n, const int32_t *idx)
+    int fg_local_backward(fg_graph_t *g, int32_t n)
 
     int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order)
     int fg_backward(fg_graph_t *g, int32_t out, int check_finite)
@@ -190,26 +207,24 @@ cdef extern from "fastgrad.h" nogil:
     void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws)
 
 
-cdef class _Flag:
-    cdef int depth
-
-
 cdef class Graph:
     cdef fg_graph_t g
-    cdef unsigned long long owner   # id of the thread state that made it
-    cdef _Flag anomaly              # that thread's detect_anomaly depth
     cdef int64_t serial             # names the graph in error messages
-    cdef int32_t *deferred          # handles dropped by other threads
-    cdef int64_t ndeferred
-    cdef int64_t deferred_cap
-    cdef dict names                 # {slot: name} where the node's named flag is set
+    cdef int busy                   # C runs on the graph with the GIL released, or
+                                    # a sweep calls Python (user ops): ops wait
+    cdef unsigned long long busy_tid  # the thread that holds busy
+    cdef list deferred              # (slot, stash or None) of handles dropped while busy
+    cdef object cb_error            # the exception a user op's _backward raised
     cdef list origins               # anomaly mode: tag -> "file:line (in func)"
     cdef dict origin_tags           # and back
+    cdef object __weakref__
     cdef int _drain(self) except -1
 
 
 cdef class Value:
     cdef readonly Graph graph       # the Graph that holds this node
     cdef int32_t idx                # slot in the graph's arrays
+    cdef PyObject *_ext             # an _Ext (name, user op's _op/_backward) or NULL
+    cdef PyObject *_attrs           # the instance dict (tp_dictoffset), made on first use
+    cdef object __weakref__
     cdef Graph _live_graph(self)
-

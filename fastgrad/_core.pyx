@@ -11,12 +11,22 @@ cimport cython
 from cpython.buffer cimport PyBUF_FORMAT
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
+
+from cpython.object cimport PyObject, PyTypeObject, traverseproc, visitproc
 
 cdef extern from "Python.h":
     ctypedef struct PyThreadState:
         pass
     PyThreadState *PyThreadState_Get()
     unsigned long long PyThreadState_GetID(PyThreadState *tstate)
+    void Py_DecRef(PyObject *o)
+    void Py_IncRef(PyObject *o)
+    PyObject **_PyObject_GetDictPtr(object o)
+    int PyErr_CheckSignals() except -1
+
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
 
 
 cdef inline unsigned long long _thread_id() noexcept:
@@ -26,7 +36,7 @@ cdef inline unsigned long long _thread_id() noexcept:
 
 from libc.math cimport isfinite, isinf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 import collections
@@ -46,64 +56,105 @@ cdef enum:
 
 
 # ---------------------------------------------------------------- threads ---
-
-cdef class _Flag:
-    """A per-thread counter (detect_anomaly depth) shared with its graphs."""
-
+#
+# Graphs are shared between threads (docs/design.md, "Values as Python
+# objects"): new leaves go to the process-wide default graph unless the
+# thread is inside `with Graph():`.  A graph is *busy* while C runs on it
+# with the GIL released, or while a sweep calls a user op's Python _backward;
+# then an op from another thread waits (GIL released) and a handle dropped
+# by another thread is deferred, so nothing grows or frees under the sweep.
+# Per thread there is only the `with Graph()` stack and the detect_anomaly
+# depth, in a threading.local that dies with its thread.
 
 cdef class _ThreadState:
     cdef list stack          # graphs opened with `with Graph():`, innermost last
-    cdef Graph default       # made on first use
-    cdef _Flag anomaly
+    cdef int anomaly         # detect_anomaly depth
 
     def __cinit__(self):
         self.stack = []
-        self.anomaly = _Flag()
 
 
 _tls = threading.local()
+# A one-entry cache of _state(): borrowed, so it keeps nothing alive.  It is
+# only read while its thread runs (thread state ids are never reused), and
+# then the thread's _tls holds the state.
 cdef unsigned long long _cached_tid = 0
-cdef _ThreadState _cached_state = None
+cdef PyObject *_cached_state = NULL
 cdef int64_t _graph_serial = 0
+cdef int64_t _anomaly_total = 0     # threads' detect_anomaly depths, summed
+cdef Graph _default_graph = None
 
 
 cdef _ThreadState _state():
     global _cached_tid, _cached_state
     cdef unsigned long long tid = _thread_id()
-    if tid == _cached_tid and _cached_state is not None:
-        return _cached_state
+    if tid == _cached_tid and _cached_state != NULL:
+        return <_ThreadState>_cached_state
     st = getattr(_tls, "state", None)
     if st is None:
         st = _ThreadState()
         _tls.state = st
     _cached_tid = tid
-    _cached_state = st
+    _cached_state = <PyObject *>st
     return st
 
 
+cdef inline int _anomaly_here() noexcept:
+    """This thread's detect_anomaly depth (0 at once when no thread uses it)."""
+    if _anomaly_total == 0:
+        return 0
+    return _state().anomaly
+
+
 cdef Graph _current_graph():
+    global _default_graph
     cdef _ThreadState st = _state()
     if st.stack:
         return st.stack[len(st.stack) - 1]
-    if st.default is None:
-        st.default = Graph()
-    return st.default
+    if _default_graph is None:
+        _default_graph = Graph()
+    return _default_graph
+
+
+cdef int _wait_idle(Graph g) except -1:
+    """Waits, with the GIL released, until no other thread holds g busy."""
+    if g.busy_tid == _thread_id():
+        raise RuntimeError(
+            f"cannot build into or free from {g!r} while its backward() runs "
+            "(a user op's _backward must compute with floats, as micrograd's do)")
+    while g.busy:
+        with nogil:
+            usleep(20)
+        PyErr_CheckSignals()
+    return 0
 
 
 cdef inline int _enter(Graph g) except -1:
     """Every op on a graph's nodes starts here."""
     if g is None:
         raise ValueError("uninitialised Value (made with Value.__new__)")
-    if g.owner != _thread_id():
-        raise RuntimeError(
-            f"{g!r} belongs to another thread; each thread builds into its own "
-            "graphs (create the Values in this thread)")
-    if g.ndeferred:
+    if g.busy:
+        _wait_idle(g)
+    if g.deferred:
         g._drain()
     if g.g.reclaim_peak:
         fg_reclaim(&g.g)
-    if g.anomaly.depth or g.g.tag:
+    if _anomaly_total or g.g.tag:
         _stamp(g)
+    return 0
+
+
+cdef inline void _hold(Graph g) noexcept:
+    """Marks g busy for this thread (see _wait_idle); _unhold ends it."""
+    g.busy_tid = _thread_id()
+    g.busy = 1
+
+
+cdef inline int _unhold(Graph g) except -1:
+    g.busy = 0
+    g.busy_tid = 0
+    if g.deferred:
+        g._drain()
     return 0
 
 
@@ -130,7 +181,7 @@ cdef int _stamp(Graph g) except -1:
     """Anomaly mode: tag the nodes the coming op makes with the Python line
     making them (outside it, tag 0: "not recorded")."""
     cdef object tag
-    if not g.anomaly.depth:
+    if not _anomaly_here():
         g.g.tag = 0
         return 0
     if fg_track_origins(&g.g) != FG_OK:
@@ -177,28 +228,230 @@ cdef int _raise_status(Graph g, int rc) except -1:
             "graph with room: fastgrad.Graph(capacity=...)")
     if rc == FG_EINVAL:
         raise ValueError(f"fastgrad: invalid node index for {g!r}")
+    if rc == FG_ECALLBACK:
+        exc = g.cb_error
+        g.cb_error = None
+        if exc is not None:
+            raise exc
+        raise SystemError("fastgrad: a user op's _backward failed")
     raise SystemError(f"fastgrad: unexpected status {rc}")
 
 
-cdef inline Value _wrap(Graph g, int32_t idx):
-    """A new handle for node idx, which already counts this handle's use."""
+# ---------------------------------------------------------------- handles ---
+#
+# One Python object per node (docs/design.md, "Values as Python objects").
+# g.obj[i] is node i's live Value (borrowed: the Value clears it when it
+# dies), so every way of reaching the node gives that object back.  A Value
+# that dies with state (a name, attributes, a user op's _op/_backward, a
+# subclass type) while its node lives on (a consumer holds it) leaves that
+# state in a _Stash the node owns (FG_OWNED): reaching the node again makes
+# a Value of the same type with the same state.  C hands a freed node's
+# stash to g.g.release, dropped here (_drop_released).
+
+@cython.final
+cdef class _Ext:
+    """A Value's rarely used fields: its name, a user op's _op and _backward
+    (NULL in most Values, so making and dropping one costs no more)."""
+    cdef object name, bw, uop
+
+
+@cython.no_gc
+@cython.final
+cdef class _Stash:
+    """What a Value was, beyond its node: kept by the node (see above)."""
+    cdef object tp
+    cdef _Ext ext
+    cdef dict d
+
+
+cdef inline _Ext _ext(Value v):
+    return None if v._ext == NULL else <_Ext>v._ext
+
+
+cdef _Ext _ext_for(Value v):
+    """v's _Ext, made on first use."""
+    cdef _Ext e
+    if v._ext == NULL:
+        e = _Ext.__new__(_Ext)
+        Py_IncRef(<PyObject *>e)
+        v._ext = <PyObject *>e
+    return <_Ext>v._ext
+
+
+cdef inline void _set_ext(Value v, _Ext e) noexcept:
+    cdef PyObject *old = v._ext
+    if e is None:
+        v._ext = NULL
+    else:
+        Py_IncRef(<PyObject *>e)
+        v._ext = <PyObject *>e
+    if old != NULL:
+        Py_DecRef(old)
+
+
+cdef inline object _name_of(Value v):
+    return None if v._ext == NULL else (<_Ext>v._ext).name
+
+
+cdef inline object _bw_of(Value v):
+    return None if v._ext == NULL else (<_Ext>v._ext).bw
+
+
+cdef inline object _uop_of(Value v):
+    return None if v._ext == NULL else (<_Ext>v._ext).uop
+
+
+cdef inline PyObject *_vdict(Value v) noexcept:
+    """v's instance dict (borrowed), or NULL while it has none."""
+    return v._attrs
+
+
+cdef inline void _set_vdict(Value v, object d) noexcept:
+    cdef PyObject *old = v._attrs
+    if d is None:
+        v._attrs = NULL
+    else:
+        Py_IncRef(<PyObject *>d)
+        v._attrs = <PyObject *>d
+    if old != NULL:
+        Py_DecRef(old)
+
+
+cdef inline bint _has_state(Value v) noexcept:
+    cdef PyObject *d
+    if type(v) is not Value or v._ext != NULL:
+        return True
+    d = _vdict(v)
+    return d != NULL and len(<object>d) != 0
+
+
+cdef _Stash _stash_of(Value v):
+    cdef _Stash st = _Stash.__new__(_Stash)
+    st.tp = type(v)
+    st.ext = _ext(v)
+    cdef PyObject *d = _vdict(v)
+    st.d = None if d == NULL else <dict>d
+    _set_vdict(v, None)     # taken, not shared: Cython's dealloc clears a Value's dict
+    return st
+
+
+cdef int _install_stash(Graph g, int32_t i, _Stash st) noexcept:
+    """Node i keeps st (its Value died while the node lives on)."""
+    if g.g.obj[i] != NULL or g.g.uses[i] <= 1:
+        return 0                    # reached again meanwhile, or about to be freed
+    if fg_reserve_release(&g.g, g.g.nrelease + g.g.nowned + 1) != FG_OK:
+        return -1                   # out of memory: the state is lost, nothing else
+    Py_IncRef(<PyObject *>st)
+    g.g.obj[i] = <void *>st
+    g.g.flags[i] |= FG_OWNED
+    g.g.nowned += 1
+    return 0
+
+
+cdef void _drop_released(Graph g) noexcept:
+    """Drops the stashes of freed nodes (Python code may run, and free more)."""
+    cdef void *p
+    while g.g.nrelease > 0:
+        g.g.nrelease -= 1
+        p = g.g.release[g.g.nrelease]
+        Py_DecRef(<PyObject *>p)
+
+
+cdef void _release_rest(Graph g, int64_t pending) noexcept:
+    # A large cascade finishes with the GIL released; g is busy meanwhile.
+    _hold(g)
+    with nogil:
+        fg_release_resume(&g.g, pending)
+    g.busy = 0
+    g.busy_tid = 0
+    fg_reclaim(&g.g)                # storage moves only with the GIL held, not busy
+
+
+cdef void _drain_unraisable(Graph g) noexcept:
+    try:
+        g._drain()
+    except BaseException:
+        pass
+
+
+cdef inline void _release(Graph g, int32_t i) noexcept:
+    """Drops one use of node i (a handle's) at once; g must not be busy."""
+    cdef int64_t pending = fg_release(&g.g, i, NOGIL_MIN_NODES)
+    if pending:
+        _release_rest(g, pending)
+    if g.g.nrelease:
+        _drop_released(g)
+    if g.deferred and not g.busy:
+        _drain_unraisable(g)
+
+
+cdef Value _wrap(Graph g, int32_t idx):
+    """The Value of new node idx, which already counts this handle's use."""
     cdef Value v
     cdef double y
     if idx < 0:
         _raise_status(g, idx)
-    if g.anomaly.depth:
-        y = g.g.val[idx]
-        if not isfinite(y):
-            op = g.g.op[idx]
-            where = _origin(g, idx)
-            fg_decref(&g.g, idx)
-            raise FloatingPointError(
-                f"detect_anomaly: '{_op_str(op)}' produced {y!r} in the forward pass, "
-                f"at {where}")
-    v = Value.__new__(Value)
+    try:
+        v = Value.__new__(Value)
+    except BaseException:
+        _release(g, idx)            # a MemoryError here must not leak the node
+        raise
     v.graph = g
     v.idx = idx
+    g.g.obj[idx] = <void *>v
+    if _anomaly_total and _state().anomaly:
+        y = g.g.val[idx]
+        if not isfinite(y):
+            raise FloatingPointError(
+                f"detect_anomaly: '{_op_str(g.g.op[idx])}' produced {y!r} in the forward pass, "
+                f"at {_origin(g, idx)}")          # v drops the node
     return v
+
+
+cdef object _node_value(Graph g, int32_t i):
+    """The Value of live node i: its live one, else a new one (with the state
+    the node kept, see _Stash), which takes a use of the node."""
+    cdef void *p = g.g.obj[i]
+    cdef _Stash st = None
+    cdef Value v
+    if p != NULL and not (g.g.flags[i] & FG_OWNED):
+        return <object>p
+    if g.busy and g.busy_tid != _thread_id():
+        _wait_idle(g)
+    if g.deferred and not g.busy:
+        g._drain()
+    p = g.g.obj[i]
+    if p != NULL:
+        if not (g.g.flags[i] & FG_OWNED):
+            return <object>p
+        st = <_Stash>p
+        v = Value.__new__(st.tp)
+    else:
+        v = Value.__new__(Value)
+    v.graph = g
+    v.idx = i
+    g.g.uses[i] += 1
+    if st is not None:
+        _set_ext(v, st.ext)
+        _set_vdict(v, st.d)
+        g.g.flags[i] &= ~FG_OWNED
+        g.g.nowned -= 1
+        g.g.obj[i] = NULL
+        Py_DecRef(<PyObject *>st)   # the node's reference; st lives on in this frame
+    g.g.obj[i] = <void *>v
+    return v
+
+
+cdef tuple _NO_CHILDREN = ()
+
+
+cdef inline bint _is_empty_str(object s) noexcept:
+    return PyUnicode_CheckExact(s) and PyUnicode_GET_LENGTH(s) == 0
+
+
+cdef inline bint _is_value(object x):
+    """isinstance(x, Value), fast for floats and exact Values."""
+    return type(x) is Value or (not PyFloat_Check(x) and isinstance(x, Value))
 
 
 # ---------------------------------------------------------------- numbers ---
@@ -230,14 +483,14 @@ cdef double _real_to_double(object x) except? -1.0:
 
 
 cdef double _coerce(object x, str what) except? -1.0:
-    if type(x) is not Value and _is_number(x):
+    if not _is_value(x) and _is_number(x):
         return _to_double(x)
     raise TypeError(f"{what} must be a real number, got {type(x).__name__}")
 
 
 cdef Value _as_value(object x, Graph g):
     """x itself if a Value, else a new leaf in g (the current graph if None)."""
-    if type(x) is Value:
+    if _is_value(x):
         return <Value>x
     cdef double d = _coerce(x, "operand")
     if g is None:
@@ -259,13 +512,16 @@ cdef inline int _same_graph(Value x, Value y) except -1:
 cdef class Graph:
     """A separate node storage, also usable as ``with fastgrad.Graph():``.
 
-    Each thread builds into its own default graph; inside ``with Graph() as g:``
-    new leaves go to ``g`` instead.  Values made in a graph stay valid after
-    the block, and the graph lives as long as any of its Values does.
+    New leaves go to the process-wide default graph; inside ``with Graph()
+    as g:`` (per thread) they go to ``g`` instead.  Values made in a graph
+    stay valid after the block, and the graph lives as long as any of its
+    Values does.
 
-    Thread-safety: a graph belongs to the thread that made it.  Ops, backward()
-    and grad() on its Values from another thread raise RuntimeError; reading
-    or setting ``.data``/``.grad`` and dropping handles is safe from any thread.
+    Thread-safety: a graph may be used from any thread (ops, backward(),
+    grad(), dropping handles).  While one thread runs C on it with the GIL
+    released (a large backward() or free) or a sweep calls a user op's
+    Python ``_backward``, ops from other threads wait and handles they drop
+    are freed afterwards.
     """
 
     def __cinit__(self, int64_t capacity=256):
@@ -276,21 +532,31 @@ cdef class Graph:
         if fg_graph_init(&self.g, capacity) != FG_OK:
             fg_graph_free(&self.g)
             raise MemoryError("fastgrad: cannot allocate a graph")
-        cdef _ThreadState st = _state()
-        self.owner = _thread_id()
-        self.anomaly = st.anomaly
+        self.deferred = []
         _graph_serial += 1
         self.serial = _graph_serial
 
     def __dealloc__(self):
+        # No Value of this graph is alive (each holds it), so what is left
+        # are stashes of nodes whose uses leaked (none in a correct program).
+        cdef int64_t i
+        for i in range(self.g.top):
+            if self.g.flags[i] & FG_OWNED:
+                self.g.flags[i] = 0
+                Py_DecRef(<PyObject *>self.g.obj[i])
+        _drop_released(self)
         fg_graph_free(&self.g)
-        free(self.deferred)
 
     cdef int _drain(self) except -1:
-        cdef int64_t k, n = self.ndeferred
-        self.ndeferred = 0
-        for k in range(n):
-            fg_decref(&self.g, self.deferred[k])
+        """Frees the handles dropped while the graph was busy."""
+        cdef list items = self.deferred
+        cdef int32_t i
+        self.deferred = []
+        for item in items:
+            i = <int32_t>item[0]
+            if item[1] is not None:
+                _install_stash(self, i, <_Stash>item[1])
+            _release(self, i)
         return 0
 
     def __enter__(self):
@@ -300,10 +566,17 @@ cdef class Graph:
 
     def __exit__(self, *exc):
         cdef list stack = _state().stack
-        if not stack or stack[len(stack) - 1] is not self:
-            raise RuntimeError(f"{self!r} exited out of order")
-        stack.pop()
-        return False
+        cdef Py_ssize_t k
+        if stack and stack[len(stack) - 1] is self:
+            stack.pop()
+            return False
+        # Out of order (e.g. generators closed in creation order): the graph
+        # leaves the stack wherever it is, so it never stays current.
+        for k in range(len(stack) - 1, -1, -1):
+            if stack[k] is self:
+                del stack[k]
+                break
+        raise RuntimeError(f"{self!r} exited out of order")
 
     def __repr__(self):
         return f"<fastgrad.Graph #{self.serial}: {self.g.live} live nodes>"
@@ -314,12 +587,12 @@ cdef class Graph:
         live_nodes  nodes reachable from live Values
         capacity    node slots allocated
         bytes       bytes of node storage (per-node arrays + operand arrays)
-        bytes_per_node  bytes of the per-node arrays per slot (46; 50 once
+        bytes_per_node  bytes of the per-node arrays per slot (54; 58 once
                         the graph was used under detect_anomaly, which
                         records the line that made each node)
         operand_slots   n-ary operand entries allocated
         """
-        if self.owner == _thread_id() and self.ndeferred:
+        if self.deferred and not self.busy:
             self._drain()
         cdef int64_t node_bytes = fg_graph_bytes(&self.g) - self.g.ocap * <int64_t>(sizeof(int32_t) + sizeof(double))
         return {
@@ -393,7 +666,7 @@ cdef object _binary(Value x, object other, int op, int cop, bint reflected):
     cdef Graph g = x.graph
     cdef double c
     _enter(g)
-    if type(other) is Value:
+    if _is_value(other):
         _same_graph(x, <Value>other)
         if reflected:
             return _wrap(g, fg_binary(&g.g, op, (<Value>other).idx, x.idx))
@@ -458,7 +731,7 @@ cdef Value _clamp(Value x, object lo, object hi):
 cdef object _compare(Value x, object other, int how):
     """x < other (how 0), <= (1), > (2), >= (3) on .data, as bool."""
     cdef double a = x._live_graph().g.val[x.idx], b
-    if type(other) is Value:
+    if _is_value(other):
         b = (<Value>other)._live_graph().g.val[(<Value>other).idx]
     elif _is_number(other):
         b = _to_double(other)
@@ -473,62 +746,331 @@ cdef object _compare(Value x, object other, int how):
     return a >= b
 
 
-@cython.no_gc
-@cython.final
+
+# ---------------------------------------------------------------- node protocol ---
+
+# The one place where fastgrad's op names meet micrograd's _op strings: ops
+# micrograd has take its string, every other op its fastgrad name
+# (fg_op_name); POWC is micrograd's f'**{exponent}'.
+_MICROGRAD_OP = {"leaf": "", "add": "+", "mul": "*", "relu": "ReLU", "tanh": "tanh",
+                 "exp": "exp"}
+
+
+cdef str _micrograd_op(int op, double c):
+    if op == FG_OP_POWC:
+        return f"**{int(c)}" if c == c and c.is_integer() and abs(c) < 2.0 ** 53 else f"**{c!r}"
+    name = _op_str(op)
+    return _MICROGRAD_OP.get(name, name)
+
+
+def micrograd_ops():
+    """{op table name: Value._op} for every op a node can have, derived from
+    src_c/fg_ops.h (POWC shows its exponent: '**2'; USER nodes show the
+    user's own _op)."""
+    return {fg_op_key(k).decode("ascii"): (_micrograd_op(k, 2.0) if k != FG_OP_USER else "<user's _op>")
+            for k in range(FG_OP_COUNT) if k not in (FG_OP_FREE, FG_OP_CONST)}
+
+
+cdef str _op_key(int op):
+    return fg_op_key(op).decode("ascii")
+
+
+cdef list _parents(Graph g, int32_t i):
+    """The Values of node i's parents, in operand order (repeats kept)."""
+    cdef int op = g.g.op[i]
+    cdef int ar = FG_ARITY[op]
+    cdef int64_t k, off
+    cdef list out = []
+    if ar == -1:
+        off = g.g.a[i]
+        for k in range(g.g.b[i]):
+            if g.g.opnd[off + k] >= 0:
+                out.append(_node_value(g, g.g.opnd[off + k]))
+    elif ar >= 1:
+        out.append(_node_value(g, g.g.a[i]))
+        if ar == 2:
+            out.append(_node_value(g, g.g.b[i]))
+    return out
+
+
+def _no_backward():
+    """A user op whose _backward was never set passes no gradient (micrograd's default)."""
+    return None
+
+
+cdef dict _OP_BY_KEY = {fg_op_key(k).decode("ascii"): k for k in range(FG_OP_COUNT)}
+
+
+def _value_from_reduce(tp, key, double cst, double val, double grad, tuple spec):
+    """Rebuilds a pickled or copied Value (see Value.__reduce__) in the
+    current graph, or in its parents' graph."""
+    cdef int op = _OP_BY_KEY.get(key, -1)
+    cdef Value v
+    cdef Graph g
+    if op < 0 or op in (FG_OP_FREE, FG_OP_CONST) or not (isinstance(tp, type) and issubclass(tp, Value)):
+        raise ValueError(f"not a pickled fastgrad Value: op {key!r}, type {tp!r}")
+    if op == FG_OP_LEAF:
+        v = Value.__new__(tp)
+        Value.__init__(v, val)
+    elif op == FG_OP_USER:
+        v = Value.__new__(tp)
+        Value.__init__(v, val, spec)
+    elif FG_ARITY[op] == -1:
+        v = _rebuild_nary(op, spec, cst)
+    else:
+        if len(spec) != FG_ARITY[op] or not all(isinstance(p, Value) for p in spec):
+            raise ValueError(f"not a pickled fastgrad Value: {key!r} with operands {spec!r}")
+        for p in spec:
+            (<Value>p)._live_graph()
+        g = (<Value>spec[0]).graph
+        if len(spec) == 2:
+            _same_graph(<Value>spec[0], <Value>spec[1])
+            _enter(g)
+            v = _wrap(g, fg_binary(&g.g, op, (<Value>spec[0]).idx, (<Value>spec[1]).idx))
+        else:
+            _enter(g)
+            v = _wrap(g, fg_unary(&g.g, op, (<Value>spec[0]).idx, cst))
+    if type(v) is not tp:
+        v = _retype(v, tp)
+    v.graph.g.val[v.idx] = val          # as pickled, even if a leaf changed since
+    v.graph.g.grad[v.idx] = grad
+    return v
+
+
+cdef Value _retype(Value v, object tp):
+    """A Value of type tp for v's node (v is its only handle)."""
+    cdef Value w = Value.__new__(tp)
+    cdef Graph g = v.graph
+    w.graph = g
+    w.idx = v.idx                       # w takes over v's use
+    g.g.obj[v.idx] = <void *>w
+    v.graph = None
+    v.idx = -1
+    return w
+
+
+cdef Value _rebuild_nary(int op, tuple spec, double c):
+    cdef int64_t n = len(spec)
+    cdef int32_t small_idx[SMALL_N]
+    cdef double small_cst[SMALL_N]
+    cdef int32_t *idx = small_idx
+    cdef double *cs = small_cst
+    cdef Graph g
+    _alloc_operands(n, &idx, &cs)
+    try:
+        _coerce_operands(spec, 0, 1, idx, cs, "a pickled Value")
+        g = _first_graph(spec, None)
+        if g is None:
+            g = _current_graph()
+        _enter(g)
+        _index_operands(spec, 0, 1, idx, g)
+        return _wrap(g, fg_nary(&g.g, op, n, idx, cs, c))
+    finally:
+        if idx != small_idx:
+            free(idx); free(cs)
+
+
+cdef int _user_callback(void *ctx, int32_t n) noexcept nogil:
+    with gil:
+        return _run_user_backward(<Graph>ctx, n)
+
+
+cdef int _run_user_backward(Graph g, int32_t n) noexcept:
+    """Calls user node n's Python _backward from inside a sweep."""
+    cdef void *p = g.g.obj[n]
+    if p == NULL:
+        return 0
+    cdef _Ext e = (<_Stash>p).ext if g.g.flags[n] & FG_OWNED else _ext(<Value>p)
+    if e is None or e.bw is None:
+        return 0
+    fn = e.bw
+    if fn is None:
+        return 0
+    try:
+        fn()
+    except BaseException as exc:
+        g.cb_error = exc
+        return -1
+    return 0
+
+
+cdef inline void _calls_back(Graph g) noexcept:
+    """The coming sweep of g (held busy) calls user ops' _backward."""
+    g.cb_error = None
+    g.g.user_ctx = <void *>g
+    g.g.user_fn = _user_callback
+
+
+# Value takes part in the cycle collector (attributes, names and _backward
+# closures may refer back to it), but a Value whose node has other uses (a
+# consumer) is held from C, which the collector cannot see: it reports no
+# references then, so the collector treats its contents as reachable.  Once
+# the consumers are gone, a cycle through the Value is collected as usual.
+cdef traverseproc _value_base_traverse = NULL
+
+
+cdef int _value_traverse(PyObject *o, visitproc visit, void *arg) except -1:
+    cdef Value v = <Value>o
+    cdef int rc
+    cdef Graph g = v.graph
+    if g is not None and v.idx >= 0 and g.g.uses[v.idx] > 1:
+        return 0
+    if v._attrs != NULL:
+        rc = visit(v._attrs, arg)
+        if rc:
+            return rc
+    if v._ext != NULL:
+        rc = visit(v._ext, arg)
+        if rc:
+            return rc
+    return _value_base_traverse(o, visit, arg)
+
+
+cdef void _value_dealloc(Value self) noexcept:
+    """A Value dies: its use of the node goes, its state stays with the node
+    when the node lives on (see "handles")."""
+    cdef Graph g = self.graph
+    cdef int32_t i = self.idx
+    cdef object st = None
+    if g is None or i < 0:
+        return
+    if g.g.obj[i] == <void *>self:
+        g.g.obj[i] = NULL
+    if g.g.uses[i] > 1 and _has_state(self):
+        try:
+            st = _stash_of(self)
+        except BaseException:
+            st = None               # out of memory: the state is lost, nothing else
+    if g.busy:
+        if g.busy_tid != _thread_id() or st is None:
+            # Another thread runs C on g with the GIL released: it must not
+            # free or grow meanwhile.  The holder frees after (_unhold).
+            try:
+                g.deferred.append((i, st))
+            except BaseException:
+                pass                # the node leaks until the graph dies; no crash
+            return
+        # This thread's sweep is in a user op's _backward: the state may be
+        # stored now, the free waits until the sweep is done.
+        _install_stash(g, i, <_Stash>st)
+        try:
+            g.deferred.append((i, None))
+        except BaseException:
+            pass
+        return
+    if st is not None:
+        _install_stash(g, i, <_Stash>st)
+    _release(g, i)
+
+
+cdef extern from *:
+    """
+    static PyGetSetDef fg_value_dict_getset = {
+        "__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL};
+    static int fg_set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) {
+        PyObject *descr;
+        tp->tp_dictoffset = offset;
+        descr = PyDescr_NewGetSet(tp, &fg_value_dict_getset);
+        if (descr == NULL) return -1;
+        if (PyDict_SetItemString(tp->tp_dict, "__dict__", descr) < 0) { Py_DECREF(descr); return -1; }
+        Py_DECREF(descr);
+        PyType_Modified(tp);
+        return 0;
+    }
+    """
+    int fg_set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) except -1
+
+
+cdef int _set_dict_slot(PyTypeObject *tp, Py_ssize_t offset) except -1:
+    return fg_set_dict_slot(tp, offset)
+
+
+@cython.no_gc_clear
 @cython.freelist(512)
 @cython.auto_pickle(False)
 cdef class Value:
     """A scalar node: micrograd's Value, recorded into the node arrays.
 
-    ``Value(data, name=None)`` makes a leaf in the current graph.  ``.data``
-    and ``.grad`` read and write the arrays (both settable).  After
-    ``out.backward()``, leaves hold d out/d leaf ADDED to their grad,
-    intermediates hold it SET.  ``.name`` labels the node in drawings.
+    ``Value(data, _children=(), _op='', label='', name=None)``: with no
+    children, a leaf in the current graph; with children (Values), a
+    user-defined op whose ``_backward`` the sweep calls (micrograd's
+    pattern).  ``.data`` and ``.grad`` read and write the arrays (both
+    settable).  After ``out.backward()``, leaves hold d out/d leaf ADDED to
+    their grad, intermediates hold it SET.  ``.name`` (alias ``.label``)
+    labels the node in drawings.  A node has one Value object while any
+    reference to it exists, and attributes set on it stay with the node.
     """
 
     # numpy scalars and arrays defer to Value's operators (a numpy scalar
     # operand then costs what a float does; arrays go through _with_array).
     __array_ufunc__ = None
 
-    def __init__(self, data, name=None):
+    def __init__(self, data, _children=_NO_CHILDREN, _op='', label='', name=None):
+        if self.graph is not None:
+            raise TypeError("Value.__init__ called on a Value that already has a node "
+                            "(make a new Value instead)")
         cdef double d = _coerce(data, "Value(data)")
-        cdef Graph g = _current_graph()
+        cdef Graph g = None
+        cdef int32_t idx
+        if (name is None and _children is _NO_CHILDREN and _is_empty_str(_op)
+                and _is_empty_str(label)):
+            # A plain leaf, the common case (micrograd's Value(x)).
+            g = _current_graph()
+            _enter(g)
+            idx = fg_leaf(&g.g, d)
+            if idx < 0:
+                _raise_status(g, idx)
+            self.graph = g
+            self.idx = idx
+            g.g.obj[idx] = <void *>self
+            return
+        if name is None and label is not None and label != '':
+            name = label
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+        cdef tuple kids = tuple(_children) if _children is not None else ()
+        cdef int64_t n = len(kids), k
+        cdef int32_t small[SMALL_N]
+        cdef int32_t *ids = small
+        for k in range(n):
+            if not _is_value(kids[k]):
+                raise TypeError(f"_children must hold Values, got {type(kids[k]).__name__}")
+            if (<Value>kids[k]).graph is None:
+                raise ValueError("uninitialised Value (made with Value.__new__) in _children")
+            if g is None:
+                g = (<Value>kids[k]).graph
+            elif (<Value>kids[k]).graph is not g:
+                raise ValueError(f"cannot combine Values of two graphs: {g!r} and "
+                                 f"{(<Value>kids[k]).graph!r}")
+        if g is None:
+            g = _current_graph()
         _enter(g)
-        cdef int32_t idx = fg_leaf(&g.g, d)
+        if n == 0:
+            idx = fg_leaf(&g.g, d)
+        else:
+            if n > SMALL_N:
+                ids = <int32_t *>malloc(n * sizeof(int32_t))
+                if ids == NULL:
+                    raise MemoryError()
+            for k in range(n):
+                ids[k] = (<Value>kids[k]).idx
+            idx = fg_user(&g.g, d, n, ids)
+            if ids != small:
+                free(ids)
         if idx < 0:
             _raise_status(g, idx)
-        if self.graph is not None:    # __init__ called again on a live handle
-            fg_decref(&self.graph.g, self.idx)
         self.graph = g
         self.idx = idx
+        g.g.obj[idx] = <void *>self
         if name is not None:
-            _set_node_name(g, idx, name)
+            _ext_for(self).name = name
+        if n or (_op is not None and _op != ''):
+            _ext_for(self).uop = _op
 
     def __dealloc__(self):
-        cdef Graph g = self.graph
-        cdef int32_t *grown
-        cdef int64_t pending
-        if g is None:
-            return
-        if g.owner == _thread_id():
-            # Small cascades (the common case: a temporary) stay under the GIL;
-            # a large one finishes with it released.
-            pending = fg_release(&g.g, self.idx, NOGIL_MIN_NODES)
-            if pending:
-                with nogil:
-                    fg_release_resume(&g.g, pending)
-                fg_reclaim(&g.g)    # storage moves only with the GIL held
-            return
-        # Another thread: the owner may be inside a sweep with the GIL released,
-        # so the use is handed back to the owner, which drains it on its next op.
-        if g.ndeferred == g.deferred_cap:
-            grown = <int32_t *>realloc(g.deferred, (g.deferred_cap * 2 + 16) * sizeof(int32_t))
-            if grown == NULL:
-                return          # the node leaks until the graph dies; no crash
-            g.deferred = grown
-            g.deferred_cap = g.deferred_cap * 2 + 16
-        g.deferred[g.ndeferred] = self.idx
-        g.ndeferred += 1
+        _value_dealloc(self)
+        _set_vdict(self, None)      # the instance dict and _ext are not managed by Cython
+        _set_ext(self, None)
 
     cdef Graph _live_graph(self):
         if self.graph is None:
@@ -567,13 +1109,116 @@ cdef class Value:
     def name(self):
         """A label for drawings and explain() (str or None); settable, so
         ``h = a * b; h.name = "h"`` names an intermediate node."""
-        cdef Graph g = self._live_graph()
-        return _node_name(g, self.idx)
+        self._live_graph()
+        return _name_of(self)
 
     @name.setter
     def name(self, value):
+        self._live_graph()
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"name must be a str or None, got {type(value).__name__}")
+        if value is not None or self._ext != NULL:
+            _ext_for(self).name = value
+
+    @property
+    def label(self):
+        """micrograd's lecture name for ``name`` ('' when there is none)."""
+        self._live_graph()
+        name = _name_of(self)
+        return '' if name is None else name
+
+    @label.setter
+    def label(self, value):
+        self._live_graph()
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"label must be a str, got {type(value).__name__}")
+        if value or self._ext != NULL:
+            _ext_for(self).name = value if value else None
+
+    @property
+    def _prev(self):
+        """The set of parent Values (n-ary nodes: all their Value operands),
+        as micrograd's ``_prev``; each is the parent's one Value object."""
         cdef Graph g = self._live_graph()
-        _set_node_name(g, self.idx, value)
+        return set(_parents(g, self.idx))
+
+    @property
+    def _op(self):
+        """The op as micrograd names it ('+', '*', '**2', 'ReLU', 'tanh',
+        'exp', '' for leaves), fastgrad's name for the others ('sub',
+        'sigmoid', 'dot', ...), a user op's own ``_op``."""
+        cdef Graph g = self._live_graph()
+        uop = _uop_of(self)
+        if uop is not None:
+            return uop
+        return _micrograd_op(g.g.op[self.idx], g.g.cst[self.idx])
+
+    @property
+    def _backward(self):
+        """This node's local backward step, as micrograd's: calling it adds
+        ``d self / d parent * self.grad`` to each parent's ``.grad``.  A user
+        op's is its own callable (a no-op until set)."""
+        cdef Graph g = self._live_graph()
+        if g.g.op[self.idx] == FG_OP_USER:
+            bw = _bw_of(self)
+            return bw if bw is not None else _no_backward
+        return self._local_backward
+
+    @_backward.setter
+    def _backward(self, fn):
+        cdef Graph g = self._live_graph()
+        if g.g.op[self.idx] != FG_OP_USER:
+            raise TypeError(
+                f"the {_op_str(g.g.op[self.idx])!r} node of {g!r} has fastgrad's own backward rule; "
+                "a Python _backward belongs to a Value made as Value(data, _children, _op)")
+        if fn is not None and not callable(fn):
+            raise TypeError(f"_backward must be callable, got {type(fn).__name__}")
+        _ext_for(self).bw = fn
+
+    def _local_backward(self):
+        """The built-in local backward step of this node (see _backward)."""
+        cdef Graph g = self._live_graph()
+        if g.busy and g.busy_tid != _thread_id():
+            _wait_idle(g)
+        cdef int rc = fg_local_backward(&g.g, self.idx)
+        if rc != FG_OK:
+            _raise_status(g, rc)
+
+    def __reduce__(self):
+        """Pickle, copy and deepcopy: a leaf as its data and grad, any other
+        node as its op and its parents (so the subgraph it depends on comes
+        along); attributes, name and type too.  Unpickling builds into the
+        current graph."""
+        cdef Graph g = self._live_graph()
+        cdef int32_t i = self.idx
+        cdef int op = g.g.op[i]
+        cdef int64_t k, off, cnt
+        cdef PyObject *d = _vdict(self)
+        state = (_name_of(self), _uop_of(self), _bw_of(self),
+                 None if d == NULL or not len(<object>d) else <object>d)
+        if op == FG_OP_LEAF:
+            spec = ()
+        elif op == FG_OP_USER or FG_ARITY[op] == -1:
+            off = g.g.a[i]
+            cnt = g.g.b[i]
+            spec = tuple(_node_value(g, g.g.opnd[off + k]) if g.g.opnd[off + k] >= 0
+                         else g.g.ocst[off + k] for k in range(cnt))
+        elif FG_ARITY[op] == 2:
+            spec = (_node_value(g, g.g.a[i]), _node_value(g, g.g.b[i]))
+        else:
+            spec = (_node_value(g, g.g.a[i]),)
+        return (_value_from_reduce,
+                (type(self), _op_key(op), g.g.cst[i], g.g.val[i], g.g.grad[i], spec),
+                state)
+
+    def __setstate__(self, state):
+        name, uop, bw, d = state
+        if name is not None or uop is not None or bw is not None:
+            e = _ext_for(self)
+            e.name, e.uop, e.bw = name, uop, bw
+        if d:
+            for k, x in d.items():
+                setattr(self, k, x)
 
     def _repr_svg_(self):
         """Jupyter: the drawing of the graph behind this Value (see
@@ -595,13 +1240,18 @@ cdef class Value:
         """
         cdef Graph g = self._live_graph()
         _enter(g)
-        cdef int check = g.anomaly.depth
+        cdef int check = _anomaly_here()
         cdef int rc
+        _hold(g)
+        if g.g.nuser:
+            _calls_back(g)
         if g.g.live > NOGIL_MIN_NODES:
             with nogil:
                 rc = fg_backward(&g.g, self.idx, check)
         else:
             rc = fg_backward(&g.g, self.idx, check)
+        g.g.user_fn = NULL
+        _unhold(g)
         if rc != FG_OK:
             _raise_status(g, rc)
 
@@ -741,6 +1391,16 @@ cdef class Value:
         return _clamp(self, min, max)
 
 
+_value_base_traverse = (<PyTypeObject *>Value).tp_traverse
+(<PyTypeObject *>Value).tp_traverse = _value_traverse
+# The instance dict lives in _attrs, made on first use (Cython would make a
+# dict for every Value of a `cdef dict __dict__`): tp_dictoffset points there
+# and `__dict__` is CPython's generic descriptor for it.
+cdef Value _probe = Value.__new__(Value)
+_set_dict_slot(<PyTypeObject *>Value, <Py_ssize_t>(<char *>&_probe._attrs - <char *><PyObject *>_probe))
+_probe = None
+
+
 # ---------------------------------------------------------------- functions ---
 
 def relu(x):
@@ -815,9 +1475,9 @@ def clamp(x, min=None, max=None):
 
 cdef Value _minmax(object a, object b, int op):
     cdef Graph g = None
-    if type(a) is Value:
+    if _is_value(a):
         g = (<Value>a).graph
-    elif type(b) is Value:
+    elif _is_value(b):
         g = (<Value>b).graph
     cdef Value x = _as_value(a, g)
     cdef Value y = _as_value(b, g)
@@ -853,7 +1513,7 @@ cdef int _coerce_operands(tuple items, int64_t first, int64_t step, int32_t *idx
     for k in range(len(items)):
         item = items[k]
         pos = first + k * step
-        if type(item) is Value:
+        if _is_value(item):
             idx[pos] = -1
             cst[pos] = 0.0
         elif _is_number(item):
@@ -870,7 +1530,7 @@ cdef Graph _first_graph(tuple items, Graph g):
     if g is not None:
         return g
     for k in range(len(items)):
-        if type(items[k]) is Value:
+        if _is_value(items[k]):
             g = (<Value>items[k]).graph
             if g is None:
                 raise ValueError("uninitialised Value (made with Value.__new__)")
@@ -885,7 +1545,7 @@ cdef int _index_operands(tuple items, int64_t first, int64_t step, int32_t *idx,
     cdef int64_t k
     cdef Value v
     for k in range(len(items)):
-        if type(items[k]) is Value:
+        if _is_value(items[k]):
             v = <Value>items[k]
             if v.graph is not g:
                 if v.graph is None:
@@ -923,7 +1583,7 @@ def sum(values, start=0.0):
     cdef tuple head = ()
     cdef Graph g
     cdef double c = -0.0      # x + -0.0 == x for every x, -0.0 included
-    if type(start) is Value:
+    if _is_value(start):
         off = 1
         head = (start,)
     else:
@@ -963,7 +1623,7 @@ def dot(ws, xs, start=0.0):
     cdef tuple head = ()
     cdef Graph g
     cdef double c = -0.0
-    if type(start) is Value:
+    if _is_value(start):
         off = 2        # start enters as the pair (start, 1.0): start*1.0 == start
         head = (start,)
     else:
@@ -1042,7 +1702,7 @@ def _layer_forward(units, x):
                 continue
             for j in range(nx):
                 item = w[j]
-                if type(item) is not Value or (<Value>item).graph is not g:
+                if not _is_value(item) or (<Value>item).graph is not g:
                     break
                 idx[2 * j + 2] = (<Value>item).idx
                 cst[2 * j + 2] = 0.0
@@ -1067,33 +1727,44 @@ def grad(out, wrt):
     list of floats); leaves and intermediate nodes alike.  A node that ``out``
     does not depend on gets 0.0.
     """
-    if type(out) is not Value:
+    if not _is_value(out):
         raise TypeError(f"grad() needs a Value as out, got {type(out).__name__}")
     cdef Value o = <Value>out
     cdef Graph g = o._live_graph()
-    cdef bint single = type(wrt) is Value
+    cdef bint single = _is_value(wrt)
     cdef list items = [wrt] if single else list(wrt)
     cdef int64_t n = len(items), k
     cdef Value v
     for k in range(n):
-        if type(items[k]) is not Value:
+        if not _is_value(items[k]):
             raise TypeError(f"grad() needs Values in wrt, got {type(items[k]).__name__}")
         _same_graph(o, <Value>items[k])
     _enter(g)
     cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
     cdef double *res = <double *>malloc((n + 1) * sizeof(double))
     cdef double *adj = <double *>malloc(g.g.capacity * sizeof(double))
-    cdef int rc, check = g.anomaly.depth
+    cdef int rc, check = _anomaly_here()
+    cdef double *saved
     try:
         if idx == NULL or res == NULL or adj == NULL:
             raise MemoryError()
         for k in range(n):
             idx[k] = (<Value>items[k]).idx
+        _hold(g)
+        saved = g.g.grad
+        if g.g.nuser:
+            # User ops' _backward read and write .grad: point it at adj for
+            # the sweep, so the Values' own gradients stay untouched.
+            _calls_back(g)
+            g.g.grad = adj
         if g.g.live > NOGIL_MIN_NODES:
             with nogil:
                 rc = fg_grad(&g.g, o.idx, n, idx, res, adj, check)
         else:
             rc = fg_grad(&g.g, o.idx, n, idx, res, adj, check)
+        g.g.grad = saved
+        g.g.user_fn = NULL
+        _unhold(g)
         if rc != FG_OK:
             _raise_status(g, rc)
         if single:
@@ -1125,15 +1796,18 @@ def leaves(data):
     try:
         for k in range(n):
             vals[k] = _coerce(items[k], f"leaves() element {k}")
+        # The Values first: a MemoryError then leaves no node behind.
+        for k in range(n):
+            out.append(Value.__new__(Value))
         _enter(g)
         first = fg_leaf_block(&g.g, n, vals)
         if first < 0:
             _raise_status(g, first)
         for k in range(n):
-            v = Value.__new__(Value)
+            v = <Value>out[k]
             v.graph = g
             v.idx = <int32_t>(first + k)
-            out.append(v)
+            g.g.obj[v.idx] = <void *>v
         return out
     finally:
         free(vals)
@@ -1199,7 +1873,7 @@ cdef tuple _run_of(list values):
     if n == 0:
         return None, "no Values"
     for k in range(n):
-        if type(values[k]) is not Value:
+        if not _is_value(values[k]):
             return None, f"element {k} is a {type(values[k]).__name__}, not a Value"
         v = <Value>values[k]
         if v.graph is None:
@@ -1268,7 +1942,7 @@ def _slot_indices(values):
     cdef int64_t k
     cdef Value v
     for k, item in enumerate(values):
-        if type(item) is not Value:
+        if not _is_value(item):
             raise TypeError(f"element {k} is a {type(item).__name__}, not a fastgrad Value")
         v = <Value>item
         v._live_graph()
@@ -1292,11 +1966,15 @@ class detect_anomaly:
     """
 
     def __enter__(self):
-        (<_ThreadState>_state()).anomaly.depth += 1
+        global _anomaly_total
+        (<_ThreadState>_state()).anomaly += 1
+        _anomaly_total += 1
         return self
 
     def __exit__(self, *exc):
-        (<_ThreadState>_state()).anomaly.depth -= 1
+        global _anomaly_total
+        (<_ThreadState>_state()).anomaly -= 1
+        _anomaly_total -= 1
         return False
 
 

@@ -970,6 +970,17 @@ cdef dict _read_archive(object fh):
     return state
 
 
+cdef int _refuse_user_op(Graph g, int32_t node) except -1:
+    v = _node_value(g, node)
+    name = v.name
+    what = f"the user-defined op {v._op!r}" + (f" (node {name!r})" if name else "")
+    raise TypeError(
+        f"compile(): {what} has a Python _backward, which a Function cannot replay; "
+        "express it with fastgrad's ops instead (for example x.tanh(), x.exp(), x.log(), "
+        "x.sigmoid(), x ** k, fastgrad.sum/dot, or arithmetic of those), so that every "
+        "node has a rule in the op table")
+
+
 def compile(fn, *example_args):
     """Trace fn once and freeze the graph into a Function.
 
@@ -995,7 +1006,7 @@ def compile(fn, *example_args):
         # its lists (sort, append, clear, replace), the tape's inputs are these.
         inputs_traced = tuple([v for lst in lists for v in lst])
         result = fn(*lists)
-        single = type(result) is Value
+        single = _is_value(result)
         if single:
             outs = [result]
         elif isinstance(result, (list, tuple)) or (isinstance(result, np.ndarray) and result.ndim == 1):
@@ -1006,7 +1017,7 @@ def compile(fn, *example_args):
         if not outs:
             raise ValueError("compile(): fn returned no outputs")
         for k in range(len(outs)):
-            if type(outs[k]) is Value:
+            if _is_value(outs[k]):
                 if (<Value>outs[k]).graph is not g:
                     raise ValueError(f"compile(): output {k} belongs to {(<Value>outs[k]).graph!r}, "
                                      f"not to the traced graph {g!r}; build outputs from fn's arguments")
@@ -1029,6 +1040,9 @@ def compile(fn, *example_args):
         for k in range(n_out):
             out_idx[k] = (<Value>outs[k]).idx
         rc = fg_tape_build(&f.t, &g.g, n_in, inputs, n_out, out_idx)
+        if rc == FG_EINVAL and g.g.nuser and fg_is_live(&g.g, g.g.err_node) \
+                and g.g.op[g.g.err_node] == FG_OP_USER:
+            _refuse_user_op(g, g.g.err_node)
         if rc != FG_OK:
             _raise_status(g, rc)
     finally:

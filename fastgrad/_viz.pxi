@@ -2,43 +2,24 @@
 # gradient contributions of src_c/fg_explain.c handed to Python as arrays.
 # Included by _core.pyx; the formatting lives in fastgrad/viz.py.
 #
-# Takes from _core.pyx: the types Graph and Value, _enter, _raise_status,
-# NOGIL_MIN_NODES and np.  Gives _core.pyx _node_name and _set_node_name
-# (Value.name and Value(data, name=...) store names here; moving that storage
-# out of this file is left to the Value/Graph rework, issue 11).
-#
-# Names cost no Python object per node: a graph keeps one dict {slot: name}
-# for the nodes that have one, and the C flag array `named` says which slots
-# those are.  fg_alloc_node clears the flag, so a reused slot never shows the
-# name of the node that had it before; the stale dict entry is dropped the
-# next time the slot is looked up or renamed.
+# A node's name lives on its Value (or, once that Value died while the node
+# lives on, in the stash the node keeps: see "handles" in _core.pyx), found
+# through the per-node object array obj[].
 
 
 cdef object _node_name(Graph g, int32_t idx):
-    if not g.g.named[idx]:
-        if g.names is not None and idx in g.names:
-            del g.names[idx]          # left by a freed node whose slot was reused
+    """The name of node idx: its live Value's, or the one its stash kept."""
+    cdef void *p = g.g.obj[idx]
+    if p == NULL:
         return None
-    return g.names.get(idx) if g.names is not None else None
-
-
-cdef int _set_node_name(Graph g, int32_t idx, object name) except -1:
-    if name is None:
-        g.g.named[idx] = 0
-        if g.names is not None:
-            g.names.pop(idx, None)
-        return 0
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-    if g.names is None:
-        g.names = {}
-    g.names[idx] = name
-    g.g.named[idx] = 1
-    return 0
+    if g.g.flags[idx] & FG_OWNED:
+        e = (<_Stash>p).ext
+        return None if e is None else (<_Ext>e).name
+    return _name_of(<Value>p)
 
 
 cdef int32_t _slot_in(Graph g, object v, str what) except -1:
-    if type(v) is not Value:
+    if not _is_value(v):
         raise TypeError(f"{what} must be a Value, got {type(v).__name__}")
     if (<Value>v).graph is not g:
         raise ValueError(f"{what} belongs to {(<Value>v).graph!r}, not to {g!r}")
@@ -52,6 +33,7 @@ def _graph_view(out, names=None, node=None):
       out, node   slots of out and of node (-1 when node is None)
       nodes       int32 slots reachable from out, consumers first (out first)
       op, val, cst, grad   per node: op code, value, constant, d out / d node
+      stored_grad per node: its ``.grad`` as it is (what backward() left)
       consumer, pos, parent, contrib   per edge parent -> consumer: pos is the
                   edge's rank among the consumer's node operands, contrib the
                   gradient it carries back, (d out / d consumer) * (d consumer
@@ -61,7 +43,7 @@ def _graph_view(out, names=None, node=None):
     The gradients are fresh (as fastgrad.grad computes them): no .grad is read
     or written.
     """
-    if type(out) is not Value:
+    if not _is_value(out):
         raise TypeError(f"out must be a Value, got {type(out).__name__}")
     cdef Value o = <Value>out
     cdef Graph g = o._live_graph()
@@ -85,31 +67,48 @@ def _graph_view(out, names=None, node=None):
     cdef int32_t no_i[1]
     cdef double no_d[1]
     cdef bint release = g.g.live > NOGIL_MIN_NODES
-    # First call: the edge count only (no sweep runs when it exceeds cap = 0).
-    if release:
-        with nogil:
+    cdef double *saved = g.g.grad
+    consumer_arr = pos_arr = parent_arr = contrib_arr = None
+    cdef int32_t[::1] consumer
+    cdef int32_t[::1] pos
+    cdef int32_t[::1] parent
+    cdef double[::1] contrib
+    _hold(g)
+    if g.g.nuser:
+        # User ops' _backward read and write .grad: adj stands in for it.
+        _calls_back(g)
+        g.g.grad = &adj[0]
+    try:
+        # First call: the edge count only (no sweep runs when it exceeds cap = 0).
+        if release:
+            with nogil:
+                count = fg_edge_grads(&g.g, o.idx, &order[0], &nnodes, &adj[0], 0,
+                                      no_i, no_i, no_i, no_d)
+        else:
             count = fg_edge_grads(&g.g, o.idx, &order[0], &nnodes, &adj[0], 0,
                                   no_i, no_i, no_i, no_d)
-    else:
-        count = fg_edge_grads(&g.g, o.idx, &order[0], &nnodes, &adj[0], 0,
-                              no_i, no_i, no_i, no_d)
-    if count < 0:
-        _raise_status(g, <int>count)
-    consumer_arr = np.empty(max(count, 1), np.int32)
-    pos_arr = np.empty(max(count, 1), np.int32)
-    parent_arr = np.empty(max(count, 1), np.int32)
-    contrib_arr = np.empty(max(count, 1), np.float64)
-    cdef int32_t[::1] consumer = consumer_arr
-    cdef int32_t[::1] pos = pos_arr
-    cdef int32_t[::1] parent = parent_arr
-    cdef double[::1] contrib = contrib_arr
-    if release:
-        with nogil:
-            ne = fg_edge_grads(&g.g, o.idx, &order[0], &nnodes, &adj[0], count,
-                               &consumer[0], &pos[0], &parent[0], &contrib[0])
-    else:
-        ne = fg_edge_grads(&g.g, o.idx, &order[0], &nnodes, &adj[0], count,
-                           &consumer[0], &pos[0], &parent[0], &contrib[0])
+        if count < 0:
+            ne = count
+        else:
+            consumer_arr = np.empty(max(count, 1), np.int32)
+            pos_arr = np.empty(max(count, 1), np.int32)
+            parent_arr = np.empty(max(count, 1), np.int32)
+            contrib_arr = np.empty(max(count, 1), np.float64)
+            consumer = consumer_arr
+            pos = pos_arr
+            parent = parent_arr
+            contrib = contrib_arr
+            if release:
+                with nogil:
+                    ne = fg_edge_grads(&g.g, o.idx, &order[0], &nnodes, &adj[0], count,
+                                       &consumer[0], &pos[0], &parent[0], &contrib[0])
+            else:
+                ne = fg_edge_grads(&g.g, o.idx, &order[0], &nnodes, &adj[0], count,
+                                   &consumer[0], &pos[0], &parent[0], &contrib[0])
+    finally:
+        g.g.grad = saved
+        g.g.user_fn = NULL
+        _unhold(g)
     if ne < 0:
         _raise_status(g, <int>ne)
     if ne != count:
@@ -121,16 +120,18 @@ def _graph_view(out, names=None, node=None):
     # during these allocations cannot move (grow or shrink) the storage.
     g.g.pinned += 1
     try:
-        named = np.asarray(<uint8_t[:top]> g.g.named)[nodes]
         ops = np.asarray(<uint8_t[:top]> g.g.op)[nodes]
         vals = np.asarray(<double[:top]> g.g.val)[nodes]
         csts = np.asarray(<double[:top]> g.g.cst)[nodes]
+        stored = np.asarray(<double[:top]> g.g.grad)[nodes]
     finally:
         g.g.pinned -= 1
     cdef dict found = {}
-    if g.names is not None:
-        for s in nodes[named.nonzero()[0]].tolist():
-            found[s] = g.names.get(s)
+    cdef int32_t slot
+    for slot in nodes.tolist():
+        name = _node_name(g, slot)
+        if name is not None:
+            found[slot] = name
     for s, name in extra.items():
         found[s] = name
     return {
@@ -141,6 +142,7 @@ def _graph_view(out, names=None, node=None):
         "val": vals,
         "cst": csts,
         "grad": adj_arr[nodes],
+        "stored_grad": stored,
         "consumer": consumer_arr[:ne].copy(),
         "pos": pos_arr[:ne].copy(),
         "parent": parent_arr[:ne].copy(),

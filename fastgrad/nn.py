@@ -59,6 +59,9 @@ class Neuron(Module):
         self.w = params[:nin]
         self.b = params[nin]
         self.nonlin = nonlin
+        for k, w in enumerate(self.w):      # a drawing of a neuron reads w0, w1, ..., b
+            w.name = f"w{k}"
+        self.b.name = "b"
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)

@@ -33,6 +33,7 @@ from fastgrad._core import Value
 __all__ = ["Explanation", "GraphvizNotFoundError", "draw", "explain", "to_dot"]
 
 SHOW = ("both", "values", "grads")
+GRADS = ("stored", "output")
 FORMATS = ("svg", "png", "pdf")
 SOURCE_SUFFIXES = ("dot", "gv")
 # Jupyter draws a Value inline only up to this many nodes: dot's layout time
@@ -90,6 +91,7 @@ class _View:
         self.val: npt.NDArray[np.float64] = v["val"]
         self.cst: npt.NDArray[np.float64] = v["cst"]
         self.grad: npt.NDArray[np.float64] = v["grad"]
+        self.stored_grad: npt.NDArray[np.float64] = v["stored_grad"]
         # index[slot]: the slot's position in the per-node arrays, -1 if unreached.
         self.index = np.full(int(self.nodes.max()) + 1, -1, np.int64)
         self.index[self.nodes] = np.arange(len(self.nodes))
@@ -107,6 +109,12 @@ class _View:
 
     def gradient(self, slot: int) -> float:
         return float(self.grad[self.index[slot]])
+
+    def stored(self, slot: int) -> float:
+        return float(self.stored_grad[self.index[slot]])
+
+    def value(self, slot: int) -> float:
+        return float(self.val[self.index[slot]])
 
     def op_text(self, slot: int) -> str:
         i = self.index[slot]
@@ -142,22 +150,32 @@ def _edge_label(value: float, grad: float, show: str) -> str:
     return "<" + "<br/>".join(rows) + ">"
 
 
-def to_dot(out: Value, *, names: Mapping[Value, str] | None = None, show: str = "both") -> str:
+def to_dot(out: Value, *, names: Mapping[Value, str] | None = None, show: str = "both",
+           grads: str = "stored") -> str:
     """Graphviz DOT source drawing the nodes ``out`` depends on.
 
     One box per node (its name, if it has one, and its op); leaves are rounded
-    and blue, ``out`` is doubled and yellow.  Each edge parent -> consumer is
-    labelled with the parent's forward value (above, blue) and the gradient
-    that flows back along it, ``d out / d consumer * d consumer / d parent``
-    (below, red); a node's gradient (in its box) is the sum over its outgoing
-    edges.  A last edge leaves ``out`` with its value and gradient 1.
+    and blue, ``out`` is doubled and yellow.
+
+    ``grads="stored"`` (the default, what micrograd's ``draw_dot`` shows): each
+    box holds the node's data (blue) and its ``.grad`` as it is now (red: after
+    ``backward()``, the gradients it left; before, zeros), and each edge
+    parent -> consumer the parent's value.
+
+    ``grads="output"``: the gradient of this output, computed fresh (no
+    ``backward()`` needed, no ``.grad`` touched): each box holds d out / d node
+    and each edge the producer's value (above, blue) and the gradient that
+    flows back along it, ``d out / d consumer * d consumer / d parent`` (below,
+    red); a node's gradient is the sum over its outgoing edges.  A last edge
+    leaves ``out`` with its value and gradient 1.
 
     ``names`` ({Value: str}) labels nodes in addition to (and over) their
-    ``Value.name``.  ``show`` is "both", "values" or "grads".  Gradients are
-    d out / d node computed fresh (no ``backward()`` needed, no ``.grad``
-    touched).
+    ``Value.name``.  ``show`` is "both", "values" or "grads".
     """
     show = _check_show(show)
+    if grads not in GRADS:
+        raise ValueError(f"grads must be one of {', '.join(map(repr, GRADS))}; got {grads!r}")
+    fresh = grads == "output"
     view = _View(out, names)
     lines = [
         "digraph fastgrad {",
@@ -172,8 +190,11 @@ def to_dot(out: Value, *, names: Mapping[Value, str] | None = None, show: str = 
         if name is not None:
             rows.append(f"<b>{html.escape(str(name))}</b>")
         rows.append(html.escape(view.op_text(slot)))
+        if not fresh and show in ("both", "values"):
+            rows.append(f'<font color="{VALUE_COLOR}">data {html.escape(_fmt(view.value(slot)))}</font>')
         if show in ("both", "grads"):
-            rows.append(f'<font color="{GRAD_COLOR}">grad {html.escape(_fmt(view.gradient(slot)))}</font>')
+            g = view.gradient(slot) if fresh else view.stored(slot)
+            rows.append(f'<font color="{GRAD_COLOR}">grad {html.escape(_fmt(g))}</font>')
         attrs = [f"label=<{'<br/>'.join(rows)}>"]
         if slot == view.out:
             attrs.append('style="bold,filled", fillcolor="#fff3c4", peripheries=2')
@@ -181,14 +202,21 @@ def to_dot(out: Value, *, names: Mapping[Value, str] | None = None, show: str = 
             attrs.append('style="rounded,filled", fillcolor="#dce8fa"')
         lines.append(f"  n{slot} [{', '.join(attrs)}];")
     sent_values = view.val[view.index[view.parent]].tolist()
+    edge_show = show if fresh else "values"
     for c, p, x, d in zip(view.consumer.tolist(), view.parent.tolist(), sent_values,
                           view.contrib.tolist()):
-        lines.append(f"  n{p} -> n{c} [label={_edge_label(x, d, show)}];")
-    lines.append("  result [shape=point, width=0.08];")
-    out_value = float(view.val[view.index[view.out]])
-    lines.append(f"  n{view.out} -> result [label={_edge_label(out_value, 1.0, show)}];")
-    legend = {"both": "blue: forward value, red: gradient of the output flowing back",
-              "values": "blue: forward value", "grads": "red: gradient of the output flowing back"}
+        if fresh or show in ("both", "values"):
+            lines.append(f"  n{p} -> n{c} [label={_edge_label(x, d, edge_show)}];")
+        else:
+            lines.append(f"  n{p} -> n{c};")
+    if fresh:
+        lines.append("  result [shape=point, width=0.08];")
+        out_value = float(view.val[view.index[view.out]])
+        lines.append(f"  n{view.out} -> result [label={_edge_label(out_value, 1.0, show)}];")
+        legend = {"both": "blue: forward value, red: gradient of the output flowing back",
+                  "values": "blue: forward value", "grads": "red: gradient of the output flowing back"}
+    else:
+        legend = {"both": "blue: data, red: .grad", "values": "blue: data", "grads": "red: .grad"}
     lines.append(f'  label="{legend[show]}"; labelloc=b; fontname="Helvetica"; fontsize=10;')
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@
  * C owns the node storage and every loop over nodes; nothing here includes
  * Python.h.  fastgrad/_core.pxd mirrors this header one to one.
  *
- * A graph is structure-of-arrays node storage.  Per node (46 bytes):
+ * A graph is structure-of-arrays node storage.  Per node (54 bytes):
  *   op      uint8   FG_OP_* code; FG_OP_FREE marks a free slot
  *   uses    uint32  live handles + live consumer edges; 0 frees the node
  *   a, b    int32   parents; n-ary nodes: operand offset and count;
@@ -13,8 +13,12 @@
  *   cst     double  constant operand (scalar of ADDC/MULC/..., exponent)
  *   mark    int32   scratch of the topological sort; 0 between calls
  *   order   int32   scratch: sort queue, ready stack, free cascade stack
- *   named   uint8   1 when the glue holds a name for this node (the names
- *                   themselves live in the glue); 0 in every fresh slot
+ *   obj     void *  the glue's Python object for the node, or NULL: either
+ *                   the node's live Value (a borrowed pointer, cleared by
+ *                   the Value when it dies), or, flag FG_OWNED, a reference
+ *                   the node owns (the state of a Value that died while the
+ *                   node lived on); NULL in every fresh slot
+ *   flags   uint8   FG_OWNED; 0 in every fresh slot
  * and, only once fg_track_origins was called (anomaly mode), 4 bytes more:
  *   origin  int32   the glue's tag for the Python line that made the node
  *                   (the value of `tag` when the slot was handed out)
@@ -40,6 +44,18 @@
 #define FG_ENONFINITE -2   /* anomaly mode saw a non-finite value; see err_node */
 #define FG_EINVAL     -3   /* an index from outside was not a live node */
 #define FG_EPINNED    -4   /* growth refused: pinned > 0 (views of val/grad held) */
+#define FG_ECALLBACK  -5   /* a sweep's user_fn returned non-zero; see err_node */
+
+/* flags[i]: obj[i] is a reference node i owns.  When the node is freed, C
+ * moves it to release[] (it cannot drop a Python reference) for the glue to
+ * drop; the glue keeps release_cap >= nrelease + nowned, so the move never
+ * needs memory. */
+#define FG_OWNED       1
+
+/* A USER node's local backward step, run by the sweeps at the node's place
+ * in reverse topological order (the glue calls the node's Python _backward).
+ * Returns 0, or non-zero to stop the sweep with FG_ECALLBACK. */
+typedef int (*fg_user_fn)(void *ctx, int32_t node);
 
 typedef struct {
     uint8_t  *op;
@@ -51,7 +67,8 @@ typedef struct {
     double   *cst;
     int32_t  *mark;
     int32_t  *order;
-    uint8_t  *named;
+    void    **obj;
+    uint8_t  *flags;
     int64_t   capacity;   /* slots allocated in every per-node array */
     int64_t   top;        /* slots ever handed out: [0, top) */
     int64_t   live;       /* slots in use */
@@ -76,6 +93,14 @@ typedef struct {
     int32_t  *origin;     /* NULL until fg_track_origins */
     int32_t   tag;        /* stamped into origin[] of every new node */
     int32_t   pinned;     /* views of val/grad held outside: growth refused */
+
+    void    **release;    /* obj[] references of freed FG_OWNED nodes, for the glue */
+    int64_t   nrelease;
+    int64_t   release_cap;
+    int64_t   nowned;     /* live nodes with FG_OWNED */
+    int64_t   nuser;      /* live USER nodes */
+    fg_user_fn user_fn;   /* set by the glue around a sweep; NULL: USER nodes pass nothing */
+    void     *user_ctx;
 } fg_graph_t;
 
 /* Storage (fg_graph.c). */
@@ -95,6 +120,8 @@ void     fg_release_resume(fg_graph_t *g, int64_t pending);
  * below capacity (see fg_graph.c); a no-op unless a trim asked for it. */
 void     fg_reclaim(fg_graph_t *g);
 int64_t  fg_graph_bytes(const fg_graph_t *g);
+/* Room for n entries in release[] (the glue calls it before setting FG_OWNED). */
+int      fg_reserve_release(fg_graph_t *g, int64_t n);
 /* Starts recording g->tag into origin[] for every node made from now on
  * (earlier nodes get tag 0).  FG_OK or FG_ENOMEM; a no-op when on already. */
 int      fg_track_origins(fg_graph_t *g);
@@ -120,9 +147,19 @@ int32_t  fg_binary(fg_graph_t *g, int op, int32_t a, int32_t b);
  * n operands given as (idx, cst) pairs; idx -1 takes cst. */
 int32_t  fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
                  const double *cst, double c);
+/* A USER node (a user-defined op, Value(data, _children, _op)) with value y
+ * and the n parents idx[0, n) (every one a live node; repeats allowed). Its
+ * local backward is g->user_fn; without one it passes no gradient. */
+int32_t  fg_user(fg_graph_t *g, double y, int64_t n, const int32_t *idx);
+/* Node n's local backward step alone, as micrograd's v._backward():
+ * grad[p] += (d n / d p) * grad[n] for each parent p (USER nodes: nothing;
+ * the glue calls their Python _backward).  FG_OK or FG_EINVAL. */
+int      fg_local_backward(fg_graph_t *g, int32_t n);
 
 /* Reverse mode (fg_reverse.c).  Both never allocate, so they run without the
- * GIL; check_finite != 0 is anomaly mode. */
+ * GIL; check_finite != 0 is anomaly mode.  At a USER node they call
+ * g->user_fn (when set), then pass it no gradient of their own; a non-zero
+ * return stops the sweep: FG_ECALLBACK, err_node the node. */
 /* d out / d node: leaves reachable from out get it ADDED to grad, other
  * reachable nodes get it SET. */
 int      fg_backward(fg_graph_t *g, int32_t out, int check_finite);

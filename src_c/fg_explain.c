@@ -71,6 +71,34 @@ int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnode
         int o = op[n];
         double gn = adj[n];
         int32_t rank = 0;
+        if (o == FG_OP_USER) {
+            /* The Python _backward adds each parent's share into its entry:
+             * run it once more on zeroed parent entries to read the shares,
+             * then put the entries back.  The saved entries wait in contrib[];
+             * the descending pass gives a parent listed twice its share on
+             * its last edge (0.0 on the others) and restores its entry. */
+            const int32_t *ops = opnd + A[n];
+            const int32_t cnt = B[n];
+            for (int32_t k = 0; k < cnt; k++) {
+                contrib[e + k] = adj[ops[k]];
+                adj[ops[k]] = 0.0;
+            }
+            int failed = g->user_fn != NULL && g->user_fn(g->user_ctx, n) != 0;
+            for (int32_t k = cnt - 1; k >= 0; k--) {
+                double share = adj[ops[k]];
+                adj[ops[k]] = contrib[e + k];
+                contrib[e + k] = share;
+                consumer[e + k] = n;
+                pos[e + k] = k;
+                parent[e + k] = ops[k];
+            }
+            if (failed) {
+                g->err_node = n;
+                return FG_ECALLBACK;
+            }
+            e += cnt;
+            continue;
+        }
         if (fg_is_nary(o)) {
             FG_NARY_EDGES(o)
         } else {

@@ -119,3 +119,29 @@ int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
     g->val[i] = y;
     return i;
 }
+
+int32_t fg_user(fg_graph_t *g, double y, int64_t n, const int32_t *idx) {
+    int64_t off = fg_alloc_operands(g, n > 0 ? n : 0);
+    if (off < 0) {
+        return (int32_t)off;
+    }
+    int32_t i = fg_alloc_node(g);
+    if (i < 0) {
+        g->odead += n;
+        return i;
+    }
+    for (int64_t k = 0; k < n; k++) {
+        g->opnd[off + k] = idx[k];
+        g->ocst[off + k] = 0.0;
+        g->uses[idx[k]]++;
+        if (idx[k] > i) {
+            g->ordered = 0;
+        }
+    }
+    g->op[i] = FG_OP_USER;
+    g->a[i] = (int32_t)off;
+    g->b[i] = (int32_t)n;
+    g->val[i] = y;
+    g->nuser++;
+    return i;
+}

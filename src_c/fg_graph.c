@@ -52,7 +52,8 @@ static int fg_grow_nodes(fg_graph_t *g, int64_t new_cap) {
         fg_grow_array((void **)&g->cst, new_cap, sizeof *g->cst) ||
         fg_grow_array((void **)&g->mark, new_cap, sizeof *g->mark) ||
         fg_grow_array((void **)&g->order, new_cap, sizeof *g->order) ||
-        fg_grow_array((void **)&g->named, new_cap, sizeof *g->named) ||
+        fg_grow_array((void **)&g->obj, new_cap, sizeof *g->obj) ||
+        fg_grow_array((void **)&g->flags, new_cap, sizeof *g->flags) ||
         (g->origin != NULL && fg_grow_array((void **)&g->origin, new_cap, sizeof *g->origin))) {
         return FG_ENOMEM;
     }
@@ -82,7 +83,9 @@ void fg_graph_free(fg_graph_t *g) {
     free(g->cst);
     free(g->mark);
     free(g->order);
-    free(g->named);
+    free(g->obj);
+    free(g->flags);
+    free(g->release);
     free(g->opnd);
     free(g->ocst);
     free(g->origin);
@@ -97,7 +100,8 @@ int fg_is_live(const fg_graph_t *g, int64_t i) {
 int64_t fg_graph_bytes(const fg_graph_t *g) {
     int64_t per_node = sizeof *g->op + sizeof *g->uses + sizeof *g->a + sizeof *g->b +
                        sizeof *g->val + sizeof *g->grad + sizeof *g->cst +
-                       sizeof *g->mark + sizeof *g->order + sizeof *g->named;
+                       sizeof *g->mark + sizeof *g->order + sizeof *g->obj +
+                       sizeof *g->flags;
     if (g->origin != NULL) {
         per_node += sizeof *g->origin;
     }
@@ -133,7 +137,8 @@ static void fg_init_slot(fg_graph_t *g, int32_t i) {
     g->cst[i] = 0.0;
     g->a[i] = -1;
     g->b[i] = -1;
-    g->named[i] = 0;      /* a reused slot must not inherit a freed node's name */
+    g->obj[i] = NULL;     /* a reused slot must not show a freed node's object */
+    g->flags[i] = 0;
     if (g->origin != NULL) {
         g->origin[i] = g->tag;
     }
@@ -331,7 +336,8 @@ static void fg_shrink_after_trim(fg_graph_t *g, int64_t peak) {
     fg_shrink_array((void **)&g->cst, cap, sizeof *g->cst);
     fg_shrink_array((void **)&g->mark, cap, sizeof *g->mark);
     fg_shrink_array((void **)&g->order, cap, sizeof *g->order);
-    fg_shrink_array((void **)&g->named, cap, sizeof *g->named);
+    fg_shrink_array((void **)&g->obj, cap, sizeof *g->obj);
+    fg_shrink_array((void **)&g->flags, cap, sizeof *g->flags);
     if (g->origin != NULL) {
         fg_shrink_array((void **)&g->origin, cap, sizeof *g->origin);
     }
@@ -371,7 +377,15 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_mo
 #undef FG_DROP_USE
         if (FG_ARITY[g->op[n]] == -1) {
             g->odead += g->b[n];
+            g->nuser -= g->op[n] == FG_OP_USER;
         }
+        if (g->flags[n] & FG_OWNED) {
+            /* The glue drops it (room guaranteed: release_cap >= nrelease + nowned). */
+            g->release[g->nrelease++] = g->obj[n];
+            g->nowned--;
+            g->flags[n] = 0;
+        }
+        g->obj[n] = NULL;
         g->op[n] = FG_OP_FREE;
         g->a[n] = g->free_head;
         g->b[n] = -1;
@@ -418,4 +432,17 @@ void fg_release_resume(fg_graph_t *g, int64_t pending) {
 /* Drops one use of node i, freeing whatever becomes unreachable. */
 void fg_decref(fg_graph_t *g, int32_t i) {
     fg_release(g, i, INT64_MAX);
+}
+
+int fg_reserve_release(fg_graph_t *g, int64_t n) {
+    if (n <= g->release_cap) {
+        return FG_OK;
+    }
+    int64_t cap = g->release_cap ? g->release_cap : 16;
+    while (cap < n) {
+        cap *= 2;
+    }
+    return fg_grow_array((void **)&g->release, cap, sizeof *g->release) == FG_OK
+               ? (g->release_cap = cap, FG_OK)
+               : FG_ENOMEM;
 }

@@ -48,9 +48,9 @@ static inline int fg_nary_group(int op) {
     return FG_NARY_GROUP[op];
 }
 
-/* Every ARITY -1 row of FG_OP_TABLE has its rules in FG_NARY_TABLE (a row
+/* Every ARITY -1 row of FG_OP_TABLE but USER has its rules in FG_NARY_TABLE (a row
  * there for an op not in FG_OP_TABLE does not compile either). */
-#define FG_COUNT_NARY_OP(NAME, str, arity, ...) + (arity == -1)
+#define FG_COUNT_NARY_OP(NAME, str, arity, ...) + (arity == -1 && FG_OP_##NAME != FG_OP_USER)
 #define FG_COUNT_NARY_RULE(NAME, ...) + 1
 typedef char fg_every_nary_op_has_rules[
     (0 FG_OP_TABLE(FG_COUNT_NARY_OP)) == (0 FG_NARY_TABLE(FG_COUNT_NARY_RULE)) ? 1 : -1];

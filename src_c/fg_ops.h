@@ -296,7 +296,9 @@ static inline double fg_clamp_max(double a, double c) {
     X(RFLOORDIVC, "rfloordiv", 1, 1, fg_floordiv(c, a), 0.0,         0.0,                  0.0, 0.0, 0.0) \
     X(MOD,     "mod",     2, 0, fg_mod(a, b),   1.0,                 -fg_floordiv(a, b),   0.0, 0.0, 0.0) \
     X(MODC,    "mod",     1, 1, fg_mod(a, c),   1.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(RMODC,   "rmod",    1, 1, fg_mod(c, a),   -fg_floordiv(c, a),  0.0,                  0.0, 0.0, 0.0)
+    X(RMODC,   "rmod",    1, 1, fg_mod(c, a),   -fg_floordiv(c, a),  0.0,                  0.0, 0.0, 0.0) \
+    /* a user-defined op: parents in the side array, value given, rule in Python */              \
+    X(USER,    "user",   -1, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0)
 
 /* N(NAME, GROUP, term, da, db, dab): y = c + the terms of the groups, in order.
  * sum: c + x0 + x1 + ...;  dot: c + x0*x1 + x2*x3 + ... */

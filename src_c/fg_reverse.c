@@ -124,10 +124,23 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
  * Each sweep below defines FG_SEND its own way. */
 #define FG_EDGE(pos, p, d) FG_SEND(p, gn * (d))
 #define FG_SWEEP_BODY                                                           \
-    if (fg_is_nary(o)) {                                                        \
+    if (o == FG_OP_USER) {                                                      \
+        FG_REV_USER                                                             \
+    } else if (fg_is_nary(o)) {                                                 \
         FG_NARY_EDGES(o)                                                        \
     } else {                                                                    \
         FG_ROW_EDGES(o)                                                         \
+    }
+
+/* A USER node: its Python _backward (through user_fn) adds to its parents'
+ * entries itself; the sends of 0.0 only keep Kahn's consumer counts. */
+#define FG_REV_USER                                                             \
+    if (user_fn != NULL && user_fn(g->user_ctx, n) != 0) {                      \
+        g->err_node = n;                                                        \
+        goto failed;                                                            \
+    }                                                                           \
+    for (int32_t k = 0, cnt = B[n]; k < cnt; k++) {                             \
+        FG_SEND(opnd[A[n] + k], 0.0);                                           \
     }
 
 /* Anomaly mode checks each contribution (as PyTorch checks each backward
@@ -144,6 +157,7 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, f
     const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
     const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
     int32_t *mark = g->mark, *stack = g->order;
+    const fg_user_fn user_fn = g->user_fn;
     int64_t sp = 0;
 
     if (r.ordered && (int64_t)out - r.lo + 1 <= 4 * r.count) {
@@ -192,10 +206,36 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, f
 
 nonfinite:
     return FG_ENONFINITE;
+failed:
+    return FG_ECALLBACK;
+}
+
+int fg_local_backward(fg_graph_t *g, int32_t n) {
+    if (!fg_is_live(g, n)) {
+        return FG_EINVAL;
+    }
+    const uint8_t *op = g->op;
+    const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
+    const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
+    double *grad = g->grad;
+    double gn = grad[n];
+    int o = op[n];
+    if (o == FG_OP_USER) {
+        return FG_OK;
+    }
+#define FG_SEND(p, d) (grad[p] += (d))
+    if (fg_is_nary(o)) {
+        FG_NARY_EDGES(o)
+    } else {
+        FG_ROW_EDGES(o)
+    }
+#undef FG_SEND
+    return FG_OK;
 }
 
 #undef FG_CHECK
 #undef FG_EDGE
+#undef FG_REV_USER
 #undef FG_SWEEP_BODY
 
 /* The sweep stopped part way: mark[] still counts for the unswept nodes.  A
@@ -228,6 +268,12 @@ static int fg_fail_nonfinite(fg_graph_t *g, int32_t out, int32_t n) {
     return FG_ENONFINITE;
 }
 
+/* A sweep that stopped with status rc (FG_ENONFINITE or FG_ECALLBACK). */
+static int fg_fail_sweep(fg_graph_t *g, int32_t out, int rc) {
+    fg_fail_nonfinite(g, out, g->err_node);
+    return rc;
+}
+
 int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
     if (!fg_is_live(g, out)) {
         return FG_EINVAL;
@@ -235,7 +281,7 @@ int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
     fg_reach_t r = fg_reach(g, 1, &out, g->grad, 1);
     g->grad[out] += 1.0;
     int rc = fg_sweep(g, out, g->grad, check_finite, r);
-    return rc == FG_OK ? FG_OK : fg_fail_nonfinite(g, out, g->err_node);
+    return rc == FG_OK ? FG_OK : fg_fail_sweep(g, out, rc);
 }
 
 int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
@@ -256,7 +302,7 @@ int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
     adj[out] = 1.0;
     int rc = fg_sweep(g, out, adj, check_finite, r);
     if (rc != FG_OK) {
-        return fg_fail_nonfinite(g, out, g->err_node);
+        return fg_fail_sweep(g, out, rc);
     }
     for (int64_t k = 0; k < nwrt; k++) {
         result[k] = result[k] != 0.0 ? adj[wrt[k]] : 0.0;
@@ -299,3 +345,4 @@ int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *or
 #undef FG_RELEASE
     return count;
 }
+

@@ -63,7 +63,7 @@ int fg_tape_validate(const fg_tape_t *t) {
             }
             continue;
         }
-        if (op >= FG_OP_COUNT || op == FG_OP_FREE || op == FG_OP_LEAF) {
+        if (op >= FG_OP_COUNT || op == FG_OP_FREE || op == FG_OP_LEAF || op == FG_OP_USER) {
             return FG_EINVAL;
         }
         switch (FG_ARITY[op]) {
@@ -179,6 +179,12 @@ int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inpu
     }
     for (int64_t k = 0; k < count; k++) {
         pos[order[k]] = -1;
+        if (g->op[order[k]] == FG_OP_USER) {   /* a Python rule: not replayable */
+            g->err_node = order[k];
+            free(order);
+            free(pos);
+            return FG_EINVAL;
+        }
     }
     for (int64_t k = 0; k < n_in; k++) {
         pos[inputs[k]] = (int32_t)k;

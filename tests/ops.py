@@ -438,6 +438,9 @@ class Row:
 
 ROWS: dict[str, Any] = {
     "FREE": None, "LEAF": None, "CONST": None,        # made by no user op
+    # Value(data, _children, _op) with a Python _backward: no rule of ours to
+    # check; tests/test_lecture.py and tests/test_value_object.py check it.
+    "USER": None,
     "ADD": Row("add", "value-value"),
     "SUB": Row("sub", "value-value"),
     "MUL": Row("mul", "value-value"),

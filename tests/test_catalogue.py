@@ -15,7 +15,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -74,7 +73,8 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
     ("grad-wrt-a-number", lambda: fastgrad.grad(x(), [x(), _any(2.0)]), TypeError, "grad() needs Values in wrt, got float"),
     ("uninitialised-value", lambda: Value.__new__(Value) + 1, ValueError,
      "uninitialised Value (made with Value.__new__)"),
-    ("pickle-a-value", lambda: pickle.dumps(x()), TypeError, "cannot pickle"),
+    ("unpickle-forged-value", lambda: pickle.loads(_forged_value_pickle()), ValueError,
+     "not a pickled fastgrad Value"),
     ("negative-capacity", lambda: fastgrad.Graph(capacity=-1), ValueError,
      "capacity must be in [0, 2**31 - 1] (node indices are 32-bit), got -1"),
     ("capacity-past-int32", lambda: fastgrad.Graph(capacity=2**31), ValueError,
@@ -103,8 +103,13 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
     ("mix-graphs-grad", lambda: fastgrad.grad(x(), other_graph_value()), ValueError,
      "cannot combine Values of two graphs"),
     ("exit-out-of-order", lambda: _exit_out_of_order(), RuntimeError, "exited out of order"),
-    ("op-from-another-thread", lambda: _in_thread(lambda: x() * 2), RuntimeError,
-     "belongs to another thread"),
+    ("op-inside-a-user-backward", lambda: _builds_in_backward(), RuntimeError,
+     "while its backward() runs"),
+    ("value-init-twice", lambda: Value.__init__(x(), 1.0), TypeError, "already has a node"),
+    ("backward-on-a-builtin-node", lambda: setattr(x() * 2, "_backward", lambda: None), TypeError,
+     "fastgrad's own backward rule"),
+    ("compile-a-user-op", lambda: fastgrad.compile(lambda xs: Value(1.0, (xs[0],), "f"), [1.0]),
+     TypeError, "cannot replay"),
     # -- compiled Functions
     ("compile-not-callable", lambda: fastgrad.compile(_any(3), [1.0]), TypeError, "compile() needs a callable, got int"),
     ("compile-returns-junk", lambda: fastgrad.compile(lambda a: _any("y"), [1.0]), TypeError,
@@ -195,20 +200,18 @@ def _exit_out_of_order() -> None:
         a.__exit__(None, None, None)
 
 
-def _in_thread(fn: Callable[[], Any]) -> None:
-    box: list[BaseException] = []
+def _builds_in_backward() -> None:
+    """A user op whose _backward makes a node of the graph being swept."""
+    out = Value(1.0, (x(),), "f")
 
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box.append(exc)
+    def _backward() -> None:
+        x() * 2.0
 
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if box:
-        raise box[0]
+    out._backward = _backward
+    try:
+        out.backward()
+    finally:
+        del out, _backward
 
 
 def _compile_capturing() -> None:
@@ -255,6 +258,11 @@ def _archive(drop: str | None = None, **arrays: Any) -> str:
     path = _tmp("hostile.npz")
     np.savez(path, **state)
     return path
+
+
+def _forged_value_pickle() -> bytes:
+    """A pickled Value whose op is not in the op table."""
+    return pickle.dumps(x()).replace(b"LEAF", b"NOPE")
 
 
 def _huge_long_double() -> Any:

@@ -75,13 +75,6 @@ def test_uninitialised_value_raises_instead_of_crashing():
         v + 1
 
 
-def test_values_do_not_pickle():
-    import pickle
-
-    with pytest.raises(TypeError):
-        pickle.dumps(Value(1.0))
-
-
 @pytest.mark.parametrize("nth", [1, 2, 5, 9])
 def test_allocation_failure_while_growing_is_memory_error_and_graph_survives(nth):
     with fastgrad.Graph(capacity=16) as g:

@@ -44,7 +44,13 @@ def test_demo_prints_the_seed_table_then_trains():
              if ln.startswith("  ") and len(ln.split()) == 3 and ln.split()[0] != "node"}
     assert table == {"x": -16, "y": 12, "z": 2, "w": 0, "x_multiply_y": 4, "z_max_w": 2,
                      "xy_plus_zw": 2, "residual_op": 2, "multiply_2": 1}
-    assert "step   19" in proc.stdout and "ms per step" in proc.stdout
+    assert "epoch   19" in proc.stdout and "ms per epoch" in proc.stdout
+    assert "step" not in proc.stdout.replace("steps", "")   # one word, as on the plot
+
+
+def test_demo_help_has_no_rest_markup():
+    proc = run(["-m", "fastgrad", "--help"])
+    assert proc.returncode == 0 and "``" not in proc.stdout and "epochs" in proc.stdout
 
 
 def test_demo_rejects_negative_steps():
@@ -76,7 +82,8 @@ def test_demo_reports_the_speedup_over_micrograd_when_installed():
     pytest.importorskip("micrograd")
     proc = run(["-m", "fastgrad", "--steps", "3"])
     assert proc.returncode == 0, proc.stderr
-    assert "micrograd, its own demo step" in proc.stdout and "x faster" in proc.stdout
+    assert "micrograd, its own demo epoch" in proc.stdout and "x faster" in proc.stdout
+    assert "median of" in proc.stdout
 
 
 @pytest.mark.skipif(not EXAMPLES.is_dir(), reason="examples/ is not shipped with the package")

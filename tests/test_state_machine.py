@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import weakref
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,10 @@ from ops import OPS
 from programs import BINARY, EXPONENTS, UNARY, FastgradEngine, ReferenceEngine, close, numbers
 
 FG = FastgradEngine()
+
+
+class SubValue(fastgrad.Value):
+    """A user's subclass: _prev must give these back."""
 REF = ReferenceEngine()
 NUMBERS = numbers()
 FINITE = numbers(nonfinite=False, big=False)
@@ -177,6 +182,9 @@ class GraphLifetimes(RuleBasedStateMachine):
         self.stack: list[Any] = [self.base]       # entered graphs, innermost last
         self.functions: list[tuple[Any, Node, list[Node]]] = []
         self.blocks = 0
+        self.tagged: set[int] = set()          # serials of nodes whose Value got a tag
+        self.subclassed: set[int] = set()      # serials of SubValue leaves
+        self.weakrefs: list[tuple[Any, Node]] = []
 
     def teardown(self) -> None:
         while self.stack:
@@ -502,8 +510,9 @@ class GraphLifetimes(RuleBasedStateMachine):
     @precondition(lambda self: len(self.stack) > 1)
     @rule()
     def close_out_of_order(self) -> None:
+        """Raises, and the graph leaves the stack anyway (issue #10)."""
         try:
-            self.stack[-2].__exit__(None, None, None)
+            self.stack.pop(-2).__exit__(None, None, None)
         except RuntimeError as exc:
             assert "out of order" in str(exc)
         else:
@@ -529,6 +538,79 @@ class GraphLifetimes(RuleBasedStateMachine):
             want[n.gid] += n.weight
         got = {gid: g.stats()["live_nodes"] for gid, g in graphs.items()}
         assert got == want
+
+
+    # ------------------------------------------------------------ rules: Values as objects
+    # (issue #11) One Value per node, attributes kept by the node, subclass
+    # instances and weak references.  Tags: tagged nodes carry ``v.tag =
+    # serial``; the model marks them (Node has __slots__, so a side set).
+
+    @precondition(lambda self: self.handles)
+    @rule(i=PICK)
+    def tag(self, i: int) -> None:
+        h = self.pick(i)
+        h.v.tag = h.node.serial
+        self.tagged.add(h.node.serial)
+
+    @rule(x=FINITE)
+    def subclass_leaf(self, x: float) -> None:
+        v = SubValue(x)
+        v.tag = None
+        h = self.add(v, "leaf", "leaf", (), ref.RValue(x))
+        v.tag = h.node.serial
+        self.tagged.add(h.node.serial)
+        self.subclassed.add(h.node.serial)
+
+    @precondition(lambda self: self.handles)
+    @rule(i=PICK)
+    def weak(self, i: int) -> None:
+        h = self.pick(i)
+        self.weakrefs.append((weakref.ref(h.v), h.node))
+
+    @invariant()
+    def one_value_per_node_and_attributes_stay_with_the_node(self) -> None:
+        """Walking _prev from the live handles: every live handle of a parent
+        is that same object in its consumer's _prev, each node has as many
+        parents as the model says, and every tagged node reachable is found
+        with its tag and, for SubValue leaves, its type."""
+        if not hasattr(self, "tagged"):
+            return
+        by_id = {id(h.v): h for h in self.handles}
+        seen: dict[int, Any] = {}
+        found: set[int] = set()
+        stack = [h.v for h in self.handles]
+        while stack:
+            v = stack.pop()
+            if id(v) in seen:
+                continue
+            seen[id(v)] = v
+            t = getattr(v, "tag", None)
+            if t is not None:
+                found.add(t)
+                assert (type(v) is SubValue) == (t in self.subclassed)
+            prev = v._prev
+            h = by_id.get(id(v))
+            if h is not None:
+                parents = set(h.node.parents())
+                # An op that made several nodes (clamp with both bounds: a
+                # clamp_max over a clamp_min) reaches its parents that many
+                # _prev steps down.
+                direct = prev
+                for _ in range(max(1, getattr(h.node, "weight", 1)) - 1):
+                    direct = {q for p in direct for q in p._prev}
+                assert len(direct) == len(parents)
+                for ph in self.handles:
+                    if ph.node in parents:
+                        assert any(p is ph.v for p in direct)
+            stack.extend(prev)
+        want = {n.serial for n in reachable([h.node for h in self.handles])} & self.tagged
+        assert found == want
+        holders = {h.node: h for h in self.handles}
+        for r, node in self.weakrefs:
+            if node in holders:
+                assert r() is holders[node].v
+            else:               # the Value died with its last reference (no cycles here)
+                assert r() is None
 
 
 test_graph_lifetimes = GraphLifetimes.TestCase

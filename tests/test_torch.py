@@ -42,6 +42,13 @@ FG = FastgradEngine()
 PROGRAMS = settings(max_examples=300, deadline=None)
 
 
+# Ops whose local derivative can be a structural 0 (relu below 0, the losing
+# side of maximum/minimum, x**0 and 0**y, clamp outside its bounds, floor
+# division everywhere, mod's d/db where floor(a/b) is 0): torch masks a
+# non-finite incoming gradient there to 0, fastgrad multiplies (inf * 0 = nan).
+STRUCTURAL_ZEROS = ("relu", "maximum", "minimum", "pow", "clamp", "floordiv", "mod")
+
+
 def _t(x):
     if isinstance(x, torch.Tensor):
         return x
@@ -144,7 +151,7 @@ def torch_differs(program: Program, fg_values: list, torch_values: list, fg_grad
         x = [fg_values[o.i] if isinstance(o, Ref) else float(o.x) for o in operands]
         if step.op in ("relu", "maximum", "minimum") and any(map(math.isnan, x)):
             tainted.add(i)
-        if step.op in ("relu", "maximum", "minimum", "pow") and not math.isfinite(fg_grads[i]):
+        if step.op in STRUCTURAL_ZEROS and not math.isfinite(fg_grads[i]):
             tainted.add(i)
         if step.op == "div" and isinstance(operands[0], Const) and not math.isfinite(fg_grads[i] * x[0]):
             tainted.add(i)

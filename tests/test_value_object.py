@@ -1,0 +1,475 @@
+"""A Value is a complete Python object (docs/design.md section 2; issue #11):
+one object per node, attributes that belong to the node, subclasses, weak
+references, copy/deepcopy/pickle, the node protocol (_prev, _op, _backward),
+user-defined ops, and cycles the garbage collector can free.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import math
+import pickle
+import weakref
+
+import pytest
+
+import fastgrad
+from fastgrad import Value
+
+
+@pytest.fixture(autouse=True)
+def g():
+    with fastgrad.Graph() as graph:
+        yield graph
+
+
+def live(graph) -> int:
+    return graph.stats()["live_nodes"]
+
+
+def user_tanh(self: Value) -> Value:
+    t = math.tanh(self.data)
+    out = Value(t, (self,), "tanh")
+
+    def _backward() -> None:
+        self.grad += (1 - t**2) * out.grad
+
+    out._backward = _backward
+    return out
+
+
+# -- identity -------------------------------------------------------------------------
+
+
+def test_every_way_of_reaching_a_node_gives_the_same_object():
+    a, b = Value(2.0), Value(3.0)
+    c = a * b
+    d = c + a
+    assert a in d._prev and c in d._prev
+    assert {id(p) for p in d._prev} == {id(a), id(c)}
+    (p,) = [p for p in d._prev if p.op == "mul"]
+    assert p is c
+    assert {x for x in p._prev} == {a, b}
+
+
+def test_a_node_reached_after_its_handle_died_is_one_object_while_referenced():
+    a = Value(2.0)
+    d = (a * 3.0) + 1.0
+    (m1,) = d._prev
+    (m2,) = d._prev
+    assert m1 is m2
+    assert hash(m1) == hash(m2)
+
+
+def test_nary_nodes_give_all_their_value_operands():
+    ws = [Value(float(i)) for i in range(3)]
+    xs = [Value(1.0), 2.0, Value(3.0)]
+    b = Value(0.5)
+    y = fastgrad.dot(ws, xs, b)
+    assert y._prev == {*ws, xs[0], xs[2], b}
+    s = fastgrad.sum([ws[0], 1.0, ws[0], ws[1]])
+    assert s._prev == {ws[0], ws[1]}
+
+
+# -- attributes -----------------------------------------------------------------------
+
+
+def test_attributes_of_an_intermediate_come_back_through_prev_after_its_handle_died(g):
+    a, b = Value(2.0), Value(-3.0)
+    e = a * b
+    e.label = "e"
+    e.colour = "red"
+    e.history = [1, 2]
+    d = e + a
+    del e
+    (e2,) = [p for p in d._prev if p is not a]
+    assert (e2.label, e2.colour, e2.history) == ("e", "red", [1, 2])
+    assert e2.__dict__ == {"colour": "red", "history": [1, 2]}
+    e2.history.append(3)
+    del e2
+    (e3,) = [p for p in d._prev if p is not a]
+    assert e3.history == [1, 2, 3]
+    assert live(g) == 4
+
+
+def test_vars_and_dict_work_and_label_is_an_alias_of_name():
+    v = Value(1.0, label="v")
+    assert v.name == "v" and v.label == "v"
+    v.name = "w"
+    assert v.label == "w"
+    v.label = ""
+    assert v.name is None and v.label == ""
+    assert vars(v) == {}
+    v.m = 0.0
+    assert vars(v) == {"m": 0.0}
+    v.__dict__["k"] = 1
+    assert v.k == 1
+    assert Value(2.0, name="n").label == "n"
+
+
+def test_state_of_a_freed_node_is_dropped_and_never_shown_by_a_reused_slot(g):
+    class Tracked:
+        pass
+
+    a = Value(1.0)
+    h = a * 2.0
+    h.payload = Tracked()
+    probe = weakref.ref(h.payload)
+    out = h + 1.0
+    del h
+    assert probe() is not None          # kept by the node, which out still uses
+    del out
+    assert probe() is None              # the node was freed, and its state with it
+    reused = a * 5.0
+    assert vars(reused) == {} and reused.name is None
+
+
+# -- subclasses and weak references ----------------------------------------------------
+
+
+class MyValue(Value):
+    def double(self) -> Value:
+        return self * 2.0
+
+
+def test_subclass_instances_come_back_from_prev_and_results_are_values():
+    m = MyValue(3.0, label="m")
+    out = m.double() + 1.0
+    assert type(out) is Value
+    del m
+    (d,) = out._prev
+    (m2,) = d._prev
+    assert type(m2) is MyValue and m2.label == "m" and m2.data == 3.0
+
+
+def test_subclass_with_its_own_init():
+    class Param(Value):
+        def __init__(self, data, lr=0.1):
+            super().__init__(data)
+            self.lr = lr
+
+    p = Param(2.0, lr=0.5)
+    y = p * p
+    del p
+    (q,) = y._prev
+    assert type(q) is Param and q.lr == 0.5
+
+
+def test_weak_references_live_as_long_as_the_value():
+    v = Value(1.0)
+    r = weakref.ref(v)
+    assert r() is v
+    table = weakref.WeakKeyDictionary({v: "state"})
+    assert table[v] == "state"
+    del v
+    gc.collect()
+    assert r() is None and len(table) == 0
+
+
+# -- garbage collection -----------------------------------------------------------------
+
+
+def test_cycles_through_names_attributes_and_closures_are_collected(g):
+    base = live(g)
+    for _ in range(200):
+        x = Value(1.0)
+        y = user_tanh(x * 2.0)          # the closure refers to out: a cycle
+        y.me = y                        # and an attribute referring back
+        y.label = "y"
+        del x, y
+    gc.collect()
+    assert live(g) == base
+
+
+def test_a_name_that_refers_back_to_its_value_is_collected(g):
+    """Issue #10: 200 graphs whose names referred back leaked 425 MB."""
+    class Name(str):
+        pass
+
+    base = live(g)
+    for _ in range(200):
+        with fastgrad.Graph() as g2:
+            xs = [Value(float(i)) for i in range(50)]
+            out = fastgrad.sum(xs)
+            n = Name("out")
+            n.value = out
+            out.name = n
+            probe = weakref.ref(g2)
+        del xs, out, n, g2
+    gc.collect()
+    assert probe() is None and live(g) == base
+
+
+def test_a_user_op_reached_only_through_its_consumer_keeps_its_backward_through_gc():
+    x = Value(0.5)
+    z = user_tanh(x) * 3.0              # the tanh Value lives only in its own closure
+    gc.collect()
+    z.backward()
+    assert x.grad == pytest.approx(3.0 * (1 - math.tanh(0.5) ** 2), rel=1e-15)
+
+
+def test_a_graph_with_cycles_is_freed_when_dropped():
+    gc.collect()
+    with fastgrad.Graph() as g2:
+        x = Value(1.0)
+        y = user_tanh(x)
+        y.loop = y
+        r = weakref.ref(g2)
+    del x, y, g2
+    gc.collect()
+    assert r() is None
+
+
+# -- the node protocol ------------------------------------------------------------------
+
+
+def test_op_strings_are_micrograds_where_micrograd_has_the_op():
+    a, b = Value(2.0), Value(3.0)
+    assert (a + b)._op == "+" and (a + 1)._op == "+"
+    assert (a * b)._op == "*" and (2 * a)._op == "*"
+    assert (a ** 2)._op == "**2" and (a ** 0.5)._op == "**0.5"
+    assert a.relu()._op == "ReLU" and a.tanh()._op == "tanh" and a.exp()._op == "exp"
+    assert a._op == ""
+    assert (a - b)._op == "sub" and a.sigmoid()._op == "sigmoid"
+    assert fastgrad.dot([a], [b])._op == "dot"
+    assert user_tanh(a)._op == "tanh"
+
+
+def test_op_table_of_micrograd_strings_is_derived_from_the_op_table():
+    from fastgrad._core import micrograd_ops, op_codes
+    table = micrograd_ops()
+    assert set(table) == set(op_codes()) - {"FREE", "CONST"}
+    assert table["ADD"] == "+" and table["MULC"] == "*" and table["POWC"] == "**2"
+    assert table["RELU"] == "ReLU" and table["SIGMOID"] == "sigmoid"
+
+
+def test_manual_backward_calls_add_the_local_step_as_micrograd_does():
+    a, b = Value(2.0), Value(-3.0)
+    c = a * b
+    d = c + a
+    d.grad = 1.0
+    d._backward()
+    assert (c.grad, a.grad) == (1.0, 1.0)
+    c._backward()
+    assert (a.grad, b.grad) == (1.0 + -3.0, 2.0)
+    a._backward()                       # a leaf: nothing
+    assert a.grad == -2.0
+
+
+def test_user_ops_mixed_with_builtins_through_backward_and_grad():
+    x = Value(0.3)
+    y = user_tanh(x * 2.0 + 1.0) * x
+    want = 2 * (1 - math.tanh(1.6) ** 2) * 0.3 + math.tanh(1.6)
+    assert fastgrad.grad(y, x) == pytest.approx(want, rel=1e-14)
+    assert x.grad == 0.0                # grad() touches no .grad
+    y.backward()
+    assert x.grad == pytest.approx(want, rel=1e-14)
+
+
+def test_user_op_without_backward_passes_no_gradient():
+    x = Value(1.0)
+    y = Value(5.0, (x,), "mystery") * 2.0
+    y.backward()
+    assert x.grad == 0.0
+
+
+def test_user_op_backward_that_raises_stops_backward_with_its_exception(g):
+    x = Value(1.0)
+    out = Value(2.0, (x,), "bad")
+
+    def _backward() -> None:
+        raise KeyError("from the user op")
+
+    out._backward = _backward
+    y = out * 3.0
+    with pytest.raises(KeyError, match="from the user op"):
+        y.backward()
+    del _backward
+    out._backward = lambda: None
+    y.backward()                       # the graph still works
+    assert out.grad == 3.0
+
+
+def test_compile_refuses_a_user_op_by_name():
+    def fn(xs):
+        h = user_tanh(xs[0])
+        h.name = "act"
+        return h * 2.0
+
+    with pytest.raises(TypeError, match=r"user-defined op 'tanh' \(node 'act'\).*x.tanh\(\)"):
+        fastgrad.compile(fn, [0.5])
+
+
+def test_explain_and_drawings_treat_user_ops_as_any_node():
+    x = Value(0.5, name="x")
+    y = user_tanh(x) * 3.0
+    e = fastgrad.explain(y, x)
+    assert e.grad == pytest.approx(3 * (1 - math.tanh(0.5) ** 2), rel=1e-14)
+    dot = fastgrad.to_dot(y)
+    assert "tanh" in dot or "user" in dot
+
+
+def test_user_op_backward_may_not_build_into_the_swept_graph():
+    x = Value(1.0)
+    out = Value(2.0, (x,), "f")
+
+    def _backward() -> None:
+        x * 2.0
+
+    out._backward = _backward
+    with pytest.raises(RuntimeError, match="while its backward"):
+        out.backward()
+
+
+def test_user_op_children_are_checked():
+    with pytest.raises(TypeError, match="_children must hold Values"):
+        Value(1.0, (2.0,), "f")
+    with fastgrad.Graph():
+        other = Value(1.0)
+    with pytest.raises(ValueError, match="two graphs"):
+        Value(1.0, (Value(2.0), other), "f")
+
+
+# -- copy, deepcopy, pickle -------------------------------------------------------------
+
+
+def test_pickle_round_trips_leaves_and_intermediates_with_their_subgraph():
+    a = Value(2.0, label="a")
+    a.grad = 0.25
+    a.m = {"k": 1}
+    c = (a * 3.0 + a).tanh()
+    c.label = "c"
+    a2, c2 = pickle.loads(pickle.dumps([a, c]))
+    assert (a2.data, a2.grad, a2.label, a2.m) == (2.0, 0.25, "a", {"k": 1})
+    assert (c2.data, c2.label) == (c.data, "c")
+    assert a2 is not a and a2.graph is fastgrad.current_graph()
+    c2.backward()
+    c.backward()
+    assert a2.grad - 0.25 == a.grad - 0.25   # the same subgraph: the same gradient
+    # the copy's leaf is the leaf its intermediate depends on (pickle keeps identity)
+    (inner,) = c2._prev
+    assert a2 in inner._prev
+
+
+def test_a_chain_of_100_nodes_round_trips_through_pickle_and_deepcopy():
+    x = Value(1.0)
+    y = x
+    for _ in range(50):
+        y = y * 1.5 + 0.5
+    for twin in (pickle.loads(pickle.dumps(y)), copy.deepcopy(y)):
+        assert twin.data == y.data
+        assert fastgrad.grad(twin, list(trace_leaves(twin))) == [fastgrad.grad(y, x)]
+
+
+def trace_leaves(v):
+    seen, stack, out = set(), [v], []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "leaf":
+            out.append(n)
+        stack.extend(n._prev)
+    return out
+
+
+def test_pickle_keeps_subclasses():
+    m = MyValue(3.0)
+    m2 = pickle.loads(pickle.dumps(m * 2.0))
+    (p,) = m2._prev
+    assert type(p) is MyValue and type(m2) is Value
+
+
+def test_copy_and_deepcopy():
+    a = Value(1.5)
+    b = a * 2.0
+    b.tag = ["x"]
+    b2 = copy.copy(b)
+    assert b2 is not b and b2._prev == {a} and b2.tag is b.tag
+    b3 = copy.deepcopy(b)
+    assert b3._prev != {a} and b3.data == 3.0 and b3.tag == ["x"] and b3.tag is not b.tag
+
+
+def test_deepcopy_of_a_model_gives_independent_parameters():
+    import random
+
+    from fastgrad.nn import MLP
+    random.seed(0)
+    model = MLP(2, [4, 1])
+    for k, p in enumerate(model.parameters()):
+        p.grad = 0.01 * k
+        p.m = 0.5 * k
+    best = copy.deepcopy(model)
+    ps, bs = model.parameters(), best.parameters()
+    assert [p.data for p in ps] == [p.data for p in bs]
+    assert [p.grad for p in ps] == [p.grad for p in bs]
+    assert [p.m for p in ps] == [p.m for p in bs]
+    assert not {id(p) for p in ps} & {id(p) for p in bs}
+    bs[0].data += 1.0
+    assert ps[0].data != bs[0].data
+    assert best([1.0, 2.0]).data != model([1.0, 2.0]).data
+    m2 = pickle.loads(pickle.dumps(model))
+    assert [p.data for p in m2.parameters()] == [p.data for p in ps]
+
+
+def test_functions_still_pickle():
+    f = fastgrad.compile(lambda xs: (xs[0] * xs[1]).tanh(), [0.5, 2.0])
+    f2 = pickle.loads(pickle.dumps(f))
+    assert f2([0.5, 2.0]) == f([0.5, 2.0])
+
+
+# -- lifetime rules from issue #10 ---------------------------------------------------------
+
+
+def test_reinit_of_a_live_value_is_refused_and_changes_nothing(g):
+    x = Value(1.0)
+    y = x * 2.0
+    with pytest.raises(TypeError, match="already has a node"):
+        x.__init__(5.0)
+    assert x.data == 1.0 and live(g) == 2
+    y.backward()
+    assert x.grad == 2.0
+    v = Value.__new__(Value)
+    v.__init__(4.0)                    # an uninitialised one may be initialised once
+    assert v.data == 4.0
+
+
+_testcapi = pytest.importorskip("_testcapi")
+
+
+@pytest.mark.skipif(not hasattr(_testcapi, "set_nomemory"), reason="needs _testcapi.set_nomemory")
+@pytest.mark.parametrize("make", [
+    lambda a, b: a * b,
+    lambda a, b: a + 2.0,
+    lambda a, b: a.tanh(),
+    lambda a, b: fastgrad.sum([a, b]),
+    lambda a, b: fastgrad.dot([a], [b], a),
+    lambda a, b: fastgrad.leaves([1.0, 2.0]),
+    lambda a, b: Value(3.0, (a, b), "f"),
+    lambda a, b: list((a * b + 1.0)._prev),
+])
+def test_memory_error_making_the_python_value_leaks_no_node(g, make):
+    a, b = Value(1.0), Value(2.0)
+    hold = [Value(0.0) for _ in range(600)]   # the freelist is empty: Values are malloc'd
+    before = live(g)
+    failures = 0
+    for start in range(0, 12):
+        gc.collect()
+        gc.disable()
+        try:
+            _testcapi.set_nomemory(start, start + 1)
+            try:
+                r = make(a, b)
+            finally:
+                _testcapi.remove_mem_hooks()
+        except MemoryError:
+            failures += 1
+        else:
+            del r
+        finally:
+            gc.enable()
+        assert live(g) == before, start
+    assert failures
+    del hold

@@ -10,10 +10,13 @@ One Python operator is one call into C.
 cimport cython
 from cpython.buffer cimport PyBUF_FORMAT
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
 
 from cpython.object cimport PyObject, PyTypeObject, traverseproc, visitproc
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 
 cdef extern from "Python.h":
     ctypedef struct PyThreadState:
@@ -1028,7 +1031,7 @@ cdef class Value:
             name = label
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-        cdef tuple kids = tuple(_children) if _children is not None else ()
+        cdef tuple kids = _snapshot(_children) if _children is not None else ()
         cdef int64_t n = len(kids), k
         cdef int32_t small[SMALL_N]
         cdef int32_t *ids = small
@@ -1505,6 +1508,29 @@ def minimum(a, b):
 # Python code between reading them and the C call.  The result equals
 # Python's sum over the same objects, whatever the code does to the sequence.
 
+cdef tuple _snapshot(object seq):
+    """tuple(seq), safe when the allocation runs Python code.  CPython 3.11
+    runs the cycle collector inside allocations, and with it gc callbacks and
+    __del__ methods; tuple(a_list) reads the list's item array, allocates the
+    tuple, then copies from the array it read -- freed if the code cleared or
+    resized the list meanwhile.  Here a list is read after the allocation,
+    and the copy allocates nothing."""
+    cdef Py_ssize_t n, k
+    cdef tuple out
+    if type(seq) is not list:
+        return tuple(seq)       # other iterables are read through an iterator
+    while True:
+        n = PyList_GET_SIZE(seq)
+        out = PyTuple_New(n)
+        if PyList_GET_SIZE(seq) == n:
+            break               # else the collector changed the list: again
+    for k in range(n):
+        item = <object>PyList_GET_ITEM(seq, k)
+        Py_INCREF(item)         # PyTuple_SET_ITEM steals a reference
+        PyTuple_SET_ITEM(out, k, item)
+    return out
+
+
 cdef int _coerce_operands(tuple items, int64_t first, int64_t step, int32_t *idx, double *cst,
                           str what) except -1:
     """Pass 1: the numbers of items into cst at first, first + step, ...;
@@ -1574,7 +1600,7 @@ def sum(values, start=0.0):
     once, when the call starts: what the elements' ``__float__`` (or anything
     else) does to it meanwhile does not change the result.
     """
-    cdef tuple seq = tuple(values)
+    cdef tuple seq = _snapshot(values)
     cdef int64_t n = len(seq), off = 0
     cdef int32_t small_idx[SMALL_N]
     cdef double small_cst[SMALL_N]
@@ -1611,8 +1637,8 @@ def dot(ws, xs, start=0.0):
     micrograd's ``sum((wi*xi for wi, xi in zip(w, x)), b)``.  The sequences
     are read once, when the call starts (see ``sum``).
     """
-    cdef tuple wl = tuple(ws)
-    cdef tuple xl = tuple(xs)
+    cdef tuple wl = _snapshot(ws)
+    cdef tuple xl = _snapshot(xs)
     cdef int64_t n = len(wl), off = 0, total
     if len(xl) != n:
         raise ValueError(f"dot() needs sequences of equal length, got {n} and {len(xl)}")
@@ -1659,8 +1685,8 @@ def _layer_forward(units, x):
     x's operands are read once for all units.  Any other unit (no ``_dense``,
     None, another shape, numbers in w) is simply called with a list of x.
     """
-    cdef tuple us = tuple(units)
-    cdef tuple xs = tuple(x)
+    cdef tuple us = _snapshot(units)
+    cdef tuple xs = _snapshot(x)
     cdef int64_t nx = len(xs), total = 2 * nx + 2, k, j
     cdef int32_t *idx = <int32_t *>malloc(total * sizeof(int32_t))
     cdef double *cst = <double *>malloc(total * sizeof(double))

@@ -141,7 +141,7 @@ _select_row_kernels_at_import()
 cdef object _real_array(object arg, str name, int ndim):
     """arg as a C-contiguous float64 array of ndim dimensions, or an error naming it."""
     # A list is read once: an element numpy calls back into may change it.
-    arr = np.asarray(tuple(arg) if type(arg) is list else arg)
+    arr = np.asarray(_snapshot(arg) if type(arg) is list else arg)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got {type(arg).__name__} of dtype {arr.dtype}")
     if arr.ndim != ndim:
@@ -347,7 +347,7 @@ cdef class Function:
 
     def jvp(self, args, tangents):
         """(outputs, output tangents) for input tangents shaped like args (forward mode)."""
-        args, tangents = tuple(args), tuple(tangents)
+        args, tangents = _snapshot(args), _snapshot(tangents)
         cdef double *v = self._take_ws()
         cdef double *tan = v + 2 * self.t.n
         cdef int64_t k
@@ -370,7 +370,7 @@ cdef class Function:
         cotangent is a number for a one-output function, else a 1-D sequence
         with one entry per output.
         """
-        args = tuple(args)
+        args = _snapshot(args)
         cot = _real_array(cotangent, "cotangent", 0 if self.single else 1)
         if cot.size != self.t.n_out:
             raise ValueError(f"cotangent has {cot.size} entries for {self.t.n_out} outputs")
@@ -436,8 +436,8 @@ cdef class Function:
         """
         self._scalar_output("hvp")
         nums, single = _argnums(argnums, len(self.sizes))
-        args = tuple(args)
-        vs = (v,) if single else tuple(v)
+        args = _snapshot(args)
+        vs = (v,) if single else _snapshot(v)
         if len(vs) != len(nums):
             raise ValueError(f"hvp needs one vector per argnum, got {len(vs)} for {len(nums)}")
         cdef int64_t n = self.t.n, i, j, off

@@ -268,7 +268,10 @@ def _forged_value_pickle() -> bytes:
 def _huge_long_double() -> Any:
     if np.finfo(np.longdouble).max <= np.finfo(np.float64).max:
         pytest.skip("long double is double on this platform")
-    return np.longdouble("1e400")
+    x = np.longdouble("1e400")
+    if not np.isfinite(x):    # valgrind runs x87 long double arithmetic at double precision
+        pytest.skip("long double arithmetic is double precision here (valgrind)")
+    return x
 
 
 def _bomb_archive() -> str:

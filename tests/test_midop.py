@@ -446,3 +446,39 @@ def test_a_long_double_beyond_the_double_range_raises_as_a_huge_int_does(g):
         f(np.array([big]))
     assert f(np.array([np.longdouble("inf")])) == math.inf
     assert f(np.array([np.longdouble(3)])) == 6.0
+
+
+@pytest.mark.parametrize("op", ["sum", "dot", "layer"])
+def test_the_list_is_read_after_the_snapshot_allocation_that_runs_the_collector(g, op):
+    # CPython 3.11 collects inside allocations: tuple(a_list) reads the item
+    # array, allocates the tuple (the collector runs this callback, which frees
+    # that array) and copies from the freed array.  The ops' snapshot must read
+    # the list after its allocation (a crash of the fuzzer, tools/fuzz_ops.py).
+    # 40 items: tuples up to 20 long come from a free list, without allocating.
+    xs = [Value(float(k)) for k in range(40)]
+    lst: list = list(xs)
+    layer = Layer(40, 2, nonlin=False)
+    expected = math.fsum(v.data for v in xs)
+
+    def callback(phase, info):
+        if phase == "start":
+            lst.clear()               # frees the item array ...
+            lst.extend(xs)            # ... and makes a new one: same items
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(callback)
+    gc.set_threshold(1)               # a collection every other allocation
+    try:
+        for i in range(300):
+            pad = [[] for _ in range(i % 4)]   # moves the collection to each allocation in turn
+            if op == "sum":
+                assert fastgrad.sum(lst).data == expected
+            elif op == "dot":
+                assert fastgrad.dot(lst, [1.0] * 40).data == expected
+            else:
+                assert [o.data for o in layer(lst)] == [
+                    fastgrad.dot(n.w, xs, n.b).data for n in layer.neurons]
+            del pad
+    finally:
+        gc.callbacks.remove(callback)
+        gc.set_threshold(*threshold)

@@ -61,3 +61,17 @@ def test_stubs_and_typed_marker_are_installed():
 def test_version_is_the_installed_metadata():
     assert fastgrad.__version__ == importlib.metadata.version("fastgrad")
     assert fastgrad.__version__ != "0+unknown"
+
+
+def test_runs_on_the_cpython_ci_asked_for():
+    """.ci/run tests one wheel per CPython: each run must really be on that version."""
+    wanted = os.environ.get("FASTGRAD_EXPECT_PYTHON")
+    if not wanted:
+        pytest.skip("FASTGRAD_EXPECT_PYTHON=3.X is set by .ci/run's per-CPython wheel runs")
+    assert sys.implementation.name == "cpython"
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == wanted
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    wheel_tags = [line.split(":", 1)[1].strip() for line in
+                  (importlib.metadata.distribution("fastgrad").read_text("WHEEL") or "").splitlines()
+                  if line.startswith("Tag:")]
+    assert wheel_tags and all(t.startswith(f"{tag}-{tag}-") for t in wheel_tags), wheel_tags

@@ -123,3 +123,4 @@ void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double 
         }
     }
 }
+

@@ -490,8 +490,9 @@ cdef class Function:
         """The dense Hessian of a scalar output w.r.t. args[argnums]: an n x n ndarray.
 
         One forward-over-reverse sweep over the tape carries a block of tangent
-        directions at once (blocks of _hessian_block_bytes() bytes per node
-        array).  Column j equals hvp at the unit vector j, bit for bit.  With a
+        directions at once (the block's tangent and tangent-adjoint rows take
+        about _hessian_block_bytes() bytes, 4 MB; kept for the next call).
+        Column j equals hvp at the unit vector j, bit for bit.  With a
         tuple argnums, a tuple of tuples of blocks (H[i][j]: args[argnums[i]]
         by args[argnums[j]]).
         """

@@ -48,7 +48,7 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
                      uint8_t *fin, double *H) {
     const uint8_t *op = t->op;
     const int32_t *A = t->a, *B = t->b, *opnd = t->opnd;
-    const double *cst = t->cst, *ocst = t->ocst;
+    const double *val = v, *cst = t->cst, *ocst = t->ocst;
     int32_t *tlo = sup, *thi = sup + t->n, *alo = sup + 2 * t->n, *ahi = sup + 3 * t->n;
     for (int64_t j0 = 0; j0 < m; j0 += d) {
         const int32_t w = (int32_t)((m - j0 < d) ? m - j0 : d);   /* this block's directions */
@@ -62,59 +62,32 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
             tan[x * w + k] = 1.0;
             FG_HULL(tlo[x], thi[x], k, k + 1);
         }
-        for (int64_t i = t->n_in; i < t->n; i++) {
-            double *ti = tan + i * w;
+        for (int64_t n = t->n_in; n < t->n; n++) {
+            double *ti = tan + n * w;
             int32_t lo = w, hi = 0;
-            const double c = cst[i];
-            const int o = op[i];
-#define FG_HJVP_ADD(x, dx)                                                      \
+            const int o = op[n];
+/* fg_tape_jvp's s += d * tan[p] along the row, over the parent's support (the
+ * whole block if d is not finite). */
+#define FG_EDGE(pos, p, d)                                                      \
             do {                                                                \
-                const double *tx = tan + (int64_t)(x) * w;                      \
-                int32_t l = tlo[x], h = thi[x];                                 \
-                if (!FG_FIN(dx)) { l = 0; h = w; }                              \
-                FG_ALONG for (int32_t k = l; k < h; k++) ti[k] += (dx) * tx[k];          \
+                const double d_ = (d);                                          \
+                const double *tx = tan + (int64_t)(p) * w;                      \
+                int32_t l = tlo[p], h = thi[p];                                 \
+                if (!FG_FIN(d_)) { l = 0; h = w; }                              \
+                FG_ALONG for (int32_t r = l; r < h; r++) ti[r] += d_ * tx[r];   \
                 FG_HULL(lo, hi, l, h);                                          \
             } while (0)
-#define FG_HJVP_NARY(NAME, group, term, da, db, dab)                           \
-            if (o == FG_OP_##NAME) {                                            \
-                for (int32_t g = A[i], e = A[i] + B[i]; g < e; g += group) {    \
-                    FG_GROUP_AT(g, group, opnd, ocst, v)                        \
-                    const double da_ = (da), db_ = (db);                        \
-                    if (p >= 0) FG_HJVP_ADD(p, da_);                            \
-                    if (q >= 0) FG_HJVP_ADD(q, db_);                            \
-                }                                                               \
-            } else
-            FG_NARY_TABLE(FG_HJVP_NARY)
-#undef FG_HJVP_NARY
-            switch (o) {
-#define FG_HJVP_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
-            case FG_OP_##NAME:                                                  \
-                if (arity == 1) {                                               \
-                    double a = v[A[i]], b = 0.0, y = v[i];                      \
-                    (void)a; (void)b; (void)y;                                  \
-                    const double da_ = (da);                                    \
-                    FG_HJVP_ADD(A[i], da_);                                     \
-                } else if (arity == 2) {                                        \
-                    double a = v[A[i]], b = v[B[i]], y = v[i];                  \
-                    (void)a; (void)b; (void)y;                                  \
-                    const double da_ = (da), db_ = (db);                        \
-                    const double *ta = tan + (int64_t)A[i] * w, *tb = tan + (int64_t)B[i] * w; \
-                    FG_HULL(lo, hi, tlo[A[i]], thi[A[i]]);                      \
-                    FG_HULL(lo, hi, tlo[B[i]], thi[B[i]]);                      \
-                    if (!FG_FIN(da_) || !FG_FIN(db_)) { lo = 0; hi = w; }       \
-                    FG_ALONG for (int32_t k = lo; k < hi; k++) ti[k] = da_ * ta[k] + db_ * tb[k]; \
-                }                                                               \
-                (void)c;                                                        \
-                break;
-            FG_OP_TABLE(FG_HJVP_ROW)
-#undef FG_HJVP_ROW
+            if (fg_is_nary(o)) {
+                FG_NARY_EDGES(o)
+            } else {
+                FG_ROW_EDGES(o)
             }
-#undef FG_HJVP_ADD
+#undef FG_EDGE
             double acc = 0.0;          /* NaN iff the row holds an inf or a NaN */
-            for (int32_t k = lo; k < hi; k++) acc += ti[k] - ti[k];
-            fin[i] = (acc == 0.0);
-            tlo[i] = lo;
-            thi[i] = hi;
+            for (int32_t r = lo; r < hi; r++) acc += ti[r] - ti[r];
+            fin[n] = (acc == 0.0);
+            tlo[n] = lo;
+            thi[n] = hi;
         }
         memset(adj, 0, (size_t)t->n * sizeof *adj);
         adj[t->out[0]] = 1.0;
@@ -135,7 +108,7 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
                 FG_ALONG for (int32_t k = l; k < h; k++) hx[k] += (expr);                \
                 FG_HULL(alo[x], ahi[x], l, h);                                  \
             } while (0)
-#define FG_HHVP_NARY(NAME, group, term, da, db, dab)                           \
+#define FG_HHVP_NARY(NAME, group, term, da, db, dab, ...)                      \
             if (o == FG_OP_##NAME) {                                            \
                 for (int32_t g = A[i], e = A[i] + B[i]; g < e; g += group) {    \
                     FG_GROUP_AT(g, group, opnd, ocst, v)                        \
@@ -171,7 +144,7 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
             FG_NARY_TABLE(FG_HHVP_NARY)
 #undef FG_HHVP_NARY
             switch (o) {
-#define FG_HHVP_ROW(NAME, str, arity, fwd, da, db, daa, dab, dbb)               \
+#define FG_HHVP_ROW(NAME, str, arity, constant, fwd, da, db, daa, dab, dbb, ...) \
             case FG_OP_##NAME:                                                  \
                 if (arity == 1) {                                               \
                     double a = v[A[i]], b = 0.0, y = v[i];                      \

@@ -123,4 +123,3 @@ void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double 
         }
     }
 }
-

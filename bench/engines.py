@@ -169,6 +169,24 @@ class Fastgrad(Engine):
                                   "and params -= lr * grad in numpy",
                           "tape_nodes": f.n_nodes})
 
+    # --- hessian: Function.hessian of a compiled scalar function
+
+    def prepare_hessian(self, variant, ctx):
+        fg = self.fg
+        if variant.params["fn"] == "rosen":
+            x = wl.rosen_point(variant.params["n"])
+            f = fg.compile(lambda x: fg.sum([100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2
+                                            for i in range(len(x) - 1)]), x)
+            args = (x,)
+        else:
+            X, y = wl.MLPCompiled.data(variant, ctx)
+            f = self._compiled(variant, ctx)
+            args = (wl.demo_params(), np.ascontiguousarray(X.ravel()), y)
+        H = f.hessian(*args)
+        return Case(run=lambda: f.hessian(*args), unit="call", keep={"H": H, "f": f},
+                    info={"mode": "compile(f) once; f.hessian(*args), argnums=0",
+                          "n": int(H.shape[0]), "tape_nodes": f.n_nodes})
+
     def mlp_batched_case(self, variant, ctx):
         X, y = wl.MLPCompiled.data(variant, ctx)
         rows = np.ascontiguousarray(np.column_stack([X, y]))
@@ -456,6 +474,36 @@ class Jax(Engine):
         return Case(run=step, unit="step", keep={"first": first},
                     info={"mode": "float64; jit of value_and_grad and the SGD update together, "
                                   "block_until_ready"})
+
+    def prepare_hessian(self, variant, ctx):
+        jax, jnp = self.jax, self.jnp
+        if variant.params["fn"] == "rosen":
+            def f(x):
+                return jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+            args = (jnp.asarray(wl.rosen_point(variant.params["n"])),)
+        else:
+            X, y = wl.MLPCompiled.data(variant, ctx)
+            relu, alpha = jax.nn.relu, wl.MLP_ALPHA
+            sizes = wl.MLP_SIZES
+
+            def f(flat, X, y):
+                h, k = X, 0
+                for layer, (nin, nout) in enumerate(zip(sizes, sizes[1:])):
+                    blk = flat[k:k + nout * (nin + 1)].reshape(nout, nin + 1)
+                    k += nout * (nin + 1)
+                    h = h @ blk[:, :nin].T + blk[:, nin]
+                    h = relu(h) if layer < len(sizes) - 2 else h[:, 0]
+                return jnp.mean(relu(1 - y * h)) + alpha * jnp.sum(flat * flat)
+            args = (jnp.asarray(wl.demo_params()), jnp.asarray(X), jnp.asarray(y))
+        hess = jax.jit(jax.hessian(f))
+        H = np.asarray(hess(*args).block_until_ready())    # compile now, untimed
+
+        def run():
+            return hess(*args).block_until_ready()
+
+        return Case(run=run, unit="call", keep={"H": H},
+                    info={"mode": "float64; jit(jax.hessian(f)) (forward-over-reverse), "
+                                  "block_until_ready; compile excluded"})
 
     def memory_chain(self, n):
         jax = self.jax

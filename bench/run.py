@@ -456,6 +456,14 @@ def targets(results) -> list[dict]:
             add(label, r, 1.0, r > 1.0,
                 f"mlp_compiled: {peer} / {mine} = {r:.2f}x (of the minima {rmin:.2f}x; target > 1x: "
                 f"{mine} faster)")
+    for rec in results:
+        if rec["workload"] == "hessian" and rec["engine"] == "jax" and rec["status"] == "ok":
+            mine = find(results, "hessian", "fastgrad", rec["variant"])
+            if mine and mine["status"] == "ok":
+                r, rmin = rec["median_s"] / mine["median_s"], rec["min_s"] / mine["min_s"]
+                add(f"hessian vs JAX jit ({rec['variant'].split(' ')[0]})", r, 1.0, r > 1.0,
+                    f"hessian [{rec['variant']}]: jax / fastgrad = {r:.2f}x (of the minima "
+                    f"{rmin:.2f}x; target > 1x: fastgrad faster)")
     mem = find(results, "memory", "fastgrad")
     if mem and mem["status"] == "ok" and "array_bytes_per_slot" in mem["info"]:
         b = mem["info"]["array_bytes_per_slot"]

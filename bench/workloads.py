@@ -1107,4 +1107,45 @@ def plot_batch_scaling(ax, results) -> None:
     ax.legend(fontsize=6)
 
 
-WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain(), BatchScaling()]
+# ----------------------------------------------------------------------------
+# hessian: the dense Hessian of a scalar function (steady state, compile excluded)
+
+HESS_ROSEN_N = 100
+
+
+def rosen_point(n: int = HESS_ROSEN_N) -> np.ndarray:
+    return np.random.default_rng(7).normal(size=n)
+
+
+class Hessian(Workload):
+    name = "hessian"
+    what = ("the dense Hessian of a compiled scalar function: Function.hessian (one blocked "
+            "forward-over-reverse sweep) vs jit(jax.hessian(f)); compile excluded")
+
+    def variants(self, cfg):
+        return [Variant(f"Rosenbrock {HESS_ROSEN_N}-d", {"fn": "rosen", "n": HESS_ROSEN_N}),
+                Variant("demo MLP loss (x100 moons + L2) w.r.t. its 337 parameters",
+                        {"fn": "mlp", "n": 100})]
+
+    def prepare(self, api, engine, variant, ctx):
+        raise Unsupported(f"{engine.name} has no Hessian of a compiled function here")
+
+    def extra_cases(self, cases, engines, variant, ctx):
+        """Every engine's Hessian against fastgrad's (same matrix, or the row fails)."""
+        out: dict = {}
+        ref = cases.get("fastgrad")
+        if ref is None:
+            return out
+        H0 = ref.keep["H"]
+        for name, case in cases.items():
+            if name == "fastgrad" or "H" not in case.keep:
+                continue
+            H = case.keep["H"]
+            ok = H.shape == H0.shape and np.allclose(H, H0, rtol=1e-9, atol=1e-12 * np.abs(H0).max())
+            case.info["hessian_matches_fastgrad"] = bool(ok)
+            if not ok:
+                out[name] = RuntimeError(f"{name}'s Hessian differs from fastgrad's")
+        return out
+
+
+WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain(), BatchScaling(), Hessian()]

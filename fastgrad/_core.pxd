@@ -169,6 +169,9 @@ cdef extern from "fastgrad.h" nogil:
     void fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan)
     void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
                      double *adjt)
+    void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64_t *cols,
+                         int64_t d, double *adj, double *tan, double *adjt, int32_t *sup,
+                         uint8_t *fin, double *H)
 
     int fg_rows_target_count()
     const char *fg_rows_target_name(int k)

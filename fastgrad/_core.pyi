@@ -203,6 +203,10 @@ class Function:
     def hvp(
         self, args: Sequence[_Arg], v: Sequence[_Arg], argnums: _Argnums
     ) -> tuple[_F64, ...]: ...
+    @overload
+    def hessian(self, *args: _Arg, argnums: int = ...) -> _F64: ...
+    @overload
+    def hessian(self, *args: _Arg, argnums: _Argnums) -> tuple[tuple[_F64, ...], ...]: ...
     # batch and batch_value_and_grad: with a dask.array.Array among the first
     # three arguments the results are Dask arrays (fastgrad/_dask.py), else ndarrays.
     @overload

@@ -39,7 +39,7 @@ cdef inline unsigned long long _thread_id() noexcept:
 
 from libc.math cimport isfinite, isinf
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 import collections

@@ -100,6 +100,22 @@ def _set_row_kernels(name):
     return before
 
 
+_HESS_BLOCK_BYTES = 4 << 20   # tangent and tangent-adjoint rows of one hessian block
+
+
+def _hessian_block_bytes(bytes_=0):
+    """Tuning and test hook: the bytes of one Function.hessian block's tangent
+    and tangent-adjoint arrays together; a positive argument sets it.  Returns
+    the value before."""
+    global _HESS_BLOCK_BYTES
+    if not isinstance(bytes_, int) or bytes_ < 0:
+        raise ValueError("block bytes must be a non-negative int")
+    before = _HESS_BLOCK_BYTES
+    if bytes_:
+        _HESS_BLOCK_BYTES = bytes_
+    return before
+
+
 def _block_bytes(bytes_=0):
     """Tuning hook: the bytes a batch block's node rows aim at; a positive
     argument sets it.  Returns the value before."""
@@ -206,6 +222,9 @@ cdef class Function:
     cdef double *ws             # cached workspace: 4 * n doubles
     cdef bint ws_busy           # taken by a call (another thread may run one)
     cdef dict layouts           # batched argument numbers -> _layout()
+    cdef double *hws            # cached hessian tangent rows, all zero between calls
+    cdef int64_t hws_cap        # doubles in hws
+    cdef bint hws_busy
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Functions are made by fastgrad.compile() or fastgrad.load()")
@@ -213,6 +232,7 @@ cdef class Function:
     def __dealloc__(self):
         fg_tape_free(&self.t)
         free(self.ws)
+        free(self.hws)
 
     # ------------------------------------------------------------ plumbing
 
@@ -465,6 +485,77 @@ cdef class Function:
             return res[0] if single else res
         finally:
             self._give_ws(w)
+
+    def hessian(self, *args, argnums=0):
+        """The dense Hessian of a scalar output w.r.t. args[argnums]: an n x n ndarray.
+
+        One forward-over-reverse sweep over the tape carries a block of tangent
+        directions at once (the block's tangent and tangent-adjoint rows take
+        about _hessian_block_bytes() bytes, 4 MB; kept for the next call).
+        Column j equals hvp at the unit vector j, bit for bit.  With a
+        tuple argnums, a tuple of tuples of blocks (H[i][j]: args[argnums[i]]
+        by args[argnums[j]]).
+        """
+        self._scalar_output("hessian")
+        nums, single = _argnums(argnums, len(self.sizes))
+        cdef int64_t n = self.t.n, m = 0, d, j, i
+        for j in nums:
+            m += self.sizes[j]
+        cols = np.empty(m + 1, dtype=np.int64)
+        cdef int64_t[::1] mc = cols
+        m = 0
+        for j in nums:
+            for i in range(self.sizes[j]):
+                mc[m] = self.offsets[j] + i
+                m += 1
+        H = np.zeros((m, m))
+        cdef double[:, ::1] mh = H
+        d = _HESS_BLOCK_BYTES // (2 * 8 * (n + 1))
+        d = max(1, min(d, m))
+        cdef int64_t need = 2 * n * d
+        cdef double *v = self._take_ws()
+        cdef double *rows = NULL
+        cdef void *aux = NULL
+        cdef bint cached = False
+        try:
+            self._write(args, v, "hessian")
+            self._forward(v)
+            if m:
+                aux = malloc(n * (sizeof(double) + 4 * sizeof(int32_t) + 1) + 8)
+                if aux == NULL:
+                    raise MemoryError()
+                if not self.hws_busy:
+                    if need > self.hws_cap:   # a bigger block than the cached one
+                        free(self.hws)
+                        self.hws_cap = 0
+                        self.hws = <double *>calloc(need, sizeof(double))
+                        if self.hws == NULL:
+                            raise MemoryError()
+                        self.hws_cap = need
+                    rows, cached = self.hws, True
+                else:
+                    rows = <double *>calloc(need, sizeof(double))
+                    if rows == NULL:
+                        raise MemoryError()
+                if cached:
+                    self.hws_busy = True
+                with nogil:
+                    fg_tape_hessian(&self.t, v, m, &mc[0], d, <double *>aux, rows, rows + n * d,
+                                    <int32_t *>(<double *>aux + n),
+                                    <uint8_t *>(<int32_t *>(<double *>aux + n) + 4 * n),
+                                    &mh[0, 0])
+        finally:
+            if cached:
+                self.hws_busy = False
+            elif rows != NULL:
+                free(rows)
+            free(aux)
+            self._give_ws(v)
+        if single:
+            return H
+        bounds = np.cumsum([0] + [self.sizes[j] for j in nums])
+        return tuple(tuple(H[bounds[r]:bounds[r + 1], bounds[c]:bounds[c + 1]].copy()
+                           for c in range(len(nums))) for r in range(len(nums)))
 
     # ------------------------------------------------------------ batches
 

@@ -226,6 +226,12 @@ void     fg_tape_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const doubl
 void     fg_tape_jvp(const fg_tape_t *t, const double *v, double *tan);
 void     fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double *adj,
                      double *adjt);
+/* The dense Hessian of the scalar output w.r.t. the inputs cols[0..m) into H
+ * (m x m), d directions per sweep: adj is n doubles; tan and adjt n * d each,
+ * all zero on entry and on return; sup 4 * n, fin n. */
+void     fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64_t *cols,
+                         int64_t d, double *adj, double *tan, double *adjt, int32_t *sup,
+                         uint8_t *fin, double *H);
 
 /* Row-kernel dispatch (fg_batch.c): target k in [0, count) is "baseline",
  * "avx2", "avx512" (those this build has); select(-1) takes the widest the

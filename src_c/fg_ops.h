@@ -29,7 +29,7 @@
  * order is the cross term alone.
  *
  * The forward (fg_forward.c), reverse (fg_reverse.c), explain (fg_explain.c)
- * and tape kernels (fg_tape.c: replay, tangent, forward-over-reverse) all
+ * and tape kernels (fg_replay.c, fg_rows.h, fg_hessian.c: replay, tangent, forward-over-reverse) all
  * expand these lists, and the glue reads the arrays below (fastgrad's
  * op_table()), so adding an op touches this file and nothing else in C.
  *

@@ -166,11 +166,13 @@ cdef object _real_array(object arg, str name, int ndim):
         # long double: a finite entry beyond the double range raises
         # OverflowError, as it does for Value(), instead of becoming inf
         with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(arr, dtype=np.float64)
+            out = np.require(arr, dtype=np.float64, requirements=("C", "A"))
         if (np.isinf(out) & np.isfinite(arr)).any():
             raise OverflowError(f"{name} holds a {arr.dtype} too large to convert to float")
         return out
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    # aligned too: a C-contiguous view into a byte buffer at an odd offset
+    # is not, and the kernels load its doubles directly.
+    return np.require(arr, dtype=np.float64, requirements=("C", "A"))
 
 
 cdef bint _has_dask(tuple args):

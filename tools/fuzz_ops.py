@@ -211,8 +211,8 @@ class Fuzz:
             self.entered.append(g)
         elif k == 9 and self.entered:
             g = self.entered[fdp.ConsumeIntInRange(0, len(self.entered) - 1)]
-            g.__exit__(None, None, None)             # out of order: RuntimeError
-            self.entered.remove(g)                   # (only reached when it was the innermost)
+            self.entered.remove(g)                   # off the stack either way:
+            g.__exit__(None, None, None)             # out of order, RuntimeError
         elif k == 10:
             self.keep(Value.__new__(Value))
         elif k == 11:

@@ -109,7 +109,7 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
                 FG_HULL(alo[x], ahi[x], l, h);                                  \
             } while (0)
 #define FG_HHVP_NARY(NAME, group, term, da, db, dab, ...)                      \
-            if (o == FG_OP_##NAME) {                                            \
+            case FG_OP_##NAME: {                                                \
                 for (int32_t g = A[i], e = A[i] + B[i]; g < e; g += group) {    \
                     FG_GROUP_AT(g, group, opnd, ocst, v)                        \
                     const double da_ = (da), db_ = (db), dab_ = (dab);          \
@@ -140,10 +140,13 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
                         }                                                       \
                     }                                                           \
                 }                                                               \
-            } else
-            FG_NARY_TABLE(FG_HHVP_NARY)
+            } break;
+            if (fg_is_nary(o)) {
+                switch (o) {
+                FG_NARY_TABLE(FG_HHVP_NARY)
+                }
 #undef FG_HHVP_NARY
-            switch (o) {
+            } else switch (o) {
 #define FG_HHVP_ROW(NAME, str, arity, constant, fwd, da, db, daa, dab, dbb, ...) \
             case FG_OP_##NAME:                                                  \
                 if (arity == 1) {                                               \

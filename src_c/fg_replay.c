@@ -74,7 +74,7 @@ void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double 
 /* A term is linear in each operand: the second order is the cross term, which
  * only groups of two have. */
 #define FG_THVP_NARY(NAME, group, term, da, db, dab, ...)                      \
-        if (o == FG_OP_##NAME) {                                                \
+        case FG_OP_##NAME: {                                                    \
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
                 FG_GROUP_AT(k, group, opnd, ocst, v)                            \
                 const double ta = (p >= 0) ? tan[p] : 0.0;                      \
@@ -93,10 +93,13 @@ void fg_tape_hvp(const fg_tape_t *t, const double *v, const double *tan, double 
                     adjt[q] += h;                                               \
                 }                                                               \
             }                                                                   \
-        } else
-        FG_NARY_TABLE(FG_THVP_NARY)
+        } break;
+        if (fg_is_nary(o)) {
+            switch (o) {
+            FG_NARY_TABLE(FG_THVP_NARY)
+            }
 #undef FG_THVP_NARY
-        switch (o) {
+        } else switch (o) {
 #define FG_THVP_ROW(NAME, str, arity, constant, fwd, da, db, daa, dab, dbb, ...) \
         case FG_OP_##NAME:                                                      \
             if (arity == 1) {                                                   \

@@ -156,7 +156,7 @@ FG_ROWS_STORAGE void FG_ROWS_FN(forward)(const fg_tape_t *t, int64_t ld, int64_t
         for (int l = 0; l < (NV); l++) FG_VSTORE(y + r0 + l * FG_W, acc[l]);    \
     }
 #define FG_TFWD_NARY(NAME, group, term, ...)                                   \
-        if (o == FG_OP_##NAME) {                                                \
+        case FG_OP_##NAME: {                                                    \
             int64_t r0 = 0;                                                     \
             for (; r0 + FG_TILE <= m; r0 += FG_TILE) FG_NARY_TILE(FG_TV, group, term) \
             for (; r0 + FG_W <= m && FG_W > 1; r0 += FG_W) FG_NARY_TILE(1, group, term) \
@@ -167,10 +167,13 @@ FG_ROWS_STORAGE void FG_ROWS_FN(forward)(const fg_tape_t *t, int64_t ld, int64_t
                     FG_ROWS_BIND(FG_EACH_ROW, r0, m, y[r] += (term))            \
                 }                                                               \
             }                                                                   \
-        } else
-        FG_NARY_TABLE(FG_TFWD_NARY)
+        } break;
+        if (fg_is_nary(o)) {
+            switch (o) {
+            FG_NARY_TABLE(FG_TFWD_NARY)
+            }
 #undef FG_TFWD_NARY
-        switch (o) {
+        } else switch (o) {
 #define FG_TFWD_ROW(NAME, str, arity, constant, fwd, ...)                      \
         case FG_OP_##NAME:                                                      \
             if (arity == 0) {                                                   \
@@ -402,7 +405,7 @@ FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t
         const int o = op[i];
 /* Each operand's adjoint: per row, or (a uniform operand) reduced over the rows. */
 #define FG_TREV_NARY(NAME, group, term, da, db, ...)                           \
-        if (o == FG_OP_##NAME) {                                                \
+        case FG_OP_##NAME: {                                                    \
             for (int32_t k = A[i], e = A[i] + B[i]; k < e; k += group) {        \
                 FG_ROWS_GROUP_AT(k, group)                                      \
                 if (group == 2 && !one_row && !ui && p >= 0 && q >= 0 && rp != rq) { \
@@ -412,10 +415,13 @@ FG_ROWS_STORAGE void FG_ROWS_FN(reverse)(const fg_tape_t *t, int64_t ld, int64_t
                     if (q >= 0) FG_ROWS_SEND(q, rq, rp, db)                     \
                 }                                                               \
             }                                                                   \
-        } else
-        FG_NARY_TABLE(FG_TREV_NARY)
+        } break;
+        if (fg_is_nary(o)) {
+            switch (o) {
+            FG_NARY_TABLE(FG_TREV_NARY)
+            }
 #undef FG_TREV_NARY
-        switch (o) {
+        } else switch (o) {
 /* Unary and binary rows.  A uniform parent of a per-row node gets the sum of
  * g[r] * d(r), computed through the block buffer d. */
 #define FG_TREV_ROW(NAME, str, arity, constant, fwd, da, db, ...)              \

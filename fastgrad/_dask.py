@@ -44,12 +44,10 @@ RESIDENT_MAX = 2
 _resident: OrderedDict[str, Function] = OrderedDict()
 _resident_lock = threading.Lock()
 
-# Rows per numpy call inside a chunk task.  Dask's cost is per task (a
-# millisecond or more of scheduler and worker time each), so chunks are best large; the
-# batch kernels hold a nodes x rows workspace per call, which stays in the
-# Function's cache (and in memory) only while small.  A chunk of any size is
-# therefore replayed in equal calls of at most this many rows.
-ROWS_PER_CALL = 16_384
+# A chunk task replays its whole chunk in one call: the batch kernels run
+# over blocks of rows sized to the cache, so a call's workspace does not grow
+# with its rows (docs/design.md, batched replay), and Dask's cost is per task
+# (a millisecond or more of scheduler and worker time each): chunks are best large.
 
 # Fan-in of the gradient's tree reduction: partial sums are one vector per
 # chunk, small next to a chunk's replay, so a wide tree means fewer tasks.
@@ -114,37 +112,13 @@ def batch_value_and_grad(f: Function, args: tuple[Any, ...], bnums: tuple[int, .
 
 def _batch_chunk(f: Function, *blocks: Any, batch_argnums: tuple[int, ...], threads: int,
                  ftoken: str) -> Any:
-    g = _resident_copy(f, ftoken)
-    outs = [g.batch(*sub, batch_argnums=batch_argnums, threads=threads)
-            for sub in _calls(blocks, batch_argnums)]
-    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+    return _resident_copy(f, ftoken).batch(*blocks, batch_argnums=batch_argnums, threads=threads)
 
 
 def _value_and_grad_chunk(f: Function, *blocks: Any, batch_argnums: tuple[int, ...],
                           argnums: tuple[int, ...], threads: int, ftoken: str) -> Any:
-    g = _resident_copy(f, ftoken)
-    outs = [g.batch_value_and_grad(*sub, batch_argnums=batch_argnums, argnums=argnums, threads=threads)
-            for sub in _calls(blocks, batch_argnums)]
-    if len(outs) == 1:
-        return outs[0]
-    values = np.concatenate([v for v, _ in outs])
-    grads = tuple(np.concatenate([gs[j] for _, gs in outs]) if k in batch_argnums
-                  else np.sum([gs[j] for _, gs in outs], axis=0)
-                  for j, k in enumerate(argnums))
-    return values, grads
-
-
-def _calls(blocks: tuple[Any, ...], bnums: tuple[int, ...]) -> list[tuple[Any, ...]]:
-    """A chunk's arguments cut into calls of at most ROWS_PER_CALL rows, as equal
-    as can be (all equal when they divide the chunk): a Function keeps the
-    workspace of one batch size, so equal calls reuse it."""
-    rows = next(b.shape[0] for k, b in enumerate(blocks) if k in bnums)
-    n = -(-rows // ROWS_PER_CALL)
-    if n <= 1:
-        return [blocks]
-    cuts = [rows * i // n for i in range(n + 1)]
-    return [tuple(b[lo:hi] if k in bnums else b for k, b in enumerate(blocks))
-            for lo, hi in zip(cuts, cuts[1:])]
+    return _resident_copy(f, ftoken).batch_value_and_grad(*blocks, batch_argnums=batch_argnums,
+                                                          argnums=argnums, threads=threads)
 
 
 def _resident_copy(f: Function, token: str) -> Function:

@@ -114,21 +114,6 @@ def test_kernel_threads_per_chunk_may_be_asked_for():
     assert_same(*dask.compute(values, grad, scheduler="threads"))
 
 
-def test_a_chunk_larger_than_one_call_is_replayed_in_several(monkeypatch):
-    from fastgrad import _dask
-
-    monkeypatch.setattr(_dask, "ROWS_PER_CALL", 700)        # 3000-row chunks: 5 calls of 600
-    X = da.from_array(ROWS, chunks=(3000, -1))
-    values, (gp, grows) = LOSS.batch_value_and_grad(PARAMS, X, argnums=(0, 1))
-    want_values, (want_gp, want_rows) = LOSS.batch_value_and_grad(PARAMS, ROWS, argnums=(0, 1))
-    v, p, r = dask.compute(values, gp, grows, scheduler="threads")
-    assert_same(v, p, want_values, want_gp)
-    np.testing.assert_array_equal(r, want_rows)
-    score = fastgrad.compile(lambda p, x: [mlp(p, x), -mlp(p, x)], PARAMS, ROWS[0, :2])
-    out = score.batch(PARAMS, X[:, :2]).compute(scheduler="threads")
-    np.testing.assert_array_equal(out, score.batch(PARAMS, ROWS[:, :2]))
-
-
 def test_compute_of_values_and_gradient_replays_each_chunk_once():
     from dask.callbacks import Callback
 

@@ -68,8 +68,10 @@ cdef extern from "fastgrad.h" nogil:
         FG_EPINNED
         FG_ECALLBACK
         FG_OWNED
+        FG_HOOKED
 
     ctypedef int (*fg_user_fn)(void *ctx, int32_t node)
+    ctypedef int (*fg_hook_fn)(void *ctx, int32_t node, double *grad)
 
     ctypedef struct fg_graph_t:
         uint8_t *op
@@ -111,6 +113,8 @@ cdef extern from "fastgrad.h" nogil:
         int64_t nuser
         fg_user_fn user_fn
         void *user_ctx
+        int64_t nhooked
+        fg_hook_fn hook_fn
 
     int fg_graph_init(fg_graph_t *g, int64_t capacity)
     void fg_graph_free(fg_graph_t *g)
@@ -133,10 +137,12 @@ cdef extern from "fastgrad.h" nogil:
     int32_t fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
                     const double *cst, double c)
     int32_t fg_user(fg_graph_t *g, double y, int64_t n, const int32_t *idx)
+    void fg_detach(fg_graph_t *g, int32_t i)
     int fg_local_backward(fg_graph_t *g, int32_t n)
 
     int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order)
-    int fg_backward(fg_graph_t *g, int32_t out, int check_finite)
+    int fg_backward(fg_graph_t *g, int32_t out, double seed, double *adj, double *grad,
+                    int check_finite)
     int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                 double *result, double *adj, int check_finite)
     int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnodes,

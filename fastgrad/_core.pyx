@@ -43,10 +43,13 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 import collections
+import functools
+import inspect
 import numbers
 import os
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -72,6 +75,7 @@ cdef enum:
 cdef class _ThreadState:
     cdef list stack          # graphs opened with `with Graph():`, innermost last
     cdef int anomaly         # detect_anomaly depth
+    cdef int nograd          # 1 inside no_grad() (and not in a nested enable_grad())
 
     def __cinit__(self):
         self.stack = []
@@ -85,6 +89,7 @@ cdef unsigned long long _cached_tid = 0
 cdef PyObject *_cached_state = NULL
 cdef int64_t _graph_serial = 0
 cdef int64_t _anomaly_total = 0     # threads' detect_anomaly depths, summed
+cdef int64_t _nograd_threads = 0    # threads whose ops record no edges (no_grad)
 cdef Graph _default_graph = None
 
 
@@ -253,9 +258,11 @@ cdef int _raise_status(Graph g, int rc) except -1:
 
 @cython.final
 cdef class _Ext:
-    """A Value's rarely used fields: its name, a user op's _op and _backward
-    (NULL in most Values, so making and dropping one costs no more)."""
+    """A Value's rarely used fields: its name, a user op's _op and _backward,
+    its gradient hooks (NULL in most Values, so making and dropping one costs
+    no more)."""
     cdef object name, bw, uop
+    cdef _Hooks hooks
 
 
 @cython.no_gc
@@ -394,6 +401,8 @@ cdef Value _wrap(Graph g, int32_t idx):
     cdef double y
     if idx < 0:
         _raise_status(g, idx)
+    if _nograd_threads and (<_ThreadState>_state()).nograd:
+        _detach_new(g, idx)
     try:
         v = Value.__new__(Value)
     except BaseException:
@@ -409,6 +418,13 @@ cdef Value _wrap(Graph g, int32_t idx):
                 f"detect_anomaly: '{_op_str(g.g.op[idx])}' produced {y!r} in the forward pass, "
                 f"at {_origin(g, idx)}")          # v drops the node
     return v
+
+
+cdef void _detach_new(Graph g, int32_t idx) noexcept:
+    """no_grad(): new node idx keeps its value and loses its edges."""
+    fg_detach(&g.g, idx)
+    if g.g.nrelease:
+        _drop_released(g)           # stashes of parents that only idx held
 
 
 cdef object _node_value(Graph g, int32_t i):
@@ -881,8 +897,8 @@ cdef int _user_callback(void *ctx, int32_t n) noexcept nogil:
 cdef int _run_user_backward(Graph g, int32_t n) noexcept:
     """Calls user node n's Python _backward from inside a sweep."""
     cdef void *p = g.g.obj[n]
-    if p == NULL:
-        return 0
+    if p == NULL or g.g.b[n] == 0:
+        return 0                    # no parents (made under no_grad): nothing to pass
     cdef _Ext e = (<_Stash>p).ext if g.g.flags[n] & FG_OWNED else _ext(<Value>p)
     if e is None or e.bw is None:
         return 0
@@ -902,6 +918,119 @@ cdef inline void _calls_back(Graph g) noexcept:
     g.cb_error = None
     g.g.user_ctx = <void *>g
     g.g.user_fn = _user_callback
+
+
+# ---------------------------------------------------------------- hooks ---
+#
+# Value.register_hook (docs/design.md, "Torch habits").  A node's hooks are a
+# _Hooks in its Value's _Ext, so they are Value state: when the Value dies
+# while the node lives on they move into the node's _Stash with the rest,
+# and go when the node is freed.  The node's FG_HOOKED flag tells the sweep
+# to call _hook_callback there (with the GIL, as user ops); g.g.nhooked > 0
+# is what makes the glue set hook_fn at all, so a graph without hooks keeps
+# the sweep it had.  The flag is cleared when the last hook is removed (or,
+# lazily, by the callback when it finds none).
+
+@cython.final
+cdef class _Hooks:
+    """One node's hooks: {key: callable}, in registration order."""
+    cdef dict fns
+    cdef object graph_ref       # weakref to the node's Graph
+    cdef int32_t idx
+    cdef int64_t next_key
+
+
+@cython.final
+cdef class RemovableHandle:
+    """What ``Value.register_hook`` returns: ``handle.remove()`` unregisters
+    the hook (again: nothing).  Also a context manager that removes it on exit."""
+    cdef _Hooks hooks
+    cdef int64_t key
+
+    def __init__(self):
+        raise TypeError("RemovableHandles are made by Value.register_hook()")
+
+    def remove(self):
+        """Unregisters the hook; a no-op once done or once the node is gone."""
+        cdef _Hooks h = self.hooks
+        cdef Graph g
+        self.hooks = None
+        if h is None or h.fns is None:
+            return
+        h.fns.pop(self.key, None)
+        if h.fns:
+            return
+        g = h.graph_ref()
+        if g is None:
+            return
+        if g.busy and g.busy_tid != _thread_id():
+            _wait_idle(g)
+        if _node_hooks(g, h.idx) is h:
+            _clear_hooked(g, h.idx)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    def __repr__(self):
+        return f"<fastgrad.RemovableHandle {'removed' if self.hooks is None else 'active'}>"
+
+
+cdef _Hooks _node_hooks(Graph g, int32_t i):
+    """The hooks of live node i (through its Value or its stash), or None."""
+    if not fg_is_live(&g.g, i):
+        return None
+    cdef void *p = g.g.obj[i]
+    cdef _Ext e
+    if p == NULL:
+        return None
+    e = (<_Stash>p).ext if g.g.flags[i] & FG_OWNED else _ext(<Value>p)
+    return None if e is None else e.hooks
+
+
+cdef inline void _clear_hooked(Graph g, int32_t i) noexcept:
+    if g.g.flags[i] & FG_HOOKED:
+        g.g.flags[i] &= ~FG_HOOKED
+        g.g.nhooked -= 1
+
+
+cdef int _hook_callback(void *ctx, int32_t n, double *grad) noexcept nogil:
+    with gil:
+        return _run_hooks(<Graph>ctx, n, grad)
+
+
+cdef int _run_hooks(Graph g, int32_t n, double *grad) noexcept:
+    """Node n's hooks in order, each given the gradient the one before left;
+    a non-None return replaces it.  On an exception *grad is left as it was."""
+    cdef _Hooks h = _node_hooks(g, n)
+    cdef double gn
+    if h is None or not h.fns:
+        _clear_hooked(g, n)
+        return 0
+    try:
+        gn = grad[0]
+        for fn in list(h.fns.values()):     # a hook may add or remove hooks
+            r = fn(gn)
+            if r is not None:
+                if _is_value(r) or not _is_number(r):
+                    raise TypeError(f"a gradient hook must return None or a real number, "
+                                    f"got {type(r).__name__}")
+                gn = _to_double(r)
+        grad[0] = gn
+    except BaseException as exc:
+        g.cb_error = exc
+        return -1
+    return 0
+
+
+cdef inline void _calls_hooks(Graph g) noexcept:
+    """The coming sweep of g (held busy) calls the nodes' hooks."""
+    g.cb_error = None
+    g.g.user_ctx = <void *>g
+    g.g.hook_fn = _hook_callback
 
 
 # Value takes part in the cycle collector (attributes, names and _backward
@@ -1057,7 +1186,11 @@ cdef class Value:
                     raise MemoryError()
             for k in range(n):
                 ids[k] = (<Value>kids[k]).idx
-            idx = fg_user(&g.g, d, n, ids)
+            # no_grad(): the op records no edges.  It stays a user op, so
+            # micrograd-style code can still set its _backward (never called:
+            # a node without parents passes nothing).
+            idx = fg_user(&g.g, d, 0 if _nograd_threads and (<_ThreadState>_state()).nograd else n,
+                          ids)
             if ids != small:
                 free(ids)
         if idx < 0:
@@ -1093,14 +1226,65 @@ cdef class Value:
 
     @property
     def grad(self):
-        """The gradient written by backward() (float); settable."""
+        """The gradient written by backward() (float); settable.  ``None``
+        sets 0.0 (torch's ``zero_grad(set_to_none=True)`` habit): a scalar
+        node always has a gradient, and 0.0 is what backward() adds to."""
         cdef Graph g = self._live_graph()
         return g.g.grad[self.idx]
 
     @grad.setter
     def grad(self, value):
         cdef Graph g = self._live_graph()
-        g.g.grad[self.idx] = _coerce(value, "grad")
+        g.g.grad[self.idx] = 0.0 if value is None else _coerce(value, "grad")
+
+    def item(self):
+        """The value as a float (``.data``), as torch's ``Tensor.item()``."""
+        cdef Graph g = self._live_graph()
+        return g.g.val[self.idx]
+
+    def detach(self):
+        """A new leaf holding this Value's current value, with no edges: no
+        gradient flows through it to this node."""
+        cdef Graph g = self._live_graph()
+        _enter(g)
+        return _wrap(g, fg_leaf(&g.g, g.g.val[self.idx]))
+
+    def register_hook(self, fn):
+        """Calls ``fn(grad)`` during ``backward()`` and ``fastgrad.grad()``
+        with the gradient flowing into this node (a float: its total, once,
+        before it flows on to the node's parents).  A non-None return (a real
+        number) replaces it: it is what this node's ``.grad`` gets and what
+        its parents receive.  Several hooks run in registration order, each
+        given what the one before returned.  Returns a handle whose
+        ``remove()`` unregisters ``fn``.  Leaves and intermediate nodes alike;
+        the hooks live as long as the node.  ``compile`` ignores hooks.
+        """
+        cdef Graph g = self._live_graph()
+        cdef _Hooks h
+        cdef RemovableHandle handle
+        if not callable(fn):
+            raise TypeError(f"register_hook() needs a callable, got {type(fn).__name__}")
+        e = _ext_for(self)
+        h = e.hooks
+        if h is None:
+            h = _Hooks.__new__(_Hooks)
+            h.fns = {}
+            h.graph_ref = weakref.ref(g)
+            h.idx = self.idx
+            e.hooks = h
+        handle = RemovableHandle.__new__(RemovableHandle)
+        handle.hooks = h
+        handle.key = h.next_key
+        h.next_key += 1
+        h.fns[handle.key] = fn
+        # Nothing from here on runs Python code: a sweep in another thread
+        # cannot start between the wait and the flag.
+        if g.busy and g.busy_tid != _thread_id():
+            _wait_idle(g)
+        if not (g.g.flags[self.idx] & FG_HOOKED):
+            g.g.flags[self.idx] |= FG_HOOKED
+            g.g.nhooked += 1
+        return handle
 
     @property
     def op(self):
@@ -1234,27 +1418,51 @@ cdef class Value:
             return "Value(<uninitialised>)"
         return f"Value(data={self.graph.g.val[self.idx]}, grad={self.graph.g.grad[self.idx]})"
 
-    def backward(self):
-        """Accumulate d self / d node into every node reachable from self.
+    def backward(self, gradient=1.0):
+        """Accumulate gradient * d self / d node into every node reachable
+        from self.
 
         Leaves get the derivative ADDED to ``.grad``; intermediate nodes get it
-        SET (fresh on each call).  The topological sort and the sweep run in
-        C with the GIL released.
+        SET (fresh on each call).  ``gradient`` (a real number, default 1.0)
+        seeds d self / d self, as torch's ``backward(gradient)``; nan and inf
+        propagate as IEEE arithmetic does (``detect_anomaly()`` raises
+        FloatingPointError for them).  The topological sort and the sweep run
+        in C with the GIL released.  Hooks (``register_hook``) run during the
+        sweep; if one raises, backward() raises it and no ``.grad`` changed.
         """
         cdef Graph g = self._live_graph()
+        cdef double seed = _coerce(gradient, "backward() gradient")
         _enter(g)
         cdef int check = _anomaly_here()
         cdef int rc
+        cdef double *adj = NULL
+        cdef double *saved = g.g.grad
+        if check and not isfinite(seed):
+            raise FloatingPointError(f"detect_anomaly: backward() was seeded with gradient {seed!r}")
+        if g.g.nhooked:
+            # Hooks: the sweep runs in a workspace, written back to .grad when
+            # it completes (a raising hook leaves every .grad as it was).
+            adj = <double *>(calloc(g.g.capacity, sizeof(double)) if g.g.nuser
+                             else malloc(g.g.capacity * sizeof(double)))
+            if adj == NULL:
+                raise MemoryError()
         _hold(g)
         if g.g.nuser:
             _calls_back(g)
+        if adj != NULL:
+            _calls_hooks(g)
+            if g.g.nuser:
+                g.g.grad = adj      # user ops' _backward read and write the workspace
         if g.g.live > NOGIL_MIN_NODES:
             with nogil:
-                rc = fg_backward(&g.g, self.idx, check)
+                rc = fg_backward(&g.g, self.idx, seed, adj, saved, check)
         else:
-            rc = fg_backward(&g.g, self.idx, check)
+            rc = fg_backward(&g.g, self.idx, seed, adj, saved, check)
+        g.g.grad = saved
         g.g.user_fn = NULL
+        g.g.hook_fn = NULL
         _unhold(g)
+        free(adj)
         if rc != FG_OK:
             _raise_status(g, rc)
 
@@ -1778,6 +1986,8 @@ def grad(out, wrt):
             idx[k] = (<Value>items[k]).idx
         _hold(g)
         saved = g.g.grad
+        if g.g.nhooked:
+            _calls_hooks(g)
         if g.g.nuser:
             # User ops' _backward read and write .grad: point it at adj for
             # the sweep, so the Values' own gradients stay untouched.
@@ -1790,6 +2000,7 @@ def grad(out, wrt):
             rc = fg_grad(&g.g, o.idx, n, idx, res, adj, check)
         g.g.grad = saved
         g.g.user_fn = NULL
+        g.g.hook_fn = NULL
         _unhold(g)
         if rc != FG_OK:
             _raise_status(g, rc)
@@ -2002,6 +2213,112 @@ class detect_anomaly:
         (<_ThreadState>_state()).anomaly -= 1
         _anomaly_total -= 1
         return False
+
+
+# ---------------------------------------------------------------- grad mode ---
+#
+# no_grad()/enable_grad() set this thread's _ThreadState.nograd; _wrap reads
+# it only while some thread has it set (_nograd_threads), so the op path
+# costs one load of a C global otherwise.
+
+cdef void _set_grad_enabled(_ThreadState st, bint enabled) noexcept:
+    global _nograd_threads
+    cdef int want = 0 if enabled else 1
+    if st.nograd != want:
+        st.nograd = want
+        _nograd_threads += 1 if want else -1
+
+
+class _GradMode:
+    """Base of no_grad and enable_grad: a context manager and a decorator."""
+
+    _enabled = True
+
+    def __init__(self):
+        self._saved = []        # (thread id, its state, mode before), per __enter__
+
+    def __enter__(self):
+        cdef _ThreadState st = _state()
+        self._saved.append((_thread_id(), st, not st.nograd))
+        _set_grad_enabled(st, self._enabled)
+        return None
+
+    def __exit__(self, *exc):
+        cdef unsigned long long tid = _thread_id()
+        saved = self._saved
+        cdef Py_ssize_t k = len(saved) - 1
+        # This thread's latest entry (one instance may be entered by several
+        # threads); one made in another thread (a generator finished there)
+        # restores that thread's state, not this one's.
+        for k in range(len(saved) - 1, -1, -1):
+            if saved[k][0] == tid:
+                break
+        _, st, prev = saved.pop(k)
+        _set_grad_enabled(<_ThreadState>st, prev)
+        return False
+
+    def __call__(self, fn):
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}() decorates a callable, got {type(fn).__name__}")
+        mode = type(self)
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def generator_in_mode(*args, **kwargs):
+                # The mode holds while the generator runs, not while it is
+                # suspended (torch's no_grad does the same).
+                gen = fn(*args, **kwargs)
+                try:
+                    with mode():
+                        response = gen.send(None)
+                    while True:
+                        try:
+                            request = yield response
+                        except GeneratorExit:
+                            with mode():
+                                gen.close()
+                            raise
+                        except BaseException as exc:
+                            with mode():
+                                response = gen.throw(exc)
+                        else:
+                            with mode():
+                                response = gen.send(request)
+                except StopIteration as stop:
+                    return stop.value
+            return generator_in_mode
+
+        @functools.wraps(fn)
+        def in_mode(*args, **kwargs):
+            with mode():
+                return fn(*args, **kwargs)
+        return in_mode
+
+
+class no_grad(_GradMode):
+    """Context manager and decorator: ops record no edges.
+
+    Inside ``with fastgrad.no_grad():`` every op's result is a leaf holding
+    the value (as torch's no_grad): nothing flows back through it, and it
+    costs what a leaf costs.  Per thread (other threads keep recording),
+    nestable (``enable_grad()`` inside turns recording back on), restored on
+    exceptions.  As a decorator, the mode holds while the function (or a
+    generator function's generator) runs.  ``compile`` traces with recording
+    on, whatever the mode.
+    """
+
+    _enabled = False
+
+
+class enable_grad(_GradMode):
+    """Context manager and decorator: ops record edges again inside a
+    ``no_grad()`` block (this thread only)."""
+
+    _enabled = True
+
+
+def is_grad_enabled():
+    """False inside ``no_grad()`` in this thread (and not in a nested ``enable_grad()``)."""
+    return not (<_ThreadState>_state()).nograd
 
 
 def _fail_alloc_after(int64_t n):

@@ -1098,7 +1098,8 @@ def compile(fn, *example_args):
         # The inputs as fn receives them, before it runs: whatever fn does to
         # its lists (sort, append, clear, replace), the tape's inputs are these.
         inputs_traced = tuple([v for lst in lists for v in lst])
-        result = fn(*lists)
+        with enable_grad():         # a trace under no_grad() would record nothing
+            result = fn(*lists)
         single = _is_value(result)
         if single:
             outs = [result]

@@ -18,7 +18,7 @@
  *                   the Value when it dies), or, flag FG_OWNED, a reference
  *                   the node owns (the state of a Value that died while the
  *                   node lived on); NULL in every fresh slot
- *   flags   uint8   FG_OWNED; 0 in every fresh slot
+ *   flags   uint8   FG_OWNED, FG_HOOKED; 0 in every fresh slot
  * and, only once fg_track_origins was called (anomaly mode), 4 bytes more:
  *   origin  int32   the glue's tag for the Python line that made the node
  *                   (the value of `tag` when the slot was handed out)
@@ -51,11 +51,19 @@
  * drop; the glue keeps release_cap >= nrelease + nowned, so the move never
  * needs memory. */
 #define FG_OWNED       1
+/* flags[i]: node i carries gradient hooks (Value.register_hook; the glue
+ * keeps the callables in the node's Value state).  nhooked counts the live
+ * nodes with the flag; the free cascade clears it. */
+#define FG_HOOKED      2
 
 /* A USER node's local backward step, run by the sweeps at the node's place
  * in reverse topological order (the glue calls the node's Python _backward).
  * Returns 0, or non-zero to stop the sweep with FG_ECALLBACK. */
 typedef int (*fg_user_fn)(void *ctx, int32_t node);
+/* A hooked node's hooks, run by the sweeps when the node's gradient is
+ * complete and before it flows to the parents: *grad holds it and may be
+ * replaced.  Returns 0, or non-zero to stop the sweep with FG_ECALLBACK. */
+typedef int (*fg_hook_fn)(void *ctx, int32_t node, double *grad);
 
 typedef struct {
     uint8_t  *op;
@@ -100,7 +108,9 @@ typedef struct {
     int64_t   nowned;     /* live nodes with FG_OWNED */
     int64_t   nuser;      /* live USER nodes */
     fg_user_fn user_fn;   /* set by the glue around a sweep; NULL: USER nodes pass nothing */
-    void     *user_ctx;
+    void     *user_ctx;   /* user_fn's and hook_fn's ctx */
+    int64_t   nhooked;    /* live nodes with FG_HOOKED */
+    fg_hook_fn hook_fn;   /* set by the glue around a sweep; NULL: the sweep ignores FG_HOOKED */
 } fg_graph_t;
 
 /* Storage (fg_graph.c). */
@@ -151,6 +161,10 @@ int32_t  fg_nary(fg_graph_t *g, int op, int64_t n, const int32_t *idx,
  * and the n parents idx[0, n) (every one a live node; repeats allowed). Its
  * local backward is g->user_fn; without one it passes no gradient. */
 int32_t  fg_user(fg_graph_t *g, double y, int64_t n, const int32_t *idx);
+/* Node i (just made, holding one use: no_grad mode) becomes a leaf keeping
+ * its value: its edges go, its parents lose a use (freed when that was
+ * their last). */
+void     fg_detach(fg_graph_t *g, int32_t i);
 /* Node n's local backward step alone, as micrograd's v._backward():
  * grad[p] += (d n / d p) * grad[n] for each parent p (USER nodes: nothing;
  * the glue calls their Python _backward).  FG_OK or FG_EINVAL. */
@@ -159,10 +173,16 @@ int      fg_local_backward(fg_graph_t *g, int32_t n);
 /* Reverse mode (fg_reverse.c).  Both never allocate, so they run without the
  * GIL; check_finite != 0 is anomaly mode.  At a USER node they call
  * g->user_fn (when set), then pass it no gradient of their own; a non-zero
- * return stops the sweep: FG_ECALLBACK, err_node the node. */
-/* d out / d node: leaves reachable from out get it ADDED to grad, other
- * reachable nodes get it SET. */
-int      fg_backward(fg_graph_t *g, int32_t out, int check_finite);
+ * return stops the sweep: FG_ECALLBACK, err_node the node.  When g->hook_fn
+ * is set, at an FG_HOOKED node they first call it with the node's complete
+ * gradient, which it may replace; non-zero stops the sweep likewise. */
+/* seed * d out / d node: leaves reachable from out get it ADDED to grad,
+ * other reachable nodes get it SET.  adj NULL: the sweep runs in grad itself.
+ * Otherwise adj (capacity doubles, any content) is the sweep's workspace and
+ * `grad` (the real gradient array: the glue may point g->grad at adj for user
+ * ops) is written only after a complete sweep: a stopped one changes none. */
+int      fg_backward(fg_graph_t *g, int32_t out, double seed, double *adj, double *grad,
+                     int check_finite);
 /* d out / d wrt[k] into result[k] (0 where wrt[k] is unreachable), using adj
  * (capacity doubles, any content) as workspace; grad is not touched. */
 int      fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,

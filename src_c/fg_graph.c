@@ -383,8 +383,9 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_mo
             /* The glue drops it (room guaranteed: release_cap >= nrelease + nowned). */
             g->release[g->nrelease++] = g->obj[n];
             g->nowned--;
-            g->flags[n] = 0;
         }
+        g->nhooked -= (g->flags[n] & FG_HOOKED) != 0;
+        g->flags[n] = 0;
         g->obj[n] = NULL;
         g->op[n] = FG_OP_FREE;
         g->a[n] = g->free_head;
@@ -427,6 +428,36 @@ int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget) {
 
 void fg_release_resume(fg_graph_t *g, int64_t pending) {
     fg_cascade(g, pending, INT64_MAX, 0);
+}
+
+void fg_detach(fg_graph_t *g, int32_t i) {
+    int64_t top = 0;
+    int32_t *stack = g->order;
+    /* i is not its own ancestor, so the cascade below never reaches it; it
+     * is a leaf before the cascade runs (a trim there reads its edges). */
+    int arity = FG_ARITY[g->op[i]];
+#define FG_DETACH_USE(p)                \
+    do {                                \
+        int32_t p_ = (p);               \
+        if (--g->uses[p_] == 0) {       \
+            stack[top++] = p_;          \
+        }                               \
+    } while (0)
+    FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, i, FG_DETACH_USE)
+#undef FG_DETACH_USE
+    if (arity == -1) {
+        g->odead += g->b[i];
+        g->nuser -= g->op[i] == FG_OP_USER;
+    }
+    if (arity != 0) {
+        g->op[i] = FG_OP_LEAF;
+        g->cst[i] = 0.0;
+        g->a[i] = -1;
+        g->b[i] = -1;
+    }
+    if (top > 0) {
+        fg_cascade(g, top, INT64_MAX, 1);
+    }
 }
 
 /* Drops one use of node i, freeing whatever becomes unreachable. */

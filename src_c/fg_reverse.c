@@ -151,14 +151,40 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
         goto nonfinite;                                                         \
     }
 
+/* A hooked node's gradient is complete when the sweep reaches it: the hooks
+ * see it (and may replace it) before it flows to the parents.  hooks is a
+ * constant in each expansion of fg_sweep_impl, so the sweep without hooks
+ * compiles to what it was and never reads flags[]. */
+#define FG_REV_HOOK                                                             \
+    if (hooks && (flags[n] & FG_HOOKED)) {                                      \
+        if (hook_fn(g->user_ctx, n, &adj[n]) != 0) {                            \
+            g->err_node = n;                                                    \
+            goto failed;                                                        \
+        }                                                                       \
+        gn = adj[n];                                                            \
+    }
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FG_ALWAYS_INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define FG_ALWAYS_INLINE static __forceinline
+#else
+#define FG_ALWAYS_INLINE static inline
+#endif
+
 /* Pass 2.  adj[out] must already hold the seed. */
-static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, fg_reach_t r) {
+FG_ALWAYS_INLINE int fg_sweep_impl(fg_graph_t *g, int32_t out, double *adj, int check_finite,
+                                   fg_reach_t r, const int hooks) {
     const uint8_t *op = g->op;
+    const uint8_t *flags = g->flags;
     const int32_t *A = g->a, *B = g->b, *opnd = g->opnd;
     const double *val = g->val, *cst = g->cst, *ocst = g->ocst;
     int32_t *mark = g->mark, *stack = g->order;
     const fg_user_fn user_fn = g->user_fn;
+    const fg_hook_fn hook_fn = g->hook_fn;
     int64_t sp = 0;
+    (void)flags;
+    (void)hook_fn;
 
     if (r.ordered && (int64_t)out - r.lo + 1 <= 4 * r.count) {
 /* Descending scan: every consumer of a node has a higher index. */
@@ -175,6 +201,7 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, f
             mark[n] = 0;
             double gn = adj[n];
             int o = op[n];
+            FG_REV_HOOK
             FG_SWEEP_BODY
         }
 #undef FG_SEND
@@ -199,6 +226,7 @@ static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, f
         int32_t n = stack[--sp];
         double gn = adj[n];
         int o = op[n];
+        FG_REV_HOOK
         FG_SWEEP_BODY
     }
 #undef FG_SEND
@@ -208,6 +236,13 @@ nonfinite:
     return FG_ENONFINITE;
 failed:
     return FG_ECALLBACK;
+}
+
+static int fg_sweep(fg_graph_t *g, int32_t out, double *adj, int check_finite, fg_reach_t r) {
+    if (g->hook_fn != NULL) {
+        return fg_sweep_impl(g, out, adj, check_finite, r, 1);
+    }
+    return fg_sweep_impl(g, out, adj, check_finite, r, 0);
 }
 
 int fg_local_backward(fg_graph_t *g, int32_t n) {
@@ -236,6 +271,7 @@ int fg_local_backward(fg_graph_t *g, int32_t n) {
 #undef FG_CHECK
 #undef FG_EDGE
 #undef FG_REV_USER
+#undef FG_REV_HOOK
 #undef FG_SWEEP_BODY
 
 /* The sweep stopped part way: mark[] still counts for the unswept nodes.  A
@@ -274,14 +310,40 @@ static int fg_fail_sweep(fg_graph_t *g, int32_t out, int rc) {
     return rc;
 }
 
-int fg_backward(fg_graph_t *g, int32_t out, int check_finite) {
+int fg_backward(fg_graph_t *g, int32_t out, double seed, double *adj, double *grad,
+                int check_finite) {
     if (!fg_is_live(g, out)) {
         return FG_EINVAL;
     }
-    fg_reach_t r = fg_reach(g, 1, &out, g->grad, 1);
-    g->grad[out] += 1.0;
-    int rc = fg_sweep(g, out, g->grad, check_finite, r);
-    return rc == FG_OK ? FG_OK : fg_fail_sweep(g, out, rc);
+    if (adj == NULL) {
+        fg_reach_t r = fg_reach(g, 1, &out, grad, 1);
+        grad[out] += seed;
+        int rc = fg_sweep(g, out, grad, check_finite, r);
+        return rc == FG_OK ? FG_OK : fg_fail_sweep(g, out, rc);
+    }
+    /* Into the workspace, then written back: nothing can change the graph's
+     * edges during a sweep (the glue defers frees and refuses new nodes), so a
+     * second walk reaches the same nodes, in order[0, count). */
+    fg_reach_t r = fg_reach(g, 1, &out, adj, 0);
+    adj[out] = seed;
+    int rc = fg_sweep(g, out, adj, check_finite, r);
+    if (rc != FG_OK) {
+        return fg_fail_sweep(g, out, rc);
+    }
+    r = fg_reach(g, 1, &out, NULL, 0);
+    const uint8_t *op = g->op;
+    int32_t *mark = g->mark;
+    const int32_t *order = g->order;
+    for (int64_t k = 0; k < r.count; k++) {
+        int32_t n = order[k];
+        mark[n] = 0;
+        if (op[n] == FG_OP_LEAF) {
+            grad[n] += adj[n];
+        } else {
+            grad[n] = adj[n];
+        }
+    }
+    return FG_OK;
 }
 
 int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,

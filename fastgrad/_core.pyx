@@ -610,6 +610,8 @@ cdef class Graph:
                         the graph was used under detect_anomaly, which
                         records the line that made each node)
         operand_slots   n-ary operand entries allocated
+        hooked_nodes    live nodes carrying gradient hooks (register_hook):
+                        while 0, sweeps never call back for hooks
         """
         if self.deferred and not self.busy:
             self._drain()
@@ -620,6 +622,7 @@ cdef class Graph:
             "bytes": int(fg_graph_bytes(&self.g)),
             "bytes_per_node": int(node_bytes // self.g.capacity) if self.g.capacity else 0,
             "operand_slots": int(self.g.ocap),
+            "hooked_nodes": int(self.g.nhooked),
         }
 
     def arrays(self):

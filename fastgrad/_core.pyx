@@ -9,7 +9,7 @@ One Python operator is one call into C.
 
 cimport cython
 from cpython.buffer cimport PyBUF_FORMAT
-from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check, PyFloat_CheckExact
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsDouble, PyLong_Check
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
@@ -90,6 +90,7 @@ cdef PyObject *_cached_state = NULL
 cdef int64_t _graph_serial = 0
 cdef int64_t _anomaly_total = 0     # threads' detect_anomaly depths, summed
 cdef int64_t _nograd_threads = 0    # threads whose ops record no edges (no_grad)
+cdef int64_t _wrap_modes = 0        # _anomaly_total + _nograd_threads: _wrap's one check
 cdef Graph _default_graph = None
 
 
@@ -401,8 +402,8 @@ cdef Value _wrap(Graph g, int32_t idx):
     cdef double y
     if idx < 0:
         _raise_status(g, idx)
-    if _nograd_threads and (<_ThreadState>_state()).nograd:
-        _detach_new(g, idx)
+    if _wrap_modes:
+        _wrap_in_mode(g, idx)
     try:
         v = Value.__new__(Value)
     except BaseException:
@@ -411,13 +412,24 @@ cdef Value _wrap(Graph g, int32_t idx):
     v.graph = g
     v.idx = idx
     g.g.obj[idx] = <void *>v
-    if _anomaly_total and _state().anomaly:
+    return v
+
+
+cdef int _wrap_in_mode(Graph g, int32_t idx) except -1:
+    """_wrap's work when some thread is in no_grad() or detect_anomaly()."""
+    cdef _ThreadState st = _state()
+    cdef double y
+    if st.nograd:
+        _detach_new(g, idx)
+    if st.anomaly:
         y = g.g.val[idx]
         if not isfinite(y):
-            raise FloatingPointError(
+            exc = FloatingPointError(
                 f"detect_anomaly: '{_op_str(g.g.op[idx])}' produced {y!r} in the forward pass, "
-                f"at {_origin(g, idx)}")          # v drops the node
-    return v
+                f"at {_origin(g, idx)}")
+            _release(g, idx)        # the node is not created
+            raise exc
+    return 0
 
 
 cdef void _detach_new(Graph g, int32_t idx) noexcept:
@@ -1434,7 +1446,8 @@ cdef class Value:
         sweep; if one raises, backward() raises it and no ``.grad`` changed.
         """
         cdef Graph g = self._live_graph()
-        cdef double seed = _coerce(gradient, "backward() gradient")
+        cdef double seed = (PyFloat_AS_DOUBLE(gradient) if PyFloat_CheckExact(gradient)
+                            else _coerce(gradient, "backward() gradient"))
         _enter(g)
         cdef int check = _anomaly_here()
         cdef int rc
@@ -1465,7 +1478,8 @@ cdef class Value:
         g.g.user_fn = NULL
         g.g.hook_fn = NULL
         _unhold(g)
-        free(adj)
+        if adj != NULL:
+            free(adj)
         if rc != FG_OK:
             _raise_status(g, rc)
 
@@ -2206,15 +2220,17 @@ class detect_anomaly:
     """
 
     def __enter__(self):
-        global _anomaly_total
+        global _anomaly_total, _wrap_modes
         (<_ThreadState>_state()).anomaly += 1
         _anomaly_total += 1
+        _wrap_modes += 1
         return self
 
     def __exit__(self, *exc):
-        global _anomaly_total
+        global _anomaly_total, _wrap_modes
         (<_ThreadState>_state()).anomaly -= 1
         _anomaly_total -= 1
+        _wrap_modes -= 1
         return False
 
 
@@ -2225,11 +2241,12 @@ class detect_anomaly:
 # costs one load of a C global otherwise.
 
 cdef void _set_grad_enabled(_ThreadState st, bint enabled) noexcept:
-    global _nograd_threads
+    global _nograd_threads, _wrap_modes
     cdef int want = 0 if enabled else 1
     if st.nograd != want:
         st.nograd = want
         _nograd_threads += 1 if want else -1
+        _wrap_modes += 1 if want else -1
 
 
 class _GradMode:

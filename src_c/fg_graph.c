@@ -379,13 +379,16 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_mo
             g->odead += g->b[n];
             g->nuser -= g->op[n] == FG_OP_USER;
         }
-        if (g->flags[n] & FG_OWNED) {
-            /* The glue drops it (room guaranteed: release_cap >= nrelease + nowned). */
-            g->release[g->nrelease++] = g->obj[n];
-            g->nowned--;
+        const uint8_t fl = g->flags[n];
+        if (fl) {
+            if (fl & FG_OWNED) {
+                /* The glue drops it (room guaranteed: release_cap >= nrelease + nowned). */
+                g->release[g->nrelease++] = g->obj[n];
+                g->nowned--;
+            }
+            g->nhooked -= (fl & FG_HOOKED) != 0;
+            g->flags[n] = 0;
         }
-        g->nhooked -= (g->flags[n] & FG_HOOKED) != 0;
-        g->flags[n] = 0;
         g->obj[n] = NULL;
         g->op[n] = FG_OP_FREE;
         g->a[n] = g->free_head;

@@ -2254,7 +2254,13 @@ class _GradMode:
 
     _enabled = True
 
-    def __init__(self):
+    def __new__(cls, orig_func=None):
+        # @fastgrad.no_grad without parentheses, as torch allows
+        if orig_func is None:
+            return super().__new__(cls)
+        return cls()(orig_func)
+
+    def __init__(self, orig_func=None):
         self._saved = []        # (thread id, its state, mode before), per __enter__
 
     def __enter__(self):

@@ -175,6 +175,12 @@ def test_no_grad_as_a_decorator_of_functions_and_generators():
     with pytest.raises(TypeError):
         fastgrad.no_grad()(3)
 
+    @fastgrad.no_grad             # without parentheses, as torch allows
+    def bare(v: Value) -> Value:
+        return v * v
+
+    assert bare(x).op == "leaf" and (x * x).op == "mul"
+
 
 def test_no_grad_is_per_thread():
     x = Value(2.0)
@@ -770,3 +776,36 @@ def test_many_hooked_steps_leave_nothing_behind(g):
 def test_register_hook_needs_a_callable():
     with pytest.raises(TypeError, match="register_hook\\(\\) needs a callable"):
         Value(1.0).register_hook(3.0)
+
+
+def test_explain_shows_the_gradients_without_hooks_and_calls_none():
+    x = Value(2.0)
+    h = x * 3.0
+    calls = []
+    h.register_hook(lambda g: calls.append(g) or g * 100.0)
+    out = h * h + x
+    e = fastgrad.explain(out, x)
+    assert calls == []
+    assert e.grad == 2 * 6.0 * 3.0 + 1.0
+    assert fastgrad.grad(out, x) == 100 * 2 * 6.0 * 3.0 + 1.0 and calls == [12.0]
+
+
+def test_a_hook_dropping_its_own_value_mid_call_keeps_the_sweep_and_the_hook(g):
+    x = Value(0.5)
+    holder = [x * 3.0]
+    calls = []
+
+    def drop_self(grad: float) -> float:
+        holder.clear()            # the hooked Value dies inside its own hook
+        gc.collect()
+        calls.append(grad)
+        return grad * 2.0
+
+    holder[0].register_hook(drop_self)
+    out = holder[0] * holder[0]
+    out.backward()
+    assert calls == [3.0] and x.grad == 2 * 3.0 * 3.0
+    out.backward()                # the node kept its hook in its stash
+    assert calls == [3.0, 3.0] and x.grad == 2 * 18.0
+    del out
+    assert live(g) == 1 and g.stats()["hooked_nodes"] == 0

@@ -49,6 +49,21 @@ def x() -> Value:
     return X["x"]
 
 
+def _backward_nan_under_anomaly() -> None:
+    with fastgrad.detect_anomaly():
+        (x() * 2.0).backward(NAN)
+
+
+def _hooked_backward(hook: Callable[[float], Any]) -> None:
+    h = x() * 2.0
+    h.register_hook(hook)
+    (h * h).backward()
+
+
+def _raise_from_hook(grad: float) -> None:
+    raise LookupError("from the hook")
+
+
 # (row id, the input, exception type, words of the message).  README.md's
 # table lists the same rows in the same order.
 ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
@@ -64,8 +79,15 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
     ("pow-with-modulus", lambda: pow(x(), 2, _any(5)), TypeError, "unsupported operand type(s) for ** or pow()"),
     ("comparison", lambda: x() < _any("a"), TypeError, "'<' not supported"),
     ("set-data-to-str", lambda: setattr(x(), "data", "1"), TypeError, "data must be a real number, got str"),
-    ("set-grad-to-none", lambda: setattr(x(), "grad", None), TypeError, "grad must be a real number"),
+    ("set-grad-to-str", lambda: setattr(x(), "grad", "1"), TypeError, "grad must be a real number, got str"),
     ("name-not-str", lambda: setattr(x(), "name", 3), TypeError, "name must be a str or None, got int"),
+    ("backward-gradient-str", lambda: (x() * 2.0).backward(_any("1")), TypeError,
+     "backward() gradient must be a real number, got str"),
+    ("backward-nan-under-anomaly", lambda: _backward_nan_under_anomaly(), FloatingPointError,
+     "detect_anomaly: backward() was seeded with gradient nan"),
+    ("hook-returns-str", lambda: _hooked_backward(lambda grad: "2"), TypeError,
+     "a gradient hook must return None or a real number, got str"),
+    ("hook-raises", lambda: _hooked_backward(_raise_from_hook), LookupError, "from the hook"),
     ("sum-of-junk", lambda: fastgrad.sum([x(), _any("a")]), TypeError, "sum() must hold Values or real numbers, got str"),
     ("dot-lengths", lambda: fastgrad.dot([x()], [x(), x()]), ValueError,
      "dot() needs sequences of equal length, got 1 and 2"),

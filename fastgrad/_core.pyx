@@ -139,17 +139,28 @@ cdef int _wait_idle(Graph g) except -1:
 
 
 cdef inline int _enter(Graph g) except -1:
-    """Every op on a graph's nodes starts here."""
+    """Every op on a graph's nodes starts here, right before its C call.
+
+    It returns with no other thread holding g busy (a sweep running without
+    the GIL) and no deferred frees pending.  Both hold only until Python code
+    runs (another thread may take the GIL and start a sweep), so this runs
+    every step that can run Python code (anomaly mode's Python objects, the
+    frees, whose __del__s run) before its last check, and the caller runs none
+    between here and its C call: operands are converted (float(), user
+    number types) before it calls _enter."""
     if g is None:
         raise ValueError("uninitialised Value (made with Value.__new__)")
-    if g.busy:
-        _wait_idle(g)
-    if g.deferred:
-        g._drain()
-    if g.g.reclaim_peak:
-        fg_reclaim(&g.g)
     if _anomaly_total or g.g.tag:
         _stamp(g)
+    while g.busy or g.deferred:
+        if g.busy:
+            _wait_idle(g)
+        if g.deferred:
+            g._drain()
+    if g.g.tag and fg_track_origins(&g.g) != FG_OK:
+        raise MemoryError(f"fastgrad: cannot allocate the origin array of {g!r}")
+    if g.g.reclaim_peak:
+        fg_reclaim(&g.g)
     return 0
 
 
@@ -188,13 +199,12 @@ cdef str _user_line():
 
 cdef int _stamp(Graph g) except -1:
     """Anomaly mode: tag the nodes the coming op makes with the Python line
-    making them (outside it, tag 0: "not recorded")."""
+    making them (outside it, tag 0: "not recorded").  Python objects only:
+    _enter allocates the node's origin array after its last busy check."""
     cdef object tag
     if not _anomaly_here():
         g.g.tag = 0
         return 0
-    if fg_track_origins(&g.g) != FG_OK:
-        raise MemoryError(f"fastgrad: cannot allocate the origin array of {g!r}")
     where = _user_line()
     if g.origins is None:
         g.origins = ["<not recorded: made outside detect_anomaly()>"]
@@ -699,9 +709,11 @@ cdef object _binary(Value x, object other, int op, int cop, bint reflected):
     """x op other (other op x when reflected); cop is the op with a constant."""
     cdef Graph g = x.graph
     cdef double c
-    _enter(g)
+    if g is None:
+        _enter(g)           # raises: an uninitialised Value
     if _is_value(other):
         _same_graph(x, <Value>other)
+        _enter(g)
         if reflected:
             return _wrap(g, fg_binary(&g.g, op, (<Value>other).idx, x.idx))
         return _wrap(g, fg_binary(&g.g, op, x.idx, (<Value>other).idx))
@@ -709,9 +721,10 @@ cdef object _binary(Value x, object other, int op, int cop, bint reflected):
         if isinstance(other, np.ndarray):
             return _with_array(x, other, op, reflected)
         return NotImplemented
-    c = _to_double(other)
+    c = _to_double(other)   # may run Python code: before _enter
     if cop == FG_OP_ADDC and op == FG_OP_SUB and not reflected:
         c = -c          # x - c == x + (-c) exactly in IEEE arithmetic
+    _enter(g)
     return _wrap(g, fg_unary(&g.g, cop, x.idx, c))
 
 
@@ -1177,6 +1190,11 @@ cdef class Value:
             raise TypeError(f"name must be a str or None, got {type(name).__name__}")
         cdef tuple kids = _snapshot(_children) if _children is not None else ()
         cdef int64_t n = len(kids), k
+        # no_grad(): the op records no edges.  It stays a user op, so
+        # micrograd-style code can still set its _backward (never called: a
+        # node without parents passes nothing).  Read before _enter: _state()
+        # may allocate.
+        cdef int64_t nparents = 0 if _nograd_threads and (<_ThreadState>_state()).nograd else n
         cdef int32_t small[SMALL_N]
         cdef int32_t *ids = small
         for k in range(n):
@@ -1201,11 +1219,7 @@ cdef class Value:
                     raise MemoryError()
             for k in range(n):
                 ids[k] = (<Value>kids[k]).idx
-            # no_grad(): the op records no edges.  It stays a user op, so
-            # micrograd-style code can still set its _backward (never called:
-            # a node without parents passes nothing).
-            idx = fg_user(&g.g, d, 0 if _nograd_threads and (<_ThreadState>_state()).nograd else n,
-                          ids)
+            idx = fg_user(&g.g, d, nparents, ids)
             if ids != small:
                 free(ids)
         if idx < 0:
@@ -1448,8 +1462,8 @@ cdef class Value:
         cdef Graph g = self._live_graph()
         cdef double seed = (PyFloat_AS_DOUBLE(gradient) if PyFloat_CheckExact(gradient)
                             else _coerce(gradient, "backward() gradient"))
-        _enter(g)
         cdef int check = _anomaly_here()
+        _enter(g)
         cdef int rc
         cdef double *adj = NULL
         cdef double *saved = g.g.grad
@@ -1990,11 +2004,11 @@ def grad(out, wrt):
         if not _is_value(items[k]):
             raise TypeError(f"grad() needs Values in wrt, got {type(items[k]).__name__}")
         _same_graph(o, <Value>items[k])
+    cdef int rc, check = _anomaly_here()
     _enter(g)
     cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
     cdef double *res = <double *>malloc((n + 1) * sizeof(double))
     cdef double *adj = <double *>malloc(g.g.capacity * sizeof(double))
-    cdef int rc, check = _anomaly_here()
     cdef double *saved
     try:
         if idx == NULL or res == NULL or adj == NULL:

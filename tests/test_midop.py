@@ -482,3 +482,56 @@ def test_the_list_is_read_after_the_snapshot_allocation_that_runs_the_collector(
     finally:
         gc.callbacks.remove(callback)
         gc.set_threshold(*threshold)
+
+
+class SweepStarter:
+    """A real number whose float() starts backward() of `out` on another
+    thread and returns while that sweep is inside it (a hook on `out`, the
+    first node swept, holds it there until this float() returned).  An op
+    whose operand this is must wait for the sweep before its C call: growing
+    the node arrays under the sweep frees the arrays it is reading."""
+
+    def __init__(self, out: Value) -> None:
+        self.out = out
+        self.thread: threading.Thread | None = None
+        self.handle = None
+
+    def __float__(self) -> float:
+        in_hook, go = threading.Event(), threading.Event()
+
+        def hook(grad: float) -> None:
+            in_hook.set()
+            go.wait(10)
+
+        self.handle = self.out.register_hook(hook)
+        self.thread = threading.Thread(target=self.out.backward)
+        self.thread.start()
+        assert in_hook.wait(30)
+        go.set()
+        return 2.0
+
+
+numbers.Real.register(SweepStarter)
+
+
+@pytest.mark.parametrize("op", ["mul", "radd", "pow"])
+def test_an_operand_whose_float_starts_a_sweep_is_converted_before_the_graph_is_checked(op):
+    depth = 50_000        # arrays of 64k slots: freed by munmap when they grow
+    with fastgrad.Graph() as g:
+        x = Value(0.5)
+        y = x
+        for _ in range(depth):
+            y = y * 1.0
+        # Fill the node arrays to their capacity: the op's node reallocates them.
+        spare = g.stats()["capacity"] - g.stats()["live_nodes"]
+        filler = fastgrad.leaves([0.0] * spare)
+        assert g.stats()["live_nodes"] == g.stats()["capacity"]
+        number = SweepStarter(y)
+        z = {"mul": lambda: x * number, "radd": lambda: number + x, "pow": lambda: x ** number}[op]()
+        number.thread.join()
+        number.handle.remove()
+        assert g.stats()["capacity"] > len(filler)
+        assert z.data == {"mul": 1.0, "radd": 2.5, "pow": 0.25}[op]
+        assert x.grad == 1.0          # the sweep saw the graph it started on, to the end
+        z.backward()
+        assert x.grad == 1.0 + {"mul": 2.0, "radd": 1.0, "pow": 1.0}[op]

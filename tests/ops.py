@@ -311,13 +311,16 @@ def _t_floordiv(torch, a, b):
 
 def _t_mod(torch, a, b):
     """torch.remainder, with its derivatives (1, -floor(a / b)) also where the
-    dividend is a number (torch has none for remainder(Scalar, Tensor))."""
+    dividend is a number (torch has none for remainder(Scalar, Tensor)), and
+    a zero remainder signed as Python's (and fastgrad's): as the divisor
+    (0.0 % -1.0 is -0.0; torch.remainder gives 0.0, 1 / which is +inf)."""
 
     class Mod(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, y):
             ctx.save_for_backward(x, y)
-            return torch.remainder(x, y)
+            r = torch.remainder(x, y)
+            return torch.where(r == 0, torch.copysign(torch.zeros_like(r), y), r)
 
         @staticmethod
         def backward(ctx, g):

@@ -261,4 +261,3 @@ cdef extern from "fg_flat.h" nogil:
                       int64_t *bad)
     int fg_flat_build(fg_graph_t *g, const unsigned char *buf, int64_t n, int64_t nopnd,
                       int32_t *slots, int64_t base, int64_t *done)
-    int32_t fg_copy_node(fg_graph_t *g, int32_t i)

@@ -361,10 +361,39 @@ cdef int _value_setstate(Value self, object state) except -1:
 
 cdef object _value_copy(Value v):
     """copy.copy: a new node with v's op, parents (shared), constant, value,
-    grad and state (the attribute values shared, as copy.copy does)."""
+    grad and state (the attribute values shared, as copy.copy does), made by
+    the op's own constructor."""
     cdef Graph g = v._live_graph()
+    cdef int32_t i = v.idx, j
+    cdef int op = g.g.op[i]
+    cdef int64_t n, k
+    cdef int32_t small_idx[SMALL_N]
+    cdef double small_cst[SMALL_N]
+    cdef int32_t *idx = small_idx
+    cdef double *cs = small_cst
     _enter(g)
-    cdef Value w = _wrap(g, fg_copy_node(&g.g, v.idx))
+    if op == FG_OP_LEAF:
+        j = fg_leaf(&g.g, g.g.val[i])
+    elif FG_ARITY[op] == 1:
+        j = fg_unary(&g.g, op, g.g.a[i], g.g.cst[i])
+    elif FG_ARITY[op] == 2:
+        j = fg_binary(&g.g, op, g.g.a[i], g.g.b[i])
+    else:
+        # The constructors allocate operands first, which may move i's run: copy it out.
+        n = g.g.b[i]
+        _alloc_operands(n, &idx, &cs)
+        try:
+            for k in range(n):
+                idx[k] = g.g.opnd[g.g.a[i] + k]
+                cs[k] = g.g.ocst[g.g.a[i] + k]
+            j = fg_user(&g.g, g.g.val[i], n, idx) if op == FG_OP_USER else \
+                fg_nary(&g.g, op, n, idx, cs, g.g.cst[i])
+        finally:
+            if idx != small_idx:
+                free(idx); free(cs)
+    cdef Value w = _wrap(g, j)
+    g.g.val[j] = g.g.val[i]
+    g.g.grad[j] = g.g.grad[i]
     cdef _Ext e = _ext(v), f
     if type(v) is not Value:
         w = _retype(w, type(v))

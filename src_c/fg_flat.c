@@ -77,6 +77,17 @@ void fg_slotmap_free(fg_slotmap_t *m) {
 
 /* ------------------------------------------------------------ collect */
 
+/* Doubles the malloc'd array *p of *cap elements; FG_OK or FG_ENOMEM (then *p is kept). */
+static int fg_double(void **p, int64_t *cap, size_t elem) {
+    void *q = realloc(*p, (size_t)*cap * 2 * elem);
+    if (q == NULL) {
+        return FG_ENOMEM;
+    }
+    *p = q;
+    *cap *= 2;
+    return FG_OK;
+}
+
 /* Walk state: a node and how many of its parents were pushed. */
 typedef struct {
     int32_t node;
@@ -127,15 +138,8 @@ int64_t fg_flat_collect(fg_graph_t *g, int32_t root, fg_slotmap_t *map, int64_t 
             if (p < 0 || fg_slotmap_get(map, p) != -1 || fg_slotmap_get(&seen, p) != -1) {
                 continue;
             }
-            if (sp == scap) {
-                fg_frame_t *s = (fg_frame_t *)realloc(stack, (size_t)scap * 2 * sizeof *stack);
-                if (s == NULL) {
-                    goto nomem;
-                }
-                stack = s;
-                scap *= 2;
-            }
-            if (fg_slotmap_reserve(&seen, 1) != FG_OK) {
+            if ((sp == scap && fg_double((void **)&stack, &scap, sizeof *stack) != FG_OK) ||
+                fg_slotmap_reserve(&seen, 1) != FG_OK) {
                 goto nomem;
             }
             fg_slotmap_insert(&seen, p, 0);
@@ -143,13 +147,8 @@ int64_t fg_flat_collect(fg_graph_t *g, int32_t root, fg_slotmap_t *map, int64_t 
             continue;
         }
         /* Every parent is numbered: i takes the next dump index. */
-        if (n == cap) {
-            int32_t *o = (int32_t *)realloc(order, (size_t)cap * 2 * sizeof *order);
-            if (o == NULL) {
-                goto nomem;
-            }
-            order = o;
-            cap *= 2;
+        if (n == cap && fg_double((void **)&order, &cap, sizeof *order) != FG_OK) {
+            goto nomem;
         }
         order[n++] = i;
         if (FG_ARITY[g->op[i]] == -1) {
@@ -357,59 +356,4 @@ int fg_flat_build(fg_graph_t *g, const unsigned char *buf, int64_t n, int64_t no
         *done = k + 1;
     }
     return FG_OK;
-}
-
-int32_t fg_copy_node(fg_graph_t *g, int32_t i) {
-    int op = g->op[i];
-    int64_t off = 0, cnt = FG_ARITY[op] == -1 ? g->b[i] : 0;
-    if (FG_ARITY[op] == -1) {
-        off = fg_alloc_operands(g, cnt);
-        if (off < 0) {
-            return (int32_t)off;
-        }
-    }
-    int32_t j = fg_alloc_node(g);
-    if (j < 0) {
-        g->odead += cnt;
-        return j;
-    }
-    g->op[j] = (uint8_t)op;
-    g->cst[j] = g->cst[i];
-    g->val[j] = g->val[i];
-    g->grad[j] = g->grad[i];
-    switch (FG_ARITY[op]) {
-    case 2:
-        g->b[j] = g->b[i];
-        g->uses[g->b[j]]++;
-        /* fall through */
-    case 1:
-        g->a[j] = g->a[i];
-        g->uses[g->a[j]]++;
-        if (g->a[j] > j || (FG_ARITY[op] == 2 && g->b[j] > j)) {
-            g->ordered = 0;
-        }
-        break;
-    case -1:
-        /* Read i's run only now: the allocation above may have compacted it. */
-        for (int64_t q = 0; q < cnt; q++) {
-            int32_t p = g->opnd[g->a[i] + q];
-            g->opnd[off + q] = p;
-            g->ocst[off + q] = g->ocst[g->a[i] + q];
-            if (p >= 0) {
-                g->uses[p]++;
-                if (p > j) {
-                    g->ordered = 0;
-                }
-            }
-        }
-        g->a[j] = (int32_t)off;
-        g->b[j] = (int32_t)cnt;
-        if (op == FG_OP_USER) {
-            g->nuser++;
-        }
-        break;
-    default:
-        break;
-    }
-    return j;
 }

@@ -64,8 +64,4 @@ int     fg_flat_check(const unsigned char *buf, int64_t n, int64_t nopnd, int64_
 int     fg_flat_build(fg_graph_t *g, const unsigned char *buf, int64_t n, int64_t nopnd,
                       int32_t *slots, int64_t base, int64_t *done);
 
-/* A new node with node i's op, parents, constant, value and gradient (a
- * shallow copy: the parents are shared), with one use, or a status. */
-int32_t fg_copy_node(fg_graph_t *g, int32_t i);
-
 #endif

@@ -461,6 +461,12 @@ def test_copy_copy_shares_the_parents_and_attribute_values(g):
     assert fastgrad.grad(s2, a) == fastgrad.grad(s, a)
     leaf = copy.copy(a)
     assert leaf is not a and leaf.data == a.data and leaf.op == "leaf"
+    for node in (a * s, -a, user_tanh(a)):
+        twin = copy.copy(node)
+        assert (twin._op, twin._prev, twin.data) == (node._op, node._prev, node.data)
+        if node.op != "user":     # a user op's copy shares its closure, which reads node's grad
+            assert fastgrad.grad(twin, a) == fastgrad.grad(node, a)
+    assert twin._backward is node._backward
 
 
 def test_deepcopy_of_a_user_op_updates_the_copied_nodes():

@@ -730,17 +730,7 @@ class Program:
         assert all(map(_close, [v.grad for v in leaves], want, sc))
         # micrograd's own loop: zero every grad, seed, call _backward in reverse topological order
         nodes = self.walk(out)
-        topo, placed = [], set()
-        for v in reversed(nodes):
-            stack = [(v, False)]
-            while stack:
-                n, done = stack.pop()
-                if done:
-                    topo.append(n)
-                elif n not in placed:
-                    placed.add(n)
-                    stack.append((n, True))
-                    stack.extend((p, False) for p in n._prev if p not in placed)
+        topo = ref.topological_order(out, lambda n: n._prev)
         for n in topo:
             n.grad = 0.0
         out.grad = 1.0

@@ -121,18 +121,8 @@ class Fastgrad(Engine):
     # --- mlp_compiled: the demo's loss traced once, replayed per step
 
     def _mlp(self, params, x):
-        """The demo MLP as a function of the flat parameter list (fastgrad.nn's order)."""
-        dot = self.fg.dot
-        sizes = wl.MLP_SIZES
-        k = 0
-        for layer, (nin, nout) in enumerate(zip(sizes, sizes[1:])):
-            out = []
-            for _ in range(nout):
-                act = dot(params[k:k + nin], x, params[k + nin])
-                k += nin + 1
-                out.append(act.relu() if layer < len(sizes) - 2 else act)
-            x = out
-        return x[0]
+        """The demo MLP as a function of the flat parameter list (fastgrad.nn.mlp_score)."""
+        return self.fg.nn.mlp_score(params, x, wl.MLP_SIZES)
 
     def _full_loss(self, params, xs, ys):
         scores = [self._mlp(params, xs[2 * i:2 * i + 2]) for i in range(len(ys))]
@@ -140,7 +130,7 @@ class Fastgrad(Engine):
         return self.fg.sum(losses) * (1.0 / len(losses)) + wl.MLP_ALPHA * self.fg.dot(params, params)
 
     def _sample_loss(self, params, row):
-        return (1 + -row[2] * self._mlp(params, row[:2])).relu()
+        return self.fg.nn.mlp_hinge_loss(params, row, wl.MLP_SIZES)
 
     def _compiled(self, variant, ctx):
         key = ("fastgrad_full_loss", variant.params["n"])

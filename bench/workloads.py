@@ -13,6 +13,7 @@ run.py, and how many units (calls, nodes, steps) one call covers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import importlib.util
 import math
@@ -699,21 +700,6 @@ DASK_WORKERS = {1: "fastgrad+dask (1 worker)", 2: "fastgrad+dask (2 workers)"}
 DASK_TARGETS = {"speedup_2_vs_1": 1.6, "overhead_vs_one_process": 1.25}
 
 
-def _dask_loss(params, row):
-    """The demo MLP's per-sample max-margin loss, row = (x0, x1, label)."""
-    import fastgrad
-
-    x, k = list(row[:2]), 0
-    for layer, (nin, nout) in enumerate(zip(MLP_SIZES, MLP_SIZES[1:])):
-        out = []
-        for _ in range(nout):
-            act = fastgrad.dot(params[k:k + nin], x, params[k + nin])
-            k += nin + 1
-            out.append(act.relu() if layer < len(MLP_SIZES) - 2 else act)
-        x = out
-    return (1 + -row[2] * x[0]).relu()
-
-
 def dask_scaling(cfg, log) -> list[dict]:
     """batch_value_and_grad of the demo MLP's per-sample loss over 2e6 two-moons rows
     (2e5 with --quick): the loss sum and the gradient, per call.  One process with
@@ -724,6 +710,7 @@ def dask_scaling(cfg, log) -> list[dict]:
     import statistics
 
     import fastgrad
+    import fastgrad.nn
 
     rows_n = 200_000 if cfg.quick else 2_000_000
     reps = max(3, min(cfg.reps, 7))
@@ -741,7 +728,7 @@ def dask_scaling(cfg, log) -> list[dict]:
     X, y = make_moons(rows_n, seed=1)
     rows = np.column_stack([X, y])
     params = demo_params()
-    f = fastgrad.compile(_dask_loss, params, rows[0])
+    f = fastgrad.compile(functools.partial(fastgrad.nn.mlp_hinge_loss, sizes=MLP_SIZES), params, rows[0])
 
     from fastgrad._dask import ROWS_PER_CALL
 
@@ -970,17 +957,7 @@ class BatchScaling(Workload):
         fg = eng.fg
         key = ("scaling_fastgrad", sizes)
         if key not in ctx:
-            def sample_loss(p, row):
-                x, k = row[:2], 0
-                for layer, (nin, nout) in enumerate(zip(sizes, sizes[1:])):
-                    nxt = []
-                    for _ in range(nout):
-                        act = fg.dot(p[k:k + nin], x, p[k + nin])
-                        k += nin + 1
-                        nxt.append(act.relu() if layer < len(sizes) - 2 else act)
-                    x = nxt
-                return (1 + -row[2] * x[0]).relu()
-            ctx[key] = fg.compile(sample_loss, params, rows[0])
+            ctx[key] = fg.compile(functools.partial(fg.nn.mlp_hinge_loss, sizes=sizes), params, rows[0])
         g = ctx[key]
         threads = 1 if name == FG_ONE_THREAD else None
 

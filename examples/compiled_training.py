@@ -14,36 +14,14 @@ import numpy as np
 
 import fastgrad
 from fastgrad.datasets import make_moons
-from fastgrad.nn import MLP
+from fastgrad.nn import MLP, mlp_hinge_loss, mlp_score
 from fastgrad.optim import SGD
-
-SIZES = (2, 16, 16, 1)
-
-
-def mlp(params, x):
-    """The MLP as a function of a flat parameter list (fastgrad.nn's order:
-    each neuron's weights, then its bias)."""
-    k = 0
-    for layer, (nin, nout) in enumerate(zip(SIZES, SIZES[1:])):
-        out = []
-        for _ in range(nout):
-            act = fastgrad.dot(params[k:k + nin], x, params[k + nin])
-            k += nin + 1
-            out.append(act.relu() if layer < len(SIZES) - 2 else act)
-        x = out
-    return x[0]
-
 
 def full_loss(params, xs, ys):
     """micrograd's demo loss over every point: max-margin + L2."""
-    scores = [mlp(params, xs[2 * i:2 * i + 2]) for i in range(len(ys))]
+    scores = [mlp_score(params, xs[2 * i:2 * i + 2]) for i in range(len(ys))]
     losses = [(1 + -y * s).relu() for y, s in zip(ys, scores)]
     return fastgrad.sum(losses) * (1.0 / len(losses)) + 1e-4 * fastgrad.dot(params, params)
-
-
-def sample_loss(params, row):
-    """One point's max-margin loss; row = (x0, x1, label)."""
-    return (1 + -row[2] * mlp(params, row[:2])).relu()
 
 
 def main(steps: int = 100) -> float:
@@ -53,7 +31,7 @@ def main(steps: int = 100) -> float:
     rows = np.column_stack([X, y])
 
     f = fastgrad.compile(full_loss, params, X.ravel(), y)
-    g = fastgrad.compile(sample_loss, params, rows[0])
+    g = fastgrad.compile(mlp_hinge_loss, params, rows[0])  # fastgrad.nn's demo loss
     print(f"traced: {f}\n        {g}")
 
     opt = SGD(params, lr=1.0)                                     # updates params in place
@@ -75,7 +53,7 @@ def main(steps: int = 100) -> float:
     per_step = (time.perf_counter() - start) / max(steps, 1)
     print(f"batch_value_and_grad: loss {losses.mean() + 1e-4 * params2 @ params2:.6f}, "
           f"{per_step * 1e6:.0f} us per step")
-    score = fastgrad.compile(mlp, params2, X[0])                  # one output per row
+    score = fastgrad.compile(mlp_score, params2, X[0])                  # one output per row
     accuracy = np.mean((score.batch(params2, X) > 0) == (y > 0))
     print(f"accuracy {accuracy:.0%}")
     return float(loss)

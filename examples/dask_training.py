@@ -26,30 +26,8 @@ import numpy as np
 from distributed import Client, LocalCluster, wait
 
 import fastgrad
-from fastgrad.nn import MLP
+from fastgrad.nn import MLP, mlp_hinge_loss, mlp_score
 from fastgrad.optim import Adam
-
-SIZES = (2, 16, 16, 1)
-
-
-def mlp(params, x):
-    """The MLP as a function of a flat parameter list (fastgrad.nn's order:
-    each neuron's weights, then its bias)."""
-    k = 0
-    for layer, (nin, nout) in enumerate(zip(SIZES, SIZES[1:])):
-        out = []
-        for _ in range(nout):
-            act = fastgrad.dot(params[k:k + nin], x, params[k + nin])
-            k += nin + 1
-            out.append(act.relu() if layer < len(SIZES) - 2 else act)
-        x = out
-    return x[0]
-
-
-def sample_loss(params, row):
-    """One point's max-margin loss; row = (x0, x1, label)."""
-    return (1 + -row[2] * mlp(params, row[:2])).relu()
-
 
 def moons(rows: int, chunk: int, noise: float = 0.1, seed: int = 1337) -> da.Array:
     """(x0, x1, label) rows of two interleaving half circles, made chunk by chunk
@@ -79,7 +57,7 @@ def main(rows: int, epochs: int, chunk: int, scheduler: str | None, workers: int
         print(f"made {rows:,} rows on the workers in {time.perf_counter() - start:.1f} s")
         random.seed(1337)
         params = np.array([p.data for p in MLP(2, [16, 16, 1]).parameters()])
-        loss_fn = fastgrad.compile(sample_loss, params, np.zeros(3))
+        loss_fn = fastgrad.compile(mlp_hinge_loss, params, np.zeros(3))
         print(f"traced: {loss_fn}\ntraining on {rows:,} rows in {data.numblocks[0]} chunks, {epochs} epochs")
 
         opt = Adam(params, lr=0.05)                  # updates params in place
@@ -93,7 +71,7 @@ def main(rows: int, epochs: int, chunk: int, scheduler: str | None, workers: int
             print(f"epoch {epoch + 1:3d}/{epochs}  loss {loss:.6f}  {time.perf_counter() - start:.2f} s",
                   flush=True)
 
-        score = fastgrad.compile(mlp, params, np.zeros(2))
+        score = fastgrad.compile(mlp_score, params, np.zeros(2))
         correct = (score.batch(params, data[:, :2]) > 0) == (data[:, 2] > 0)
         print(f"accuracy {float(correct.mean().compute()):.1%}")
         return loss

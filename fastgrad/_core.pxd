@@ -237,3 +237,27 @@ cdef class Value:
     cdef PyObject *_attrs           # the instance dict (tp_dictoffset), made on first use
     cdef object __weakref__
     cdef Graph _live_graph(self)
+
+
+cdef extern from "fg_flat.h" nogil:
+    # src_c/fg_flat.h: a graph's nodes as flat records (pickle and copy of Values).
+    enum:
+        FG_FLAT_NODE_BYTES
+        FG_FLAT_OPND_BYTES
+
+    ctypedef struct fg_slotmap_t:
+        int32_t *key
+        int32_t *val
+        int64_t cap
+        int64_t n
+
+    int32_t fg_slotmap_get(const fg_slotmap_t *m, int32_t slot)
+    void fg_slotmap_free(fg_slotmap_t *m)
+    int64_t fg_flat_collect(fg_graph_t *g, int32_t root, fg_slotmap_t *map, int64_t base,
+                            int32_t **order, int64_t *nopnd)
+    void fg_flat_write(const fg_graph_t *g, const int32_t *order, int64_t n, int64_t nopnd,
+                       const fg_slotmap_t *map, unsigned char *buf)
+    int fg_flat_check(const unsigned char *buf, int64_t n, int64_t nopnd, int64_t base,
+                      int64_t *bad)
+    int fg_flat_build(fg_graph_t *g, const unsigned char *buf, int64_t n, int64_t nopnd,
+                      int32_t *slots, int64_t base, int64_t *done)

@@ -24,7 +24,8 @@ _Operand = Value | _Number
 _F64 = npt.NDArray[np.float64]
 # One argument of a Function: a 1-D sequence or array of numbers (2-D where batched).
 _Arg = npt.ArrayLike
-_DArg = _Arg | _DaskArray
+# Arguments that are never Dask arrays (a Dask array is array-like too): see batch.
+_Plain = np.ndarray[Any, Any] | Sequence[Any] | int | float | np.generic
 _Argnums = tuple[int, ...] | list[int]
 _Path = str | PathLike[str]
 
@@ -242,117 +243,51 @@ class Function:
     def hessian(self, *args: _Arg, argnums: int = ...) -> _F64: ...
     @overload
     def hessian(self, *args: _Arg, argnums: _Argnums) -> tuple[tuple[_F64, ...], ...]: ...
-    # batch and batch_value_and_grad: with a dask.array.Array among the first
-    # three arguments the results are Dask arrays (fastgrad/_dask.py), else ndarrays.
+    # batch and batch_value_and_grad: with a dask.array.Array among the arguments
+    # (any position) the results are Dask arrays (fastgrad/_dask.py), else
+    # ndarrays.  A Dask array is also array-like, so the ndarray variants come
+    # first and take only arguments that are never Dask arrays (_Plain); an
+    # argument typed just ArrayLike gets the last, ndarray, variant.
+    @overload
+    def batch(  # type: ignore[overload-overlap]  # no arguments: no Dask array
+        self, *args: _Plain, batch_argnums: _Argnums = ..., threads: int | None = ...
+    ) -> _F64: ...
     @overload
     def batch(
-        self, a0: _DaskArray, /, *args: _DArg, batch_argnums: _Argnums = ..., threads: int | None = ...
-    ) -> _DaskArray: ...
-    @overload
-    def batch(
-        self,
-        a0: _Arg,
-        a1: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        threads: int | None = ...,
-    ) -> _DaskArray: ...
-    @overload
-    def batch(
-        self,
-        a0: _Arg,
-        a1: _Arg,
-        a2: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        threads: int | None = ...,
+        self, *args: _Plain | _DaskArray, batch_argnums: _Argnums = ..., threads: int | None = ...
     ) -> _DaskArray: ...
     @overload
     def batch(
         self, *args: _Arg, batch_argnums: _Argnums = ..., threads: int | None = ...
     ) -> _F64: ...
     @overload
+    def batch_value_and_grad(  # type: ignore[overload-overlap]  # as batch
+        self, *args: _Plain, batch_argnums: _Argnums = ..., argnums: int = ...,
+        threads: int | None = ...,
+    ) -> tuple[_F64, _F64]: ...
+    @overload
+    def batch_value_and_grad(  # type: ignore[overload-overlap]  # as batch
+        self, *args: _Plain, batch_argnums: _Argnums = ..., argnums: _Argnums,
+        threads: int | None = ...,
+    ) -> tuple[_F64, tuple[_F64, ...]]: ...
+    @overload
     def batch_value_and_grad(
-        self,
-        a0: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        argnums: int = ...,
+        self, *args: _Plain | _DaskArray, batch_argnums: _Argnums = ..., argnums: int = ...,
         threads: int | None = ...,
     ) -> tuple[_DaskArray, _DaskArray]: ...
     @overload
     def batch_value_and_grad(
-        self,
-        a0: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        argnums: _Argnums,
+        self, *args: _Plain | _DaskArray, batch_argnums: _Argnums = ..., argnums: _Argnums,
         threads: int | None = ...,
     ) -> tuple[_DaskArray, tuple[_DaskArray, ...]]: ...
     @overload
     def batch_value_and_grad(
-        self,
-        a0: _Arg,
-        a1: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        argnums: int = ...,
-        threads: int | None = ...,
-    ) -> tuple[_DaskArray, _DaskArray]: ...
-    @overload
-    def batch_value_and_grad(
-        self,
-        a0: _Arg,
-        a1: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        argnums: _Argnums,
-        threads: int | None = ...,
-    ) -> tuple[_DaskArray, tuple[_DaskArray, ...]]: ...
-    @overload
-    def batch_value_and_grad(
-        self,
-        a0: _Arg,
-        a1: _Arg,
-        a2: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        argnums: int = ...,
-        threads: int | None = ...,
-    ) -> tuple[_DaskArray, _DaskArray]: ...
-    @overload
-    def batch_value_and_grad(
-        self,
-        a0: _Arg,
-        a1: _Arg,
-        a2: _DaskArray,
-        /,
-        *args: _DArg,
-        batch_argnums: _Argnums = ...,
-        argnums: _Argnums,
-        threads: int | None = ...,
-    ) -> tuple[_DaskArray, tuple[_DaskArray, ...]]: ...
-    @overload
-    def batch_value_and_grad(
-        self,
-        *args: _Arg,
-        batch_argnums: _Argnums = ...,
-        argnums: int = ...,
+        self, *args: _Arg, batch_argnums: _Argnums = ..., argnums: int = ...,
         threads: int | None = ...,
     ) -> tuple[_F64, _F64]: ...
     @overload
     def batch_value_and_grad(
-        self,
-        *args: _Arg,
-        batch_argnums: _Argnums = ...,
-        argnums: _Argnums,
+        self, *args: _Arg, batch_argnums: _Argnums = ..., argnums: _Argnums,
         threads: int | None = ...,
     ) -> tuple[_F64, tuple[_F64, ...]]: ...
     def _state(self) -> dict[str, npt.NDArray[Any]]: ...

@@ -845,45 +845,6 @@ def _no_backward():
     return None
 
 
-cdef dict _OP_BY_KEY = {fg_op_key(k).decode("ascii"): k for k in range(FG_OP_COUNT)}
-
-
-def _value_from_reduce(tp, key, double cst, double val, double grad, tuple spec):
-    """Rebuilds a pickled or copied Value (see Value.__reduce__) in the
-    current graph, or in its parents' graph."""
-    cdef int op = _OP_BY_KEY.get(key, -1)
-    cdef Value v
-    cdef Graph g
-    if op < 0 or op in (FG_OP_FREE, FG_OP_CONST) or not (isinstance(tp, type) and issubclass(tp, Value)):
-        raise ValueError(f"not a pickled fastgrad Value: op {key!r}, type {tp!r}")
-    if op == FG_OP_LEAF:
-        v = Value.__new__(tp)
-        Value.__init__(v, val)
-    elif op == FG_OP_USER:
-        v = Value.__new__(tp)
-        Value.__init__(v, val, spec)
-    elif FG_ARITY[op] == -1:
-        v = _rebuild_nary(op, spec, cst)
-    else:
-        if len(spec) != FG_ARITY[op] or not all(isinstance(p, Value) for p in spec):
-            raise ValueError(f"not a pickled fastgrad Value: {key!r} with operands {spec!r}")
-        for p in spec:
-            (<Value>p)._live_graph()
-        g = (<Value>spec[0]).graph
-        if len(spec) == 2:
-            _same_graph(<Value>spec[0], <Value>spec[1])
-            _enter(g)
-            v = _wrap(g, fg_binary(&g.g, op, (<Value>spec[0]).idx, (<Value>spec[1]).idx))
-        else:
-            _enter(g)
-            v = _wrap(g, fg_unary(&g.g, op, (<Value>spec[0]).idx, cst))
-    if type(v) is not tp:
-        v = _retype(v, tp)
-    v.graph.g.val[v.idx] = val          # as pickled, even if a leaf changed since
-    v.graph.g.grad[v.idx] = grad
-    return v
-
-
 cdef Value _retype(Value v, object tp):
     """A Value of type tp for v's node (v is its only handle)."""
     cdef Value w = Value.__new__(tp)
@@ -894,27 +855,6 @@ cdef Value _retype(Value v, object tp):
     v.graph = None
     v.idx = -1
     return w
-
-
-cdef Value _rebuild_nary(int op, tuple spec, double c):
-    cdef int64_t n = len(spec)
-    cdef int32_t small_idx[SMALL_N]
-    cdef double small_cst[SMALL_N]
-    cdef int32_t *idx = small_idx
-    cdef double *cs = small_cst
-    cdef Graph g
-    _alloc_operands(n, &idx, &cs)
-    try:
-        _coerce_operands(spec, 0, 1, idx, cs, "a pickled Value")
-        g = _first_graph(spec, None)
-        if g is None:
-            g = _current_graph()
-        _enter(g)
-        _index_operands(spec, 0, 1, idx, g)
-        return _wrap(g, fg_nary(&g.g, op, n, idx, cs, c))
-    finally:
-        if idx != small_idx:
-            free(idx); free(cs)
 
 
 cdef int _user_callback(void *ctx, int32_t n) noexcept nogil:
@@ -1401,40 +1341,18 @@ cdef class Value:
             _raise_status(g, rc)
 
     def __reduce__(self):
-        """Pickle, copy and deepcopy: a leaf as its data and grad, any other
-        node as its op and its parents (so the subgraph it depends on comes
-        along); attributes, name and type too.  Unpickling builds into the
-        current graph."""
-        cdef Graph g = self._live_graph()
-        cdef int32_t i = self.idx
-        cdef int op = g.g.op[i]
-        cdef int64_t k, off, cnt
-        cdef PyObject *d = _vdict(self)
-        state = (_name_of(self), _uop_of(self), _bw_of(self),
-                 None if d == NULL or not len(<object>d) else <object>d)
-        if op == FG_OP_LEAF:
-            spec = ()
-        elif op == FG_OP_USER or FG_ARITY[op] == -1:
-            off = g.g.a[i]
-            cnt = g.g.b[i]
-            spec = tuple(_node_value(g, g.g.opnd[off + k]) if g.g.opnd[off + k] >= 0
-                         else g.g.ocst[off + k] for k in range(cnt))
-        elif FG_ARITY[op] == 2:
-            spec = (_node_value(g, g.g.a[i]), _node_value(g, g.g.b[i]))
-        else:
-            spec = (_node_value(g, g.g.a[i]),)
-        return (_value_from_reduce,
-                (type(self), _op_key(op), g.g.cst[i], g.g.val[i], g.g.grad[i], spec),
-                state)
+        """Pickle and deepcopy: a reference into a flat record of the nodes
+        this Value depends on (so its subgraph comes along, at any depth),
+        with its state (attributes, name, type); see _pickle.pxi.  Unpickling
+        builds into the current graph."""
+        return _value_reduce(self)
 
     def __setstate__(self, state):
-        name, uop, bw, d = state
-        if name is not None or uop is not None or bw is not None:
-            e = _ext_for(self)
-            e.name, e.uop, e.bw = name, uop, bw
-        if d:
-            for k, x in d.items():
-                setattr(self, k, x)
+        _value_setstate(self, state)
+
+    def __copy__(self):
+        """copy.copy: a new node with the same op, parents, value, grad and state."""
+        return _value_copy(self)
 
     def _repr_svg_(self):
         """Jupyter: the drawing of the graph behind this Value (see
@@ -2373,3 +2291,7 @@ include "_function.pxi"
 # ---------------------------------------------------------------- drawings and explain ---
 
 include "_viz.pxi"
+
+# ---------------------------------------------------------------- pickle and copy ---
+
+include "_pickle.pxi"

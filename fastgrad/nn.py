@@ -12,6 +12,12 @@ by one ``fastgrad.leaves`` call, in consecutive fresh slots, so a model built
 in one go has all its parameters in one run of the node arrays.
 ``model.parameter_arrays()`` gives numpy views of their values and gradients,
 which ``fastgrad.optim`` updates in one vectorised operation per step.
+
+For compiled replay the same network is a function of one flat parameter
+vector: ``mlp_score(params, x, sizes)`` and the demo's per-sample hinge loss
+``mlp_hinge_loss(params, row, sizes)``, in ``parameters()`` order, so
+``fastgrad.compile(mlp_hinge_loss, params, row)`` traces the demo's loss once
+(examples/compiled_training.py, examples/dask_training.py).
 """
 
 from __future__ import annotations
@@ -119,3 +125,47 @@ class MLP(Module):
 
     def __repr__(self) -> str:
         return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"
+
+
+# The demo network: MLP(2, [16, 16, 1]), micrograd's demo.ipynb model.
+DEMO_SIZES: Tuple[int, ...] = (2, 16, 16, 1)
+
+
+def mlp_score(params: Sequence[Value], x: Sequence[Union[Value, Number]],
+              sizes: Sequence[int] = DEMO_SIZES) -> Value:
+    """``MLP(sizes[0], sizes[1:])(x)`` as a function of its flat parameters.
+
+    ``params`` are the model's ``parameters()`` in order (each neuron's
+    weights, then its bias: ``n_params(sizes)`` of them), so
+    ``[p.data for p in MLP(2, [16, 16, 1]).parameters()]`` is a valid point
+    to compile at.  Each neuron is one ``fastgrad.dot`` node (plus its relu;
+    the last layer is linear), as in ``Neuron``; the last layer must have one
+    neuron.  Meant for ``fastgrad.compile``, which traces it once.
+    """
+    k = 0
+    h: Sequence[Union[Value, Number]] = x
+    last = len(sizes) - 2
+    for layer, (nin, nout) in enumerate(zip(sizes, sizes[1:])):
+        out: List[Value] = []
+        for _ in range(nout):
+            act = dot(params[k:k + nin], h, params[k + nin])
+            k += nin + 1
+            out.append(act.relu() if layer < last else act)
+        h = out
+    if len(h) != 1:
+        raise ValueError(f"mlp_score needs one output neuron, sizes {tuple(sizes)} end in {len(h)}")
+    return h[0]  # type: ignore[return-value]
+
+
+def mlp_hinge_loss(params: Sequence[Value], row: Sequence[Union[Value, Number]],
+                   sizes: Sequence[int] = DEMO_SIZES) -> Value:
+    """One sample's max-margin loss of micrograd's demo, ``relu(1 - y * score)``,
+    for ``row = (x_0, ..., x_{n-1}, y)`` with ``n = sizes[0]`` and ``y`` in {-1, 1};
+    ``params`` as for ``mlp_score``."""
+    nin = sizes[0]
+    return (1 + -row[nin] * mlp_score(params, row[:nin], sizes)).relu()
+
+
+def n_params(sizes: Sequence[int] = DEMO_SIZES) -> int:
+    """How many parameters ``MLP(sizes[0], sizes[1:])`` has (``mlp_score``'s ``params``)."""
+    return sum((nin + 1) * nout for nin, nout in zip(sizes, sizes[1:]))

@@ -29,7 +29,7 @@ and still fair to an engine that rounds in another order:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 Number = Union[int, float]
 
@@ -285,13 +285,17 @@ def rdot(ws: Sequence[RValue | Number], xs: Sequence[RValue | Number], start: Nu
     return RValue(y, "dot", tuple(parents), partial, second)
 
 
-def _topological_order(out: RValue) -> list[RValue]:
+def topological_order(out: Any, parents: Callable[[Any], Iterable[Any]] | None = None) -> list[Any]:
     """Nodes reachable from out, every node after all of its parents.
 
     Iterative DFS with an explicit stack: a node is pushed once to expand
     it and once more (``done``) to emit it after everything it pushed.
+    ``parents(node)`` gives a node's parents (RValue's by default; the
+    fuzzers pass ``lambda v: v._prev`` to order fastgrad Values).
     """
-    order: list[RValue] = []
+    if parents is None:
+        parents = _rparents
+    order: list[Any] = []
     visited = set()
     stack = [(out, False)]
     while stack:
@@ -301,8 +305,12 @@ def _topological_order(out: RValue) -> list[RValue]:
         elif node not in visited:
             visited.add(node)
             stack.append((node, True))
-            stack.extend((p, False) for p, _ in node.parents if p not in visited)
+            stack.extend((p, False) for p in parents(node) if p not in visited)
     return order
+
+
+def _rparents(node: RValue) -> list[RValue]:
+    return [p for p, _ in node.parents]
 
 
 def radjoints(out: RValue) -> tuple[dict[RValue, float], dict[RValue, float]]:
@@ -312,7 +320,7 @@ def radjoints(out: RValue) -> tuple[dict[RValue, float], dict[RValue, float]]:
     sum of ``|contribution|`` bounds over all paths into n, so reordering
     the accumulation moves ``adj[n]`` by a few ulps of ``scale[n]`` at most.
     """
-    order = _topological_order(out)
+    order = topological_order(out)
     adj = {n: 0.0 for n in order}
     scale = {n: 0.0 for n in order}
     adj[out] = 1.0

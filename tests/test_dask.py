@@ -24,27 +24,10 @@ distributed = pytest.importorskip("distributed")
 
 import fastgrad  # noqa: E402
 from fastgrad.nn import MLP  # noqa: E402
+from fastgrad.nn import mlp_hinge_loss as sample_loss  # noqa: E402
+from fastgrad.nn import mlp_score as mlp  # noqa: E402
 
-SIZES = (2, 16, 16, 1)
 TIMEOUT = 180            # seconds: generous, for a loaded 2-core machine
-
-
-def mlp(params, x):
-    """fastgrad.nn's MLP(2, [16, 16, 1]) as a function of its flat parameters."""
-    k = 0
-    for layer, (nin, nout) in enumerate(zip(SIZES, SIZES[1:])):
-        out = []
-        for _ in range(nout):
-            act = fastgrad.dot(params[k:k + nin], x, params[k + nin])
-            k += nin + 1
-            out.append(act.relu() if layer < len(SIZES) - 2 else act)
-        x = out
-    return x[0]
-
-
-def sample_loss(params, row):
-    """One point's max-margin loss; row = (x0, x1, label)."""
-    return (1 + -row[2] * mlp(params, row[:2])).relu()
 
 
 def make_rows(n, seed=0):

@@ -135,3 +135,34 @@ def test_parameter_arrays_refuse_parameters_that_are_not_one_run():
     with pytest.raises(ValueError, match="not consecutive slots of one graph: element 2 is not in the slot"):
         model.parameter_arrays()
     model.zero_grad()                             # still works, one parameter at a time
+
+
+# -- the flat-parameter MLP (compiled replay's form of the same network) ---------------
+
+
+@pytest.mark.parametrize("sizes", [(2, 16, 16, 1), (3, 4, 1), (1, 1)])
+def test_mlp_score_is_the_mlp_of_its_flat_parameters(sizes):
+    from fastgrad.nn import mlp_hinge_loss, mlp_score, n_params
+
+    random.seed(7)
+    model = MLP(sizes[0], list(sizes[1:]))
+    ps = model.parameters()
+    assert n_params(sizes) == len(ps)
+    x = [0.25 * (k + 1) * (-1) ** k for k in range(sizes[0])]
+    assert mlp_score(ps, x, sizes).data == model(x).data
+    for y in (1.0, -1.0):
+        want = max(0.0, 1.0 + -y * model(x).data)
+        assert mlp_hinge_loss(ps, x + [y], sizes).data == want
+    f = fastgrad.compile(lambda p, r: mlp_hinge_loss(p, r, sizes), [p.data for p in ps], x + [1.0])
+    loss = mlp_hinge_loss(ps, x + [1.0], sizes)
+    assert f([p.data for p in ps], x + [1.0]) == loss.data
+    assert list(f.value_and_grad([p.data for p in ps], x + [1.0])[1]) == fastgrad.grad(loss, ps)
+
+
+def test_mlp_score_defaults_to_the_demo_network_and_needs_one_output():
+    from fastgrad.nn import DEMO_SIZES, mlp_score, n_params
+
+    assert DEMO_SIZES == (2, 16, 16, 1) and n_params() == 337
+    ps = fastgrad.leaves([0.1] * n_params((2, 2)))
+    with pytest.raises(ValueError, match="one output neuron"):
+        mlp_score(ps, [1.0, 2.0], (2, 2))

@@ -202,6 +202,25 @@ def test_a_name_that_refers_back_to_its_value_is_collected(g):
     assert probe() is None and live(g) == base
 
 
+@pytest.mark.parametrize("consumer", [False, True])
+def test_a_value_holding_itself_in_an_attribute_is_collected(g, consumer):
+    """The Value types are GC-visible: a Value that is its own attribute is
+    freed by gc.collect, also once a consumer that kept its node is gone."""
+    base = live(g)
+    x = Value(1.0)
+    h = x * 2.0
+    h.me = h
+    h.others = [h, {"again": h}]
+    probe = weakref.ref(h)
+    out = h + 1.0 if consumer else None
+    del h
+    gc.collect()
+    assert (probe() is not None) == consumer      # its node is still used by out
+    del out, x
+    gc.collect()
+    assert probe() is None and live(g) == base
+
+
 def test_a_user_op_reached_only_through_its_consumer_keeps_its_backward_through_gc():
     x = Value(0.5)
     z = user_tanh(x) * 3.0              # the tanh Value lives only in its own closure
@@ -361,6 +380,176 @@ def test_a_chain_of_100_nodes_round_trips_through_pickle_and_deepcopy():
     for twin in (pickle.loads(pickle.dumps(y)), copy.deepcopy(y)):
         assert twin.data == y.data
         assert fastgrad.grad(twin, list(trace_leaves(twin))) == [fastgrad.grad(y, x)]
+
+
+def test_a_chain_of_a_million_nodes_pickles_and_deepcopies_flat(g):
+    """No recursion along the subgraph (issue #11): one walk over the arrays,
+    one record, built back in one pass, at any depth."""
+    x = Value(1.0, label="x")
+    y = x
+    for _ in range(500_000):
+        y = y * 1.0000001 + 1e-9
+    y.label = "y"
+    want = fastgrad.grad(y, x)
+    base = live(g)
+    for twin_of in (lambda v: pickle.loads(pickle.dumps(v)), copy.deepcopy):
+        x2, y2 = twin_of([x, y])
+        assert (y2.data, y2.label, x2.label) == (y.data, "y", "x")
+        assert live(g) == 2 * base         # every node once, nothing held after the load
+        assert fastgrad.grad(y2, x2) == want
+        del x2, y2
+        assert live(g) == base
+
+
+def test_values_pickled_together_share_their_common_nodes(g):
+    a, b = Value(2.0, label="a"), Value(3.0)
+    h = a * b                            # shared by both outputs
+    h.label = "h"
+    u, w = h.tanh(), h + a
+    del h
+    blob = {"u": u, "w": [w, (a, u)], "b": b}
+    for twin_of in (lambda v: pickle.loads(pickle.dumps(v)), copy.deepcopy):
+        twin = twin_of(blob)
+        u2, (w2, (a2, u2b)), b2 = twin["u"], twin["w"], twin["b"]
+        assert u2 is u2b and u2 is not u
+        (h2,) = u2._prev
+        assert h2 in w2._prev and a2 in w2._prev and h2._prev == {a2, b2}
+        assert h2.label == "h" and a2.label == "a"
+        assert live(g) == 2 * 5             # a, b, h, u, w: each once more
+        del twin, u2, w2, a2, u2b, b2, h2
+
+
+def test_each_dump_takes_the_values_as_they_are_then(g):
+    a = Value(1.0)
+    y = a * 2.0
+    first = pickle.loads(pickle.dumps(y))
+    a.data = 5.0
+    y.grad = 0.5
+    again = pickle.loads(pickle.dumps([y, a]))
+    (inner,) = first._prev
+    assert (first.data, inner.data) == (2.0, 1.0)
+    y2, a2 = again
+    assert (y2.data, y2.grad, a2.data) == (2.0, 0.5, 5.0) and y2._prev == {a2}
+    assert live(g) == 2 * 3
+
+
+def test_state_of_nodes_reached_only_through_consumers_comes_along(g):
+    t = MyValue(2.0)
+    t.colour = "red"
+    m = t * 3.0
+    m.label = "m"
+    m.owner = None
+    out = m + 1.0
+    m.owner = out                         # an attribute referring to a consumer
+    del t, m
+    twin = pickle.loads(pickle.dumps(out))
+    (m2,) = twin._prev
+    (t2,) = m2._prev
+    assert m2.label == "m" and m2.owner is twin
+    assert type(t2) is MyValue and t2.colour == "red"
+
+
+def test_copy_copy_shares_the_parents_and_attribute_values(g):
+    a = Value(1.5)
+    s = fastgrad.dot([a, 2.0], [a, a], 0.5)
+    s.tag = ["x"]
+    s.label = "s"
+    s2 = copy.copy(s)
+    assert s2 is not s and s2._prev == {a} and s2.tag is s.tag and s2.label == "s"
+    s2.label = "t"
+    assert s.label == "s"
+    assert fastgrad.grad(s2, a) == fastgrad.grad(s, a)
+    leaf = copy.copy(a)
+    assert leaf is not a and leaf.data == a.data and leaf.op == "leaf"
+    for node in (a * s, -a, user_tanh(a)):
+        twin = copy.copy(node)
+        assert (twin._op, twin._prev, twin.data) == (node._op, node._prev, node.data)
+        if node.op != "user":     # a user op's copy shares its closure, which reads node's grad
+            assert fastgrad.grad(twin, a) == fastgrad.grad(node, a)
+    assert twin._backward is node._backward
+
+
+def test_deepcopy_of_a_user_op_updates_the_copied_nodes():
+    x = Value(0.5)
+    y = user_tanh(x) * 2.0
+    y2 = copy.deepcopy(y)
+    y2.backward()
+    (t2,) = y2._prev
+    (x2,) = t2._prev
+    assert x.grad == 0.0 and x2 is not x
+    assert x2.grad == pytest.approx(2 * (1 - math.tanh(0.5) ** 2), rel=1e-15)
+
+
+def test_pickling_a_user_op_with_a_closure_says_why_it_cannot():
+    y = user_tanh(Value(0.5)) * 2.0
+    with pytest.raises(TypeError, match=r"user-defined op 'tanh'.*local function"):
+        pickle.dumps(y)
+    z = Value(0.5)
+    assert pickle.loads(pickle.dumps(z)).data == 0.5     # nothing of the failed dump is left
+
+
+def _scaled_backward(x: Value, out: Value) -> None:
+    x.grad += 3.0 * out.grad
+
+
+def test_a_user_op_with_a_module_level_backward_pickles():
+    import functools
+
+    x = Value(0.5)
+    out = Value(1.5, (x,), "triple")
+    out._backward = functools.partial(_scaled_backward, x, out)
+    y = out * 2.0
+    y2 = pickle.loads(pickle.dumps(y))
+    y2.backward()
+    (o2,) = y2._prev
+    (x2,) = o2._prev
+    assert o2._op == "triple" and x2.grad == 6.0 and x.grad == 0.0
+
+
+def test_unpickling_builds_into_the_current_graph():
+    with fastgrad.Graph():
+        y = Value(1.0) * 2.0
+    blob = pickle.dumps(y)
+    with fastgrad.Graph() as g2:
+        y2 = pickle.loads(blob)
+    assert y2.graph is g2 and y2.data == 2.0
+
+
+@pytest.mark.parametrize("forge", [
+    lambda data: data[:-1] + bytes([250]),                 # an op code fastgrad does not have
+    lambda data: data[:-1] + bytes([0]),                   # FREE
+    lambda data: data[:-1],                                # a cut record
+    lambda data: data[:24] + bytes([5, 0, 0, 0]) + data[28:32] + bytes([3]),   # unary: parent >= self
+])
+def test_a_forged_record_raises_value_error(g, forge):
+    func, (rec, k, tp) = Value(1.0).__reduce__()
+    load, args = rec.__reduce__()
+    base = live(g)
+    with pytest.raises(ValueError, match="not a pickled fastgrad Value"):
+        func(load(*args[:5], forge(args[5])), k, tp)
+    assert live(g) == base
+
+
+def test_hostile_references_and_states_raise_value_error(g):
+    func, (rec, k, tp) = Value(1.0).__reduce__()
+    load, args = rec.__reduce__()
+    loaded = load(*args)
+    for bad in [(loaded, 1, Value), (loaded, -1, Value), (loaded, 0, int), (object(), 0, Value),
+                (loaded, 0.0, Value)]:
+        with pytest.raises(ValueError, match="not a pickled fastgrad Value"):
+            func(*bad)
+    v = func(loaded, 0, Value)
+    for state in [None, (loaded, [(0,)]), (loaded, ((0, Value, 3, None, None, None),)),
+                  (loaded, ((0, Value, None, None, print, None),)),
+                  (loaded, ((0, Value, None, None, None, [1]),)), (loaded, ((5, Value) + (None,) * 4,))]:
+        with pytest.raises(ValueError, match="not a pickled fastgrad Value"):
+            v.__setstate__(state)
+    with pytest.raises(ValueError, match="starts at node"):
+        load(None, 3, *args[2:])
+    with pytest.raises(ValueError, match="starts at node"):
+        load(loaded, 0, *args[2:])
+    with pytest.raises(ValueError, match="endian"):
+        load(None, 0, args[2], args[3], "middle", args[5])
 
 
 def trace_leaves(v):

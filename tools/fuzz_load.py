@@ -28,6 +28,14 @@ Each input is read three ways, chosen by its first byte:
   or an .npy header promising more data than there is.  load must never read
   an unknown member and must bound what a known one may expand to: the
   process's peak RSS is checked after every such load.
+- Value pickles (first byte 5 mod 8): pickled Values (every op row, n-ary
+  nodes, a user op, a subclass, attributes referring back, several Values
+  sharing nodes) taken apart into their flat records and references
+  (fastgrad/_pickle.pxi), edited (record bytes, lengths, chain order, dump
+  indices, types, node states), pickled again and loaded.  A load must
+  raise ValueError (or MemoryError) or give Values that work: data, _prev,
+  backward, grad, deepcopy and a second round trip; and every node it made
+  is freed once those Values are dropped.
 A Function that loads is then run through every entry point (call,
 value_and_grad, jvp, vjp, jacobian, hvp, batch, batch_value_and_grad), so a
 hole in validation shows as an out-of-bounds read -- caught for certain when
@@ -37,6 +45,9 @@ instrumented build when FUZZ_SECONDS is set).
 
 from __future__ import annotations
 
+import copy
+import functools
+import gc
 import io
 import os
 import pickle
@@ -93,6 +104,186 @@ def _write_seeds(corpus: str) -> None:
         np.savez(buf, **f._state())
         with open(os.path.join(corpus, f"seed{k}.npz"), "wb") as fh:
             fh.write(b"\x00" + buf.getvalue())      # first byte 0: the raw reading
+    for k in range(len(VALUE_SEEDS)):
+        with open(os.path.join(corpus, f"value{k}"), "wb") as fh:
+            fh.write(bytes([5, k]) + b"\x00" * 8)   # first byte 5: the Value reading, unedited
+
+
+# ---------------------------------------------------------------- Value pickles
+
+class Tagged(fastgrad.Value):
+    """A Value subclass, pickled by reference to this module."""
+
+
+def _pair_backward(a, b, out) -> None:
+    a.grad += b.data * out.grad
+    b.grad += a.data * out.grad
+
+
+def _value_structures() -> list:
+    """Lists of Values pickled together (in the graph current at import)."""
+    Value = fastgrad.Value
+    a, b = Value(0.7, label="a"), Value(1.3)
+    rows = [ops.make_row(row, fastgrad, a, b) for row in ops.ROWS.values() if row is not None]
+    s = fastgrad.sum([a, 2.0, b, a])
+    d = fastgrad.dot([a, b], [b, 1.0], 0.5)
+    u = Value(a.data * b.data, (a, b), "pair")
+    u._backward = functools.partial(_pair_backward, a, b, u)
+    t = Tagged(3.0)
+    t.colour = "red"
+    m = t * u + d
+    m.label = "m"
+    m.me = m
+    m.more = [s]
+    return [[a], [rows[-1], a], rows, [s, d, u, m], [m, t, a], [s * s]]
+
+
+class _Forged:
+    """Pickles as the given reduce value (a record or a Value reference)."""
+
+    def __init__(self, rv: tuple) -> None:
+        self.rv = rv
+
+    def __reduce__(self):
+        return self.rv
+
+
+def _take_apart(values: list) -> tuple:
+    """([record fields], [Value fields]) of values pickled as one dump: a
+    record is [prev record or None, base, n, m, byte order, data], a Value
+    [record, dump index, type, state entries or None]; a Value inside an
+    attribute dict becomes ("V", its position)."""
+    records: list = []
+    refs: list = []
+    keep = []                                  # the records stay alive: one dump
+    pos = {id(v): j for j, v in enumerate(values)}
+    for v in values:
+        rv = v.__reduce__()
+        rec, k, tp = rv[1]
+        keep.append(rec)
+        if all(rec is not r for r in keep[:-1]):
+            load, (prev, base, n, m, order, data) = rec.__reduce__()
+            records.append([rec, prev, base, n, m, order, data])
+        entries = None
+        if len(rv) > 2:
+            entries = []
+            for (kk, etp, name, uop, bw, dd) in rv[2][1]:
+                if bw is not None:
+                    bw = bw.__reduce__()[1][0]
+                if dd is not None:
+                    dd = {key: (("V", pos[id(x)]) if id(x) in pos else x) for key, x in dd.items()
+                          if not isinstance(x, fastgrad.Value) or id(x) in pos}
+                entries.append([kk, etp, name, uop, bw, dd])
+        refs.append([rec, k, tp, entries])
+    index = {id(r[0]): j for j, r in enumerate(records)}
+    out_records = [[None if r[1] is None else index[id(r[1])]] + r[2:] for r in records]
+    out_refs = [[index[id(r[0])]] + r[1:] for r in refs]
+    del keep
+    return out_records, out_refs
+
+
+with fastgrad.Graph():
+    VALUE_SEEDS = [_take_apart(vs) for vs in _value_structures()]
+TYPES = [fastgrad.Value, Tagged, int, None, fastgrad.Graph]
+
+
+def _edit_value_pickle(fdp: atheris.FuzzedDataProvider, records: list, refs: list) -> None:
+    for _ in range(fdp.ConsumeIntInRange(0, 6)):
+        what = fdp.ConsumeIntInRange(0, 9)
+        r = records[fdp.ConsumeIntInRange(0, len(records) - 1)]
+        v = refs[fdp.ConsumeIntInRange(0, len(refs) - 1)]
+        if what <= 2 and r[5]:                       # record bytes: one byte, or an int32
+            data = bytearray(r[5])
+            i = fdp.ConsumeIntInRange(0, len(data) - 1)
+            if what == 0:
+                data[i] = fdp.ConsumeIntInRange(0, 255)
+            else:
+                x = fdp.PickValueInList(SPECIAL + [fdp.ConsumeIntInRange(-3, 40)])
+                data[i:i + 4] = (x & 0xFFFFFFFF).to_bytes(4, sys.byteorder)
+            r[5] = bytes(data[:len(r[5])])
+        elif what == 3:                              # cut or grow the record
+            r[5] = r[5][:fdp.ConsumeIntInRange(0, len(r[5]))] + fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40))
+        elif what == 4:                              # lengths and chain position
+            j = fdp.ConsumeIntInRange(1, 3)
+            near = [r[j] + 1, r[j] - 1] if type(r[j]) is int else []
+            r[j] = fdp.PickValueInList(SPECIAL + near + [0, "1", 1.0])
+        elif what == 5:
+            r[0] = fdp.PickValueInList([None, 0, len(records) - 1, r[0]])
+        elif what == 6:                              # a reference
+            near = [v[1] + 1] if type(v[1]) is int else []
+            v[1] = fdp.PickValueInList(SPECIAL + near + [-1, 0, "0"])
+        elif what == 7:
+            v[2] = fdp.PickValueInList(TYPES)
+        elif what == 8 and v[3]:                     # a node state
+            e = v[3][fdp.ConsumeIntInRange(0, len(v[3]) - 1)]
+            f = fdp.ConsumeIntInRange(0, 5)
+            e[f] = fdp.PickValueInList([None, 0, -1, 10**6, "x", len, {}, {"k": 1}, Tagged,
+                                        fastgrad.Value, _pair_backward, [1]])
+        elif what == 9:
+            r[4] = fdp.PickValueInList(["little", "big", None])
+
+
+def _forge(records: list, refs: list) -> list:
+    forged: list = []
+    for prev, base, n, m, order, data in records:
+        p = forged[prev] if isinstance(prev, int) and 0 <= prev < len(forged) else None
+        forged.append(_Forged((fastgrad._core._load_flat, (p, base, n, m, order, data))))
+    vals: list = []
+    for ri, k, tp, entries in refs:
+        rec = forged[ri] if isinstance(ri, int) and 0 <= ri < len(forged) else None
+        vals.append(_Forged((fastgrad._core._value_from_flat, (rec, k, tp))))
+    for (ri, k, tp, entries), fv in zip(refs, vals):
+        if entries is not None:
+            rec = forged[ri] if isinstance(ri, int) and 0 <= ri < len(forged) else None
+            states = []
+            for e in entries:
+                e = list(e)
+                if isinstance(e[5], dict):
+                    e[5] = {key: (vals[x[1]] if isinstance(x, tuple) and x[:1] == ("V",) else x)
+                            for key, x in e[5].items()}
+                states.append(tuple(e))
+            fv.rv = fv.rv + ((rec, tuple(states)),)
+    return vals
+
+
+def _exercise_values(values: list) -> None:
+    for v in values:
+        v.data, v.grad, v.label, v._op, repr(v)  # noqa: B018
+        seen, stack = set(), [v]
+        while stack and len(seen) < 200:
+            x = stack.pop()
+            if x not in seen:
+                seen.add(x)
+                stack.extend(x._prev)
+        v.backward()
+        fastgrad.grad(v, list(seen))
+        copy.deepcopy(v)
+        pickle.loads(pickle.dumps([v, *seen]))
+
+
+def _value_pickle(fdp: atheris.FuzzedDataProvider) -> None:
+    records, refs = copy.deepcopy(VALUE_SEEDS[fdp.ConsumeIntInRange(0, len(VALUE_SEEDS) - 1)])
+    _edit_value_pickle(fdp, records, refs)
+    with fastgrad.Graph() as g:
+        blob = pickle.dumps(_forge(records, refs))
+        try:
+            values = pickle.loads(blob)
+        except (ValueError, MemoryError) as exc:
+            _outcome(str(exc))
+            values = []
+        try:
+            _exercise_values(values)
+        except (ValueError, TypeError, FloatingPointError, RuntimeError) as exc:
+            _outcome(str(exc))
+        del values
+    # Attributes and a user op's _backward that refer back (m.me = m): a
+    # cycle whose node is used by a consumer is collected once the consumer
+    # is gone, one layer per collection.
+    live, before = g.stats()["live_nodes"], -1
+    while live and live != before:
+        gc.collect()
+        live, before = g.stats()["live_nodes"], live
+    assert live == 0, f"{live} nodes of a loaded Value pickle still live after its Values were dropped"
 
 
 def _edit(fdp: atheris.FuzzedDataProvider, state: dict) -> dict:
@@ -166,7 +357,10 @@ def _outcome(msg: str) -> None:
     for key in ("not a saved", "missing array", "must be 1-D", "format version", "negative",
                 "entries for", "operands", "output count", "impossible sizes", "corrupt tape",
                 "Bad", "zip", "CRC", "pickle", "header", "EOF", "shape", "dtype", "descr",
-                "expands to", "promises", "unsupported .npy", "compression", "Truncated"):
+                "expands to", "promises", "unsupported .npy", "compression", "Truncated",
+                "is corrupt", "starts at node", "a record of", "endian", "malformed", "refers to",
+                "type ", "state ", "a node state", "name ", "attributes ", "a _backward for",
+                "node ", "follows a"):
         if key in msg:
             return
 
@@ -270,6 +464,9 @@ def _check_rss() -> None:
 
 def TestOneInput(data: bytes) -> None:
     if not data:
+        return
+    if data[0] % 8 == 5:                 # Value pickles
+        _value_pickle(atheris.FuzzedDataProvider(data[1:]))
         return
     if data[0] % 4 == 3:                 # archive members
         fdp = atheris.FuzzedDataProvider(data[1:])

@@ -25,6 +25,15 @@ ops while ordinary steps run.  Here the result is also checked: it must
 equal Python's own left-to-right sum over the objects the list held when
 the op was called.
 
+The Value-object surface (the "objects" step), checked against the
+reference engine (tests/reference.py) built in lockstep: micrograd-style
+user-defined ops with ``_backward`` closures (plain, n-parent, never set,
+raising, building nodes mid-sweep, dropping other Values and collecting),
+attributes and subclass instances reached again through ``_prev`` after
+their handles died, weak references, manual reverse ``_backward()`` calls,
+copy/deepcopy/pickle round trips of lists sharing nodes, and the same on
+the process-wide default graph with a model built in another thread.
+
 The promise: a Python exception of a documented kind (TypeError,
 ValueError, OverflowError, FloatingPointError, RuntimeError, MemoryError,
 ZeroDivisionError) or a result -- never a crash, never another exception
@@ -35,16 +44,20 @@ libFuzzer stops and writes the input to crash-<sha1>.
 
 from __future__ import annotations
 
+import copy
 import decimal
 import fractions
 import gc
 import numbers
 import operator
+import math
 import os
 import pickle
 import signal
 import sys
 import tempfile
+import threading
+import weakref
 
 import atheris
 
@@ -54,6 +67,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import fastgrad  # noqa: E402
 import fastgrad.nn  # noqa: E402
 import ops  # noqa: E402  (tests/ops.py: the test-side op table)
+import reference as ref  # noqa: E402  (tests/reference.py: the pure-Python oracle)
 import numpy as np  # noqa: E402
 from fastgrad import Value  # noqa: E402
 
@@ -257,6 +271,8 @@ class Fuzz:
                 # grow while pinned: BufferError once the graph is full, never a crash
                 for _ in range(fdp.ConsumeIntInRange(0, 300)):
                     self.keep(Value(self.number()) * 2.0)
+        elif k == 20:
+            objects(self)
         elif k == 21:
             midop(self)
         elif k == 22:
@@ -360,7 +376,14 @@ class Fuzz:
                 self.entered.pop().__exit__(None, None, None)
         self.pool.clear()
         if self.cycles:
-            gc.collect()       # midop's numbers and their lists refer to each other
+            # midop's numbers and their lists refer to each other; user ops'
+            # closures refer to their Values, and a cycle whose node a
+            # consumer uses is collected once the consumer is gone: one
+            # layer of a chain of user ops per collection.
+            for _ in range(64):
+                if not any(g.stats()["live_nodes"] for g in self.graphs):
+                    break
+                gc.collect()
         for g in self.graphs:
             live = g.stats()["live_nodes"]
             assert live == 0, f"{g!r}: {live} nodes still live after every handle was dropped"
@@ -536,6 +559,288 @@ def compile_mutating(fz: Fuzz) -> None:
     f = fastgrad.compile(fn, example)
     assert f.arg_sizes == (n,)
     assert _same(f(example), traced[0]), (f(example), traced[0])
+
+
+# ---------------------------------------------------------------- the Value-object surface
+
+class Sub(Value):
+    """A Value subclass: _prev must give its instances back."""
+
+
+class UserOpError(Exception):
+    """What a user op's _backward raises: backward() must raise it, unchanged."""
+
+
+def _user_tanh(x, rx):
+    t = math.tanh(x.data)
+    out = Value(t, (x,), "tanh")
+
+    def _backward() -> None:
+        x.grad += (1 - t * t) * out.grad
+
+    out._backward = _backward
+    return out, ref.RValue(t, "user", ((rx, 1 - t * t),))
+
+
+def _user_mul(x, y, rx, ry):
+    out = Value(x.data * y.data, (x, y), "mul")
+
+    def _backward() -> None:
+        x.grad += y.data * out.grad
+        y.grad += x.data * out.grad
+
+    out._backward = _backward
+    return out, ref.RValue(x.data * y.data, "user", ((rx, ry.data), (ry, rx.data)))
+
+
+def _close(got: float, want: float, scale: float) -> bool:
+    if not (math.isfinite(got) and math.isfinite(want)):
+        return got == want or (got != got and want != want)
+    return abs(got - want) <= 1e-9 * (abs(want) + scale + 1e-300)
+
+
+class Program:
+    """Values and their reference twins, built by the same steps."""
+
+    def __init__(self, fz: Fuzz, shared: bool) -> None:
+        self.fz = fz
+        self.shared = shared         # leaves made by another thread, in the default graph
+        self.vals: list = []
+        self.refs: list = []
+        self.weak: list = []
+        self.tags: dict = {}         # id of a reference node -> (label, attribute, type)
+        self.bad = None              # "raise" / "build" / "drop": a hostile _backward in the graph
+
+    def leaf(self) -> None:
+        fdp = self.fz.fdp
+        x = fdp.ConsumeIntInRange(-20, 20) / 10.0
+        tp = Sub if fdp.ConsumeBool() else Value
+        if self.shared:
+            made: list = []
+            th = threading.Thread(target=lambda: made.append(tp(x)))
+            th.start()
+            th.join()
+            v = made.pop()
+        else:
+            v = tp(x)
+        self.vals.append(v)
+        self.refs.append(ref.RValue(x))
+
+    def pick(self) -> int:
+        alive = [i for i, v in enumerate(self.vals) if v is not None]
+        return alive[self.fz.fdp.ConsumeIntInRange(0, len(alive) - 1)]
+
+    def grow(self) -> None:
+        fdp = self.fz.fdp
+        i, j = self.pick(), self.pick()
+        a, b, ra, rb = self.vals[i], self.vals[j], self.refs[i], self.refs[j]
+        k = fdp.ConsumeIntInRange(0, 11)
+        if k == 0:
+            v, r = a + b, ra + rb
+        elif k == 1:
+            v, r = a * b, ra * rb
+        elif k == 2:
+            v, r = a - b, ra - rb
+        elif k == 3:
+            name = fdp.PickValueInList(["tanh", "sigmoid", "sin", "cos", "relu"])
+            v, r = getattr(a, name)(), getattr(ra, name)()
+        elif k == 4:
+            v, r = _user_tanh(a, ra)
+        elif k == 5:
+            v, r = _user_mul(a, b, ra, rb)
+        elif k == 6:
+            v = Value(a.data + 1.0, (a, b), "opaque")    # _backward never set: no gradient
+            r = ref.RValue(a.data + 1.0, "user", ((ra, 0.0), (rb, 0.0)))
+        elif k == 7:
+            v, r = fastgrad.dot([a, b], [b, 2.0], 0.5), ref.rdot([ra, rb], [rb, 2.0], 0.5)
+        elif k == 8:
+            v, r = fastgrad.sum([a, 1.0, b, a]), ref.rsum([ra, 1.0, rb, ra])
+        elif k == 9 and self.bad is None:
+            v, r = self.hostile(a, ra)
+        elif k == 10:
+            with pytest_raises(TypeError):
+                (a * 1.0)._backward = lambda: None     # a built-in node keeps its rule
+            v, r = a * 1.0, ra * 1.0
+        else:
+            v, r = a.tanh() * 0.5, ra.tanh() * 0.5
+        self.vals.append(v)
+        self.refs.append(r)
+
+    def hostile(self, a, ra):
+        """A user op whose _backward raises, builds nodes, or drops Values."""
+        fdp = self.fz.fdp
+        kind = fdp.PickValueInList(["raise", "build", "drop"])
+        out = Value(a.data, (a,), "hostile")
+        pool = self.fz.pool
+
+        def _backward() -> None:
+            if kind == "raise":
+                raise UserOpError("from a user op")
+            if kind == "build":
+                a * 2.0                                # RuntimeError: the graph is being swept
+            del pool[:]                                # drops Values mid-sweep (freed after it)
+            gc.collect()
+            a.grad += out.grad
+
+        out._backward = _backward
+        self.bad = kind
+        self.bad_node = weakref.ref(out)
+        return out, ref.RValue(a.data, "user", ((ra, 1.0),))
+
+    def label(self) -> None:
+        """Attributes and names on an intermediate, whose handle then dies."""
+        fdp = self.fz.fdp
+        i = self.pick()
+        v, r = self.vals[i], self.refs[i]
+        if id(r) in self.tags:
+            return
+        tag = (f"n{i}", [fdp.ConsumeIntInRange(0, 9)], type(v))
+        v.label, v.payload = tag[0], tag[1]
+        self.tags[id(r)] = tag
+        self.weak.append((weakref.ref(v), r))
+        if fdp.ConsumeBool() and r.parents and i != len(self.vals) - 1:
+            self.vals[i] = None                        # reached again only through _prev
+        elif fdp.ConsumeBool():
+            v.me = v                                   # a cycle the collector frees
+
+    def walk(self, out):
+        """Every Value reachable from out and its reference twin, consumers first."""
+        order, seen, stack = [], set(), [out]
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            order.append(v)
+            stack.extend(v._prev)
+        return order
+
+    def check(self, out, rout) -> None:
+        """fastgrad.grad, backward() and manual _backward() calls against the reference."""
+        leaves = [v for v in self.vals if v is not None and v.op == "leaf"]
+        rleaves = [r for v, r in zip(self.vals, self.refs) if v is not None and v.op == "leaf"]
+        adj, scale = ref.radjoints(rout)
+        want = [adj.get(r, 0.0) for r in rleaves]
+        sc = [scale.get(r, 0.0) for r in rleaves]
+        got = fastgrad.grad(out, leaves)
+        assert all(map(_close, got, want, sc)), (got, want)
+        for v in leaves:
+            v.grad = 0.0
+        out.backward()
+        assert all(map(_close, [v.grad for v in leaves], want, sc))
+        # micrograd's own loop: zero every grad, seed, call _backward in reverse topological order
+        nodes = self.walk(out)
+        topo = ref.topological_order(out, lambda n: n._prev)
+        for n in topo:
+            n.grad = 0.0
+        out.grad = 1.0
+        for n in reversed(topo):
+            n._backward()
+        assert all(map(_close, [v.grad for v in leaves], want, sc))
+        # state reached again through _prev: labels, attributes, types
+        by_label = {n.label: n for n in nodes if n.label}
+        for r_id, (lab, payload, tp) in self.tags.items():
+            n = by_label.get(lab)
+            if n is not None:
+                assert n.payload == payload and type(n) is tp, (lab, n.payload, payload)
+
+    def twins(self, out) -> None:
+        """copy.copy, deepcopy and pickle of lists sharing nodes give the same numbers."""
+        fdp = self.fz.fdp
+        live = [v for v in self.vals if v is not None]
+        group = [out] + [live[fdp.ConsumeIntInRange(0, len(live) - 1)] for _ in range(fdp.ConsumeIntInRange(0, 3))]
+        how = fdp.ConsumeIntInRange(0, 2)
+        if how == 0:
+            twin = copy.copy(out)
+            assert twin is not out and twin._prev == out._prev and twin.data == out.data
+            return
+        try:
+            new = copy.deepcopy(group) if how == 1 else pickle.loads(pickle.dumps(group))
+        except TypeError as exc:                       # a user op's closure: pickle cannot
+            assert how == 2 and "local function" in str(exc), exc
+            return
+        assert [t.data for t in new] == [v.data for v in group]
+        assert [type(t) for t in new] == [type(v) for v in group]
+        for v, t in zip(group[1:], new[1:]):
+            assert (v in self.walk(out)) == (t in self.walk(new[0])), "sharing lost"
+        leaves = [v for v in self.walk(out) if v.op == "leaf"]
+        tleaves = [t for t in self.walk(new[0]) if t.op == "leaf"]
+        if self.bad is None and len(leaves) == len(tleaves):
+            g1 = sorted(fastgrad.grad(out, leaves))
+            g2 = sorted(fastgrad.grad(new[0], tleaves))
+            assert all(map(_close, g1, g2, [abs(x) for x in g1])), (g1, g2)
+
+
+class pytest_raises:
+    """pytest.raises in a fuzzer: the body must raise exc."""
+
+    def __init__(self, exc) -> None:
+        self.exc = exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, tp, val, tb):
+        assert tp is not None and issubclass(tp, self.exc), f"expected {self.exc.__name__}, got {tp}"
+        return True
+
+
+def objects(fz: Fuzz) -> None:
+    fdp = fz.fdp
+    shared = fdp.ConsumeIntInRange(0, 3) == 0
+    if shared:
+        # Leaves built by other threads, used here: all on the default graph.
+        found: list = []
+        th = threading.Thread(target=lambda: found.append(fastgrad.current_graph()))
+        th.start()
+        th.join()
+        g = found.pop()
+        before = g.stats()["live_nodes"]
+    p = Program(fz, shared)
+    for _ in range(fdp.ConsumeIntInRange(1, 3)):
+        p.leaf()
+    for _ in range(fdp.ConsumeIntInRange(1, 10)):
+        if fdp.ConsumeIntInRange(0, 3) == 0:
+            p.label()
+        else:
+            p.grow()
+    out, rout = p.vals[-1], p.refs[-1]
+    fz.cycles = True
+    if p.bad is not None and p.bad_node() not in p.walk(out):
+        p.bad = None                 # the hostile op is not swept from out
+    if p.bad == "raise":
+        with pytest_raises(UserOpError):
+            out.backward()
+    elif p.bad == "build":
+        with pytest_raises(RuntimeError):
+            out.backward()
+    else:
+        p.check(out, rout)
+        if shared:
+            # grad() from another thread at the same time as this one's
+            res: list = []
+            th = threading.Thread(target=lambda: res.append(fastgrad.grad(out, out)))
+            th.start()
+            fastgrad.grad(out, [v for v in p.vals if v is not None])
+            th.join()
+            assert res == [1.0]
+    p.twins(out)
+    for w, r in p.weak:
+        assert w() is None or w().label, "a weak reference shows another node"
+    del out
+    p.vals.clear()
+    for _ in range(16):              # a cycle whose node a consumer uses: one layer per collection
+        if all(w() is None for w, r in p.weak):
+            break
+        gc.collect()
+    assert all(w() is None for w, r in p.weak), "a Value outlived every reference to it"
+    if shared:
+        for _ in range(16):
+            if g.stats()["live_nodes"] == before:
+                break
+            gc.collect()
+        live = g.stats()["live_nodes"]
+        assert live == before, f"the default graph kept {live - before} nodes of a dropped program"
 
 
 SIGNAL_OPS = 0

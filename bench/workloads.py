@@ -694,7 +694,7 @@ def memory_probe(engine, n: int, mode: str) -> dict:
 # 6. dask_scaling: batched replay over a Dask array on LocalClusters (opt-in:
 #    `run.py --workloads dask_scaling`; it starts worker processes)
 
-DASK_CHUNK = 125_000        # rows per chunk (one task each; replayed in calls of fastgrad._dask.ROWS_PER_CALL)
+DASK_CHUNK = 125_000        # rows per chunk (one task each, replayed in one call)
 DASK_ONE = "fastgrad (1 process, 2 threads)"
 DASK_WORKERS = {1: "fastgrad+dask (1 worker)", 2: "fastgrad+dask (2 workers)"}
 DASK_TARGETS = {"speedup_2_vs_1": 1.6, "overhead_vs_one_process": 1.25}
@@ -730,10 +730,7 @@ def dask_scaling(cfg, log) -> list[dict]:
     params = demo_params()
     f = fastgrad.compile(functools.partial(fastgrad.nn.mlp_hinge_loss, sizes=MLP_SIZES), params, rows[0])
 
-    from fastgrad._dask import ROWS_PER_CALL
-
-    # the calls a chunk task makes (fastgrad/_dask.py: equal, of at most ROWS_PER_CALL rows)
-    per_call = DASK_CHUNK // -(-DASK_CHUNK // ROWS_PER_CALL)
+    per_call = DASK_CHUNK       # the call a chunk task makes (fastgrad/_dask.py: one per chunk)
 
     def one_process():
         total, grad = 0.0, np.zeros_like(params)

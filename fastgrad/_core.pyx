@@ -2112,6 +2112,26 @@ cdef object _grad_graph(Graph g, Value o, list items, bint single):
         free(idx); free(res); free(order); free(adj)
 
 
+def _parents_of(Value v):
+    """Test hook: v's parents in operand order, repeats kept."""
+    return _parents(v._live_graph(), v.idx)
+
+
+def _make_row(str key, list parents, double c=0.0):
+    """Test hook: a node of row ``key`` (unary or binary, internal rows
+    included) over the given Values, with constant c."""
+    cdef int op = _OP_BY_KEY.get(key, -1)
+    if op < 0 or FG_ARITY[op] not in (1, 2) or len(parents) != FG_ARITY[op]:
+        raise ValueError(f"_make_row: {key!r} with {len(parents)} parents")
+    cdef Value a = <Value?>parents[0]
+    cdef Graph g = a._live_graph()
+    _enter(g)
+    if FG_ARITY[op] == 1:
+        return _wrap(g, fg_unary(&g.g, op, a.idx, c))
+    _same_graph(a, <Value?>parents[1])
+    return _wrap(g, fg_binary(&g.g, op, a.idx, (<Value>parents[1]).idx))
+
+
 def _grad_graph_reserve(int64_t per_edge):
     """Test hook: slots fg_grad_graph reserves per edge before a GIL-free
     sweep (-1 reads); returns the value before."""

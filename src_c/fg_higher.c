@@ -237,10 +237,14 @@ static int fg_dx_accumulate(fg_dx *x, fg_dt *adj, int32_t p, fg_dt d) {
     return FG_OK;
 }
 
-/* One edge: adj[p] += gn * (local), then the temporaries go. */
+/* One edge: adj[p] += gn * (local), then the temporaries go.  An edge to a
+ * parent no wrt is reachable from (FG_M_NEED clear) is not built at all. */
 #define FG_DEDGE(p, local)                                                      \
     do {                                                                        \
         int32_t p_ = (p);                                                       \
+        if (!(g->mark[p_] & FG_M_NEED)) {                                       \
+            break;                                                              \
+        }                                                                       \
         fg_dt l_ = (local);                                                     \
         fg_dt c_ = fg_dx_mul(x, gn, l_);                                        \
         rc = fg_dt_bad(c_) ? c_.i : fg_dx_accumulate(x, adj, p_, c_);           \
@@ -294,6 +298,7 @@ static int fg_dx_accumulate(fg_dx *x, fg_dt *adj, int32_t p, fg_dt d) {
 /* mark[] bits during the sweep (0 again on return). */
 #define FG_M_WRT   1
 #define FG_M_SWEPT 2   /* a node of the order: a node the sweep did not make */
+#define FG_M_NEED  4   /* a wrt is this node or reachable from it */
 
 int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                   int32_t *result, const int32_t *order, int64_t count, void *adj_ws,
@@ -307,13 +312,6 @@ int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
     x->may_grow = may_grow;
     x->ntmp = 0;
 
-    for (int64_t k = 0; k < count; k++) {
-        if (g->op[order[k]] == FG_OP_USER) {
-            g->err_node = order[k];
-            g->err_op = FG_OP_USER;
-            return FG_EUSER;
-        }
-    }
     for (int64_t k = 0; k < nwrt; k++) {
         adj[wrt[k]].i = FG_DT_NONE;
     }
@@ -322,14 +320,34 @@ int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
         g->mark[order[k]] = FG_M_SWEPT;
     }
     for (int64_t k = 0; k < nwrt; k++) {
-        g->mark[wrt[k]] |= FG_M_WRT;
+        g->mark[wrt[k]] |= FG_M_WRT | FG_M_NEED;
+    }
+    /* Producers first: a node is needed when a parent is.  A USER node with
+     * a needed parent stops the call (its rule is Python, on floats). */
+    for (int64_t k = count - 1; k >= 0; k--) {
+        const int32_t n = order[k];
+        int need = 0;
+#define FG_NEEDED(p) (need |= g->mark[p] & FG_M_NEED)
+        FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, n, FG_NEEDED)
+#undef FG_NEEDED
+        if (need && g->op[n] == FG_OP_USER) {
+            g->err_node = n;
+            g->err_op = FG_OP_USER;
+            rc = FG_EUSER;
+            goto done;
+        }
+        g->mark[n] |= need;
     }
     adj[out] = fg_dt_k(1.0);
 
     for (int64_t k = 0; k < count; k++) {
         const int32_t n = order[k];
         const fg_dt gn = adj[n];
-        if (gn.i == FG_DT_NONE) {
+        if (gn.i == FG_DT_NONE || !(g->mark[n] & FG_M_NEED)) {
+            if (gn.i >= 0 && !(g->mark[n] & FG_M_WRT)) {
+                fg_decref_fixed(g, gn.i);
+                adj[n].i = FG_DT_NONE;
+            }
             continue;
         }
         const int o = g->op[n];

@@ -322,7 +322,9 @@ def _t_mod(torch, a, b):
         @staticmethod
         def backward(ctx, g):
             x, y = ctx.saved_tensors
-            return g, -g * torch.floor_divide(x, y)
+            # floor(a / b) is piecewise constant: no derivative of its own
+            # (detached, so torch's double backward through it works)
+            return g, -g * torch.floor_divide(x.detach(), y.detach())
 
     return Mod.apply(_as_tensor(torch, a), _as_tensor(torch, b))
 

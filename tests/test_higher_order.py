@@ -34,6 +34,11 @@ from programs import (
     run_step,
 )
 
+try:
+    import test_torch          # its torch engine and first-order exclusions
+except pytest.skip.Exception:   # no torch: those tests skip
+    test_torch = None
+
 FG = FastgradEngine()
 REF = ReferenceEngine()
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -299,7 +304,8 @@ def test_maximum_of_two_values_splits_ties_at_every_order():
 
 
 def torch_engine():
-    import test_torch
+    if test_torch is None:
+        pytest.skip("torch is not installed")
     return test_torch
 
 
@@ -321,11 +327,11 @@ def torch_hessian(torch, program):
         for j in range(n):
             if row[j] is None:
                 continue
-            H[i][j] = float(row[j])
+            H[i][j] = float(row[j].detach())
             if row[j].requires_grad:
-                third = torch.autograd.grad(row[j], xs, allow_unused=True)
+                third = torch.autograd.grad(row[j], xs, retain_graph=True, allow_unused=True)
                 for k in range(n):
-                    T[i][j][k] = 0.0 if third[k] is None else float(third[k])
+                    T[i][j][k] = 0.0 if third[k] is None else float(third[k].detach())
     return slots, H, T
 
 
@@ -426,7 +432,7 @@ def test_pinn_residual_loss_backward_equals_torch():
         r = uxx + u - math.sin(xv)
         tloss = tloss + r * r
     tloss.backward()
-    assert got_loss == pytest.approx(float(tloss), rel=1e-12)
+    assert got_loss == pytest.approx(float(tloss.detach()), rel=1e-12)
     np.testing.assert_allclose(got, tp.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 

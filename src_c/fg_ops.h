@@ -2,7 +2,7 @@
  *
  * FG_OP_TABLE lists every op code, in code order (codes are saved in Function
  * files: a new op is appended).  One row per op:
- *   X(NAME, "name", ARITY, CONSTANT, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2)
+ *   X(NAME, "name", ARITY, CONSTANT, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2, dgraph)
  *   a, b  values of the first and second parent (b is 0.0 in unary rows)
  *   c     the node's constant slot, in every row (rows that do not carry a
  *         constant have 0.0 there and never read it)
@@ -14,6 +14,15 @@
  * the op computes (x + 45, x ** 2, leaky_relu's slope, a clamp bound, the
  * start of sum and dot, a folded constant's value): drawings print it.
  *
+ * dgraph is the row's first derivatives as graph ops, for grad(create_graph=
+ * True) (fg_higher.c, which defines the vocabulary): G1(d/da), G2(d/da,
+ * d/db) or G0, built from G_A, G_B, G_Y (the parents, the node), G_K(c) (a
+ * constant), G_U(OP, t), G_UC(OP, t, c), G_BIN(OP, s, t) (a node of row OP)
+ * and G_MUL, G_ADD, G_MULC, G_ADDC, G_NEG, G_RSUBC (c - t), G_RDIVC (c / t).
+ * Its values are the float columns' (same formulas); a derivative that is
+ * no user op is an internal row (FG_INTERNAL_OPS, after USER), so every
+ * dgraph uses only rows of this file and derivatives go to any order.
+ *
  * Columns are read by position.  Every expansion names the columns up to the
  * last one it reads and takes the rest as `...`, so a new column goes at the
  * end of the row and edits this file only.
@@ -21,7 +30,7 @@
  * FG_NARY_TABLE: an n-ary node is y = c + one term per group of GROUP (1 or
  * 2) consecutive operands, added in operand order (dot(w, x, b) sums as
  * micrograd does, so losses match it bit for bit).  One row per n-ary op:
- *   N(NAME, GROUP, term, d/da, d/db, d2/dadb)
+ *   N(NAME, GROUP, term, d/da, d/db, d2/dadb, dgraph)
  *   a, b  values of the group's operands (b is 0.0 in groups of 1); an
  *         operand may be a constant (index -1 in the side array), which gets
  *         no derivative

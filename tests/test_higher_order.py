@@ -37,7 +37,7 @@ from programs import (
 try:
     import test_torch          # its torch engine and first-order exclusions
 except pytest.skip.Exception:   # no torch: those tests skip
-    test_torch = None
+    test_torch = None  # type: ignore[assignment]
 
 FG = FastgradEngine()
 REF = ReferenceEngine()

@@ -673,3 +673,37 @@ def test_a_million_deep_chain_at_second_order():
         assert d2.data == pytest.approx(s, rel=1e-9)
         del d1, d2, y
         assert live(g) == 1
+
+
+def test_a_gil_free_sweep_and_another_thread_on_the_same_graph():
+    """Above 2048 nodes the sweep runs without the GIL: another thread's reads
+    of .data and its ops on the graph meanwhile never crash or change a number."""
+    import threading
+    with fastgrad.Graph() as g:
+        xs = fastgrad.leaves(np.linspace(-1, 1, 2000))
+        out = fastgrad.sum([(x * x).tanh() * x for x in xs])
+        want = fastgrad.grad(out, xs)
+    stop = threading.Event()
+    errors = []
+
+    def other():
+        try:
+            while not stop.is_set():
+                acc = xs[0]
+                for x in xs[:50]:
+                    acc = acc + x.data * x
+                assert math.isfinite(acc.data)
+        except BaseException as exc:      # reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for _ in range(10):
+            gs = fastgrad.grad(out, xs, create_graph=True)
+            assert [v.data for v in gs] == pytest.approx(want, rel=1e-15)
+            del gs
+    finally:
+        stop.set()
+        t.join()
+    assert not errors

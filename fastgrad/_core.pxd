@@ -153,6 +153,8 @@ cdef extern from "fastgrad.h" nogil:
                                    int64_t nwrt)
     int64_t fg_grad_graph_reserve(int64_t per_edge)
     int fg_reserve_nodes(fg_graph_t *g, int64_t n)
+    int fg_reserve_operands(fg_graph_t *g, int64_t n)
+    int64_t fg_grad_graph_operands(const fg_graph_t *g, const int32_t *order, int64_t count)
     int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                 double *result, double *adj, int check_finite)
     int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnodes,

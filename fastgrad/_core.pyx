@@ -2070,6 +2070,9 @@ cdef object _grad_graph(Graph g, Value o, list items, bint single):
             rc = fg_reserve_nodes(&g.g, fg_grad_graph_estimate(&g.g, order, count, n))
             if rc != FG_OK:
                 _raise_status(g, rc)
+            rc = fg_reserve_operands(&g.g, fg_grad_graph_operands(&g.g, order, count))
+            if rc != FG_OK:
+                _raise_status(g, rc)
         adj = malloc(g.g.capacity * 16)
         if adj == NULL:
             raise MemoryError()

@@ -202,13 +202,17 @@ int      fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
 int      fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                        int32_t *result, const int32_t *order, int64_t count, void *adj_ws,
                        int may_grow);
-/* Slots fg_grad_graph is expected to make over order (a reserve, not a bound). */
+/* Slots fg_grad_graph is expected to make over order (a reserve, not a bound);
+ * it may also use up to 2 operand entries per edge (fg_grad_graph_operands). */
 int64_t  fg_grad_graph_estimate(const fg_graph_t *g, const int32_t *order, int64_t count,
                                 int64_t nwrt);
 /* Test hook: slots reserved per edge (< 0 reads); returns the value before. */
 int64_t  fg_grad_graph_reserve(int64_t per_edge);
+int64_t  fg_grad_graph_operands(const fg_graph_t *g, const int32_t *order, int64_t count);
 /* Room for n fresh slots past top (grows capacity; FG_EPINNED, FG_ENOMEM). */
 int      fg_reserve_nodes(fg_graph_t *g, int64_t n);
+/* Room for n more n-ary operand entries (may grow or compact the side array). */
+int      fg_reserve_operands(fg_graph_t *g, int64_t n);
 
 /* Every node reachable from the roots, consumers before producers (a reverse
  * topological order), into order (capacity entries).  Returns the count. */

@@ -471,6 +471,18 @@ void fg_decref_fixed(fg_graph_t *g, int32_t i) {
     fg_cascade(g, 1, INT64_MAX, 0);
 }
 
+int fg_reserve_operands(fg_graph_t *g, int64_t n) {
+    if (g->oused + n <= g->ocap) {
+        return FG_OK;
+    }
+    int64_t off = fg_alloc_operands(g, n);   /* grows (or compacts): then gives the run back */
+    if (off < 0) {
+        return (int)off;
+    }
+    g->oused -= n;
+    return FG_OK;
+}
+
 int fg_reserve_nodes(fg_graph_t *g, int64_t n) {
     if (n < 0 || n > INT32_MAX - g->top) {
         return FG_ENOMEM;

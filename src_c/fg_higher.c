@@ -23,6 +23,7 @@
  * built, so the operand arrays never grow either.
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "fg_internal.h"
 
@@ -209,6 +210,15 @@ int64_t fg_grad_graph_reserve(int64_t per_edge) {
     return before;
 }
 
+int64_t fg_grad_graph_operands(const fg_graph_t *g, const int32_t *order, int64_t count) {
+    int64_t edges = 0;
+    for (int64_t k = 0; k < count; k++) {
+        int ar = FG_ARITY[g->op[order[k]]];
+        edges += (ar == -1) ? g->b[order[k]] : ar;
+    }
+    return 2 * edges + 16;
+}
+
 int64_t fg_grad_graph_estimate(const fg_graph_t *g, const int32_t *order, int64_t count,
                                int64_t nwrt) {
     int64_t edges = 0;
@@ -220,25 +230,108 @@ int64_t fg_grad_graph_estimate(const fg_graph_t *g, const int32_t *order, int64_
     return edges * fg_reserve_per_edge + 2 * nwrt + 16;
 }
 
-/* adj[p] += d (d owned by the temporaries or borrowed): adj keeps one use. */
-static int fg_dx_accumulate(fg_dx *x, fg_dt *adj, int32_t p, fg_dt d) {
-    fg_dt old = adj[p];
-    fg_dt sum = (old.i == FG_DT_NONE) ? d : fg_dx_add(x, old, d);
-    if (fg_dt_bad(sum)) {
-        return sum.i;
+/* Pending contributions: each edge pushes (adjoint of the consumer, local
+ * derivative) onto its parent's list, holding a use of each node; when the
+ * sweep reaches the parent (every consumer done) the list becomes one node,
+ * a product or a dot over the pairs (fg_dx_gather). */
+typedef struct {
+    fg_dt g, l;
+    int64_t next;
+} fg_dpair;
+
+typedef struct {
+    fg_dpair *pairs;
+    int64_t npairs;
+    int64_t *head;      /* per slot: first pair, -1 */
+    int32_t *idx;       /* dot operands being gathered */
+    double *cst;
+} fg_dlists;
+
+static void fg_dx_drop_pair(fg_graph_t *g, fg_dpair *pr) {
+    if (pr->g.i >= 0) {
+        fg_decref_fixed(g, pr->g.i);
     }
-    if (sum.i >= 0) {
-        x->g->uses[sum.i]++;
+    if (pr->l.i >= 0) {
+        fg_decref_fixed(g, pr->l.i);
     }
-    if (old.i >= 0) {
-        fg_decref_fixed(x->g, old.i);
+    pr->g.i = pr->l.i = FG_DT_NONE;
+}
+
+static int fg_dx_push(fg_dx *x, fg_dlists *L, int32_t p, fg_dt gn, fg_dt l) {
+    fg_graph_t *g = x->g;
+    fg_dpair *pr = &L->pairs[L->npairs];
+    pr->g = gn;
+    pr->l = l;
+    pr->next = L->head[p];
+    if (gn.i >= 0) {
+        g->uses[gn.i]++;
     }
-    adj[p] = sum;
+    if (l.i >= 0) {
+        g->uses[l.i]++;
+    }
+    L->head[p] = L->npairs++;
     return FG_OK;
 }
 
-/* One edge: adj[p] += gn * (local), then the temporaries go.  An edge to a
- * parent no wrt is reachable from (FG_M_NEED clear) is not built at all. */
+/* The adjoint of p from its pending pairs: constants fold; one pair is a
+ * product (or the other factor itself, for a constant 1); more are one dot
+ * node (a constant factor is a constant operand, constant pairs its start).
+ * The pairs' uses are dropped; the result is a temporary or borrowed term. */
+static fg_dt fg_dx_gather(fg_dx *x, fg_dlists *L, int32_t p) {
+    fg_graph_t *g = x->g;
+    double kc = -0.0;           /* the exact additive identity */
+    int64_t m = 0, last = -1;
+    for (int64_t e = L->head[p]; e >= 0; e = L->pairs[e].next) {
+        fg_dpair *pr = &L->pairs[e];
+        if (pr->g.i == FG_DT_K && pr->l.i == FG_DT_K) {
+            kc += pr->g.k * pr->l.k;
+        } else {
+            m++;
+            last = e;
+        }
+    }
+    fg_dt t;
+    if (m == 0) {
+        t = (L->head[p] >= 0) ? fg_dt_k(kc) : fg_dt_k(0.0);
+    } else if (m == 1 && kc == 0.0) {
+        t = fg_dx_mul(x, L->pairs[last].g, L->pairs[last].l);
+    } else {
+        int64_t k = 0;
+        for (int64_t e = L->head[p]; e >= 0; e = L->pairs[e].next) {
+            fg_dpair *pr = &L->pairs[e];
+            if (pr->g.i == FG_DT_K && pr->l.i == FG_DT_K) {
+                continue;
+            }
+            L->idx[k] = (pr->g.i >= 0) ? pr->g.i : -1;
+            L->cst[k++] = (pr->g.i >= 0) ? 0.0 : pr->g.k;
+            L->idx[k] = (pr->l.i >= 0) ? pr->l.i : -1;
+            L->cst[k++] = (pr->l.i >= 0) ? 0.0 : pr->l.k;
+        }
+        int rc = fg_dx_room(x);
+        if (rc == FG_OK && !x->may_grow && g->oused + k > g->ocap) {
+            rc = FG_EFULL;
+        }
+        if (rc != FG_OK) {
+            t.i = rc;
+            t.k = 0.0;
+        } else {
+            t = fg_dx_made(x, fg_nary(g, FG_OP_DOT, k, L->idx, L->cst, kc));
+        }
+    }
+    if (!fg_dt_bad(t) && t.i >= 0) {
+        g->uses[t.i]++;             /* the adjoint's own use, before the pairs' go */
+    }
+    for (int64_t e = L->head[p]; e >= 0; e = L->pairs[e].next) {
+        fg_dx_drop_pair(g, &L->pairs[e]);
+    }
+    L->head[p] = -1;
+    fg_dx_release(x);
+    return t;
+}
+
+/* One edge: push (adjoint of n, local) for parent p, then the temporaries
+ * go.  An edge to a parent no wrt is reachable from (FG_M_NEED clear) is not
+ * built at all. */
 #define FG_DEDGE(p, local)                                                      \
     do {                                                                        \
         int32_t p_ = (p);                                                       \
@@ -246,8 +339,7 @@ static int fg_dx_accumulate(fg_dx *x, fg_dt *adj, int32_t p, fg_dt d) {
             break;                                                              \
         }                                                                       \
         fg_dt l_ = (local);                                                     \
-        fg_dt c_ = fg_dx_mul(x, gn, l_);                                        \
-        rc = fg_dt_bad(c_) ? c_.i : fg_dx_accumulate(x, adj, p_, c_);           \
+        rc = fg_dt_bad(l_) ? l_.i : fg_dx_push(x, L, p_, gn, l_);               \
         fg_dx_release(x);                                                       \
         if (rc != FG_OK) {                                                      \
             goto failed;                                                        \
@@ -307,16 +399,34 @@ int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
     fg_dx xs;
     fg_dx *x = &xs;
     int rc = FG_OK;
-    int64_t nres = 0;
+    int64_t nres = 0, edges = 0;
     x->g = g;
     x->may_grow = may_grow;
     x->ntmp = 0;
+    fg_dlists lists = {NULL, 0, NULL, NULL, NULL};
+    fg_dlists *L = &lists;
+    for (int64_t k = 0; k < count; k++) {
+        int ar = FG_ARITY[g->op[order[k]]];
+        edges += (ar == -1) ? g->b[order[k]] : ar;
+    }
+    L->pairs = (fg_dpair *)malloc((size_t)(edges + 1) * sizeof *L->pairs);
+    L->head = (int64_t *)malloc((size_t)g->capacity * sizeof *L->head);
+    L->idx = (int32_t *)malloc((size_t)(2 * edges + 2) * sizeof *L->idx);
+    L->cst = (double *)malloc((size_t)(2 * edges + 2) * sizeof *L->cst);
+    if (L->pairs == NULL || L->head == NULL || L->idx == NULL || L->cst == NULL) {
+        free(L->pairs);
+        free(L->head);
+        free(L->idx);
+        free(L->cst);
+        return FG_ENOMEM;
+    }
 
     for (int64_t k = 0; k < nwrt; k++) {
         adj[wrt[k]].i = FG_DT_NONE;
     }
     for (int64_t k = 0; k < count; k++) {
         adj[order[k]].i = FG_DT_NONE;
+        L->head[order[k]] = -1;
         g->mark[order[k]] = FG_M_SWEPT;
     }
     for (int64_t k = 0; k < nwrt; k++) {
@@ -338,18 +448,22 @@ int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
         }
         g->mark[n] |= need;
     }
-    adj[out] = fg_dt_k(1.0);
-
     for (int64_t k = 0; k < count; k++) {
         const int32_t n = order[k];
-        const fg_dt gn = adj[n];
-        if (gn.i == FG_DT_NONE || !(g->mark[n] & FG_M_NEED)) {
-            if (gn.i >= 0 && !(g->mark[n] & FG_M_WRT)) {
-                fg_decref_fixed(g, gn.i);
-                adj[n].i = FG_DT_NONE;
-            }
+        if (!(g->mark[n] & FG_M_NEED)) {
             continue;
         }
+        if (n == out) {
+            adj[n] = fg_dt_k(1.0);
+        } else {
+            fg_dt t = fg_dx_gather(x, L, n);
+            if (fg_dt_bad(t)) {
+                rc = t.i;
+                goto failed;
+            }
+            adj[n] = t;
+        }
+        const fg_dt gn = adj[n];
         const int o = g->op[n];
         if (fg_is_nary(o)) {
             switch (o) {
@@ -407,6 +521,9 @@ failed:
         fg_decref_fixed(g, result[k]);
     }
 done:
+    for (int64_t k = 0; k < L->npairs; k++) {
+        fg_dx_drop_pair(g, &L->pairs[k]);   /* none left after a whole sweep */
+    }
     for (int64_t k = 0; k < count; k++) {
         int32_t n = order[k];
         if (adj[n].i >= 0) {
@@ -420,5 +537,9 @@ done:
     for (int64_t k = 0; k < nwrt; k++) {
         g->mark[wrt[k]] = 0;
     }
+    free(L->pairs);
+    free(L->head);
+    free(L->idx);
+    free(L->cst);
     return rc;
 }

@@ -47,6 +47,34 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 TAME = Dialect(nonfinite=False, big=False)
 
 
+def moderate(program, bound=1e6, gap=1e-3):
+    """The reference's values and gradients are finite and at most bound, and
+    no operand is within gap of a pole or domain edge (a divisor, a pow base,
+    log/sqrt/log1p's edge, tan's pole).  Second derivatives then have no huge
+    terms that cancel (where they do, another summation order than the
+    oracle's legitimately loses everything: 2 + 1e227 - 1e227)."""
+    exp = expected(program)
+    if not all(math.isfinite(v) and abs(v) <= bound for v in exp.values + exp.grads):
+        return False
+    val = exp.values
+
+    def at(o):
+        return val[o.i] if hasattr(o, "i") else float(o.x)
+
+    for step in program.steps:
+        if isinstance(step, Binary) and step.op in ("div", "pow", "mod", "floordiv"):
+            if abs(at(step.b if step.op != "pow" else step.a)) < gap:
+                return False
+        if isinstance(step, Unary):
+            a = at(step.a)
+            edge = {"log": 0.0, "sqrt": 0.0, "log1p": -1.0}.get(step.op)
+            if edge is not None and abs(a - edge) < gap:
+                return False
+            if step.op == "tan" and abs(math.cos(a)) < gap:
+                return False
+    return True
+
+
 def live(g=None):
     return (g or fastgrad.current_graph()).stats()["live_nodes"]
 
@@ -206,6 +234,7 @@ def built(program):
 @SETTINGS
 @given(programs(SMOOTH, max_inputs=3, max_steps=8))
 def test_second_order_equals_finite_differences_of_the_reference(program):
+    assume(moderate(program))
     xs = [float(x) for x in program.inputs]
     with fastgrad.Graph():
         leaves, out = built(program)
@@ -223,6 +252,7 @@ def test_second_order_equals_finite_differences_of_the_reference(program):
 @SETTINGS
 @given(programs(SMOOTH, max_inputs=2, max_steps=6))
 def test_third_order_equals_finite_differences_of_the_reference(program):
+    assume(moderate(program))
     xs = [float(x) for x in program.inputs]
     with fastgrad.Graph():
         leaves, out = built(program)
@@ -242,6 +272,7 @@ def test_third_order_equals_finite_differences_of_the_reference(program):
 @SETTINGS
 @given(programs(TAME, max_inputs=4))
 def test_mixed_partials_are_symmetric_for_every_op(program):
+    assume(moderate(program))
     with fastgrad.Graph():
         leaves, out = built(program)
         H = hessian(out, leaves)
@@ -338,7 +369,8 @@ def torch_hessian(torch, program):
 def second_order_differs(program, values):
     """Steps where torch's second order legitimately differs from fastgrad's:
     Value ** Value at a base <= 0 or an exponent 0 (torch masks its
-    derivative formulas there, fastgrad multiplies: docs/design.md), and
+    derivative formulas there, fastgrad multiplies: README), at a base of 1
+    (torch's third order is off there), and
     the steps test_torch.torch_differs lists for first order."""
     n_in = len(program.inputs)
     out = set()
@@ -346,7 +378,9 @@ def second_order_differs(program, values):
         if isinstance(step, Binary) and step.op == "pow":
             a = values[step.a.i] if hasattr(step.a, "i") else float(step.a.x)
             b = values[step.b.i] if hasattr(step.b, "i") else float(step.b.x)
-            if a <= 0.0 or b == 0.0:
+            # and at a base of 1 torch's triple backward of a ** b is off:
+            # x ** x at 1 gives 2, finite differences and fastgrad 3
+            if a <= 0.0 or b == 0.0 or a == 1.0:
                 out.add(n_in + k)
         if isinstance(step, Unary) and step.op in ("tanh", "sigmoid", "gelu"):
             if abs(values[step.a.i]) >= 2.0:
@@ -362,6 +396,7 @@ def second_order_differs(program, values):
 @given(programs(TAME, max_inputs=3, max_steps=10))
 def test_second_and_third_order_equal_torch(program):
     torch = pytest.importorskip("torch")
+    assume(moderate(program))
     tt = torch_engine()
     from programs import ancestors, moved_steps
     with fastgrad.Graph():

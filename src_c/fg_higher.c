@@ -4,23 +4,26 @@
  * Over fg_topo's order (consumers first) each node's adjoint is a term: a
  * node, or a constant (the seed d out/d out = 1, and what constants fold
  * to).  For every edge, the op's dgraph column of fg_ops.h builds the local
- * derivative as a term, and adj[parent] += adj[node] * local is built with
- * the table's own rows (MUL/MULC, ADD/ADDC).  A constant 1 shares the
- * adjoint node instead of multiplying, so sums and additions cost nothing.
+ * derivative as a term, and the pair (adjoint of the node, local) goes onto
+ * the parent's list; when the sweep reaches the parent (every consumer
+ * done) the list becomes its adjoint: one product (a constant 1 shares the
+ * other factor, so sums and additions cost nothing) or one DOT over the
+ * pairs (fg_dx_gather), built with the table's own rows.
  *
- * Ownership: adj[] holds one use of each node it names; every node a column
- * builds starts as a temporary (the sweep holds its one use) and is dropped
- * once its edge is accumulated, so what survives is exactly what the
- * adjoints reach.  An adjoint is dropped once its node is swept (unless the
- * node is a wrt), so the graph never holds more than the derivative needs.
- * On any failure every use the sweep holds is dropped, which frees all it
- * built: the graph is as before.  Nothing here recurses.
+ * Ownership: adjoints and pairs hold one use of each node they name; every
+ * node a column builds starts as a temporary (the sweep holds its one use)
+ * and is dropped once its pair is pushed, so what survives is exactly what
+ * the adjoints reach.  An adjoint is dropped once its node is swept (unless
+ * the node is a wrt).  On any failure every use the sweep holds is
+ * dropped, which frees all it built: the graph is as before.  Nothing here
+ * recurses.
  *
  * Growth: with may_grow 0 (the glue released the GIL and reserved room with
- * fg_reserve_nodes) a node is only made into a free or reserved slot, and
- * running out returns FG_EFULL (the glue frees, then reruns with the GIL);
- * drops never move the storage (fg_decref_fixed).  No n-ary node is ever
- * built, so the operand arrays never grow either.
+ * fg_reserve_nodes and fg_reserve_operands) a node is only made into a free
+ * or reserved slot and a dot only into reserved operand entries; running
+ * out returns FG_EFULL (the glue frees, then reruns with the GIL); drops
+ * never move the storage (fg_decref_fixed).  The pair lists are the sweep's
+ * own malloc'd scratch.
  */
 #include <math.h>
 #include <stdlib.h>

@@ -2089,6 +2089,12 @@ cdef object _grad_graph(Graph g, Value o, list items, bint single):
         fg_reclaim(&g.g)
         if g.g.nrelease:
             _drop_released(g)
+        if rc == FG_EUSER and g.g.flags[g.g.err_node] & FG_HOOKED:
+            u = _node_value(g, g.g.err_node)
+            raise TypeError(
+                f"grad(create_graph=True) does not call hooks: {u!r} (node {g.g.err_node}) "
+                "has one registered (register_hook) and its gradient would be a graph; "
+                "remove the hook, or use create_graph=False")
         if rc == FG_EUSER:
             u = _node_value(g, g.g.err_node)
             raise TypeError(

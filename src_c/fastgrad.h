@@ -45,7 +45,7 @@
 #define FG_EINVAL     -3   /* an index from outside was not a live node */
 #define FG_EPINNED    -4   /* growth refused: pinned > 0 (views of val/grad held) */
 #define FG_ECALLBACK  -5   /* a sweep's user_fn returned non-zero; see err_node */
-#define FG_EUSER      -6   /* fg_grad_graph met a USER node (a Python rule); see err_node */
+#define FG_EUSER      -6   /* fg_grad_graph met a USER or FG_HOOKED node (Python); see err_node */
 #define FG_EFULL      -7   /* fg_grad_graph without growth ran out of reserved slots */
 
 /* flags[i]: obj[i] is a reference node i owns.  When the node is freed, C

@@ -450,6 +450,13 @@ int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
             goto done;
         }
         g->mark[n] |= need;
+        if ((g->mark[n] & FG_M_NEED) && (g->flags[n] & FG_HOOKED)) {
+            /* its hook (Python, on a float) would see this node's gradient */
+            g->err_node = n;
+            g->err_op = g->op[n];
+            rc = FG_EUSER;
+            goto done;
+        }
     }
     for (int64_t k = 0; k < count; k++) {
         const int32_t n = order[k];

@@ -634,6 +634,20 @@ def test_a_user_defined_op_raises_type_error_naming_the_node():
     del g2
 
 
+def test_a_hooked_node_raises_type_error_and_a_hook_elsewhere_is_fine():
+    x, w = Value(2.0), Value(3.0)
+    h = x * w
+    handle = h.register_hook(lambda g: g * 2.0)
+    out = h.tanh()
+    n = live(x.graph)
+    with pytest.raises(TypeError, match="hook"):
+        fastgrad.grad(out, x, create_graph=True)
+    assert live(x.graph) == n
+    assert fastgrad.grad(out, h.tanh(), create_graph=True).data == 0.0    # h not needed: fine
+    handle.remove()
+    assert fastgrad.grad(out, x, create_graph=True).data == pytest.approx(3.0 * (1 - math.tanh(6.0) ** 2))
+
+
 @pytest.mark.parametrize("nth", [1, 2, 3, 5])
 def test_allocation_failure_mid_sweep_is_memory_error_and_frees_what_was_built(nth):
     with fastgrad.Graph(capacity=16) as g:

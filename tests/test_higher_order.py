@@ -12,6 +12,9 @@ PyTorch's double and triple backward, and against compiled replay
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -535,6 +538,14 @@ def test_compiled_hessian_of_internal_ops_equals_the_dynamic_third_order():
             assert H[i, j] == pytest.approx(fastgrad.grad(gi, xs[j]), rel=1e-12, abs=1e-12)
     assert f(x0) == pytest.approx(g.data, rel=1e-15)
     np.testing.assert_allclose(f.value_and_grad(x0)[1], fastgrad.grad(g, xs), rtol=1e-13)
+    _, tan = f.jvp((x0,), (np.array([0.0, 1.0]),))
+    assert tan == pytest.approx(fastgrad.grad(g, xs[1]), rel=1e-13)
+    # a tape holding internal rows saves and loads (their codes are validated)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "dgrad.fg")
+        f.save(path)
+        f2 = fastgrad.load(path)
+    np.testing.assert_array_equal(f2.hessian(x0), H)
 
 
 # -- the internal rows of the registry ----------------------------------------

@@ -177,6 +177,49 @@ class Fastgrad(Engine):
                     info={"mode": "compile(f) once; f.hessian(*args), argnums=0",
                           "n": int(H.shape[0]), "tape_nodes": f.n_nodes})
 
+    # --- create_graph: grad(loss, params, create_graph=True) on the demo loss
+
+    def _dynamic_loss(self, variant, ctx):
+        X, y = wl.MLPCompiled.data(variant, ctx)
+        return [float(v) for v in X.ravel()], [float(v) for v in y]
+
+    def prepare_create_graph(self, variant, ctx):
+        fg = self.fg
+        xs, ys = self._dynamic_loss(variant, ctx)
+        with fg.Graph() as g:
+            params = fg.leaves(wl.demo_params())
+            loss = self._full_loss(params, xs, ys)
+            n = g.stats()["live_nodes"]
+            grads = fg.grad(loss, params, create_graph=True)
+            made = g.stats()["live_nodes"] - n
+            first = np.array([v.data for v in grads])
+            del grads
+
+        def run():
+            gs = fg.grad(loss, params, create_graph=True)
+            del gs                      # the derivative graph is freed: part of the cost
+
+        return Case(run=run, unit="call", keep={"grad": first, "loss": loss, "params": params},
+                    info={"mode": "loss graph built once; per call grad(loss, params, "
+                                  "create_graph=True), then dropped",
+                          "loss_nodes": n, "derivative_nodes": made})
+
+    def create_graph_forward_case(self, variant, ctx):
+        fg = self.fg
+        xs, ys = self._dynamic_loss(variant, ctx)
+        g = fg.Graph()
+        with g:
+            params = fg.leaves(wl.demo_params())
+
+        def run():
+            with g:
+                loss = self._full_loss(params, xs, ys)
+            del loss
+
+        return Case(run=run, unit="call", keep={"params": params, "graph": g},
+                    info={"mode": "the same loss built by the dynamic API (fastgrad.dot per neuron), "
+                                  "then dropped"})
+
     def mlp_batched_case(self, variant, ctx):
         X, y = wl.MLPCompiled.data(variant, ctx)
         rows = np.ascontiguousarray(np.column_stack([X, y]))
@@ -328,6 +371,48 @@ class Torch(Engine):
 
     def backward_fn(self, out):
         return lambda: out.backward(retain_graph=True)
+
+    def prepare_create_graph(self, variant, ctx):
+        """fastgrad's demo loss (Fastgrad._full_loss) op for op on 0-d tensors: a dot
+        is start + w0*x0 + w1*x1 + ..., one scalar op each."""
+        torch = self.torch
+        X, y = wl.MLPCompiled.data(variant, ctx)
+        params = [torch.tensor(float(v), dtype=torch.float64, requires_grad=True)
+                  for v in wl.demo_params()]
+
+        def dot(ws, xs, start):
+            acc = start
+            for w, x in zip(ws, xs):
+                acc = acc + w * x
+            return acc
+
+        def mlp(x):
+            k = 0
+            sizes = wl.MLP_SIZES
+            for layer, (nin, nout) in enumerate(zip(sizes, sizes[1:])):
+                out = []
+                for _ in range(nout):
+                    act = dot(params[k:k + nin], x, params[k + nin])
+                    k += nin + 1
+                    out.append(torch.relu(act) if layer < len(sizes) - 2 else act)
+                x = out
+            return x[0]
+
+        losses = [torch.relu(1 + -float(yi) * mlp([float(v) for v in xi])) for xi, yi in zip(X, y)]
+        total = losses[0]
+        for v in losses[1:]:
+            total = total + v
+        loss = total * (1.0 / len(losses)) + wl.MLP_ALPHA * dot(params, params, 0.0)
+        first = np.array([float(g.detach()) for g in
+                          torch.autograd.grad(loss, params, create_graph=True, retain_graph=True)])
+
+        def run():
+            gs = torch.autograd.grad(loss, params, create_graph=True, retain_graph=True)
+            del gs
+
+        return Case(run=run, unit="call", keep={"grad": first, "loss": loss},
+                    info={"mode": "0-d float64 tensors, the loss built once; per call "
+                                  "torch.autograd.grad(loss, params, create_graph=True, retain_graph=True)"})
 
     def prepare_mlp_compiled(self, variant, ctx):
         torch = self.torch

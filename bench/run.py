@@ -41,6 +41,8 @@ TARGETS = {
     "floor_ratio": 2.5,          # fastgrad backward / C floor <= 2.5x
     "bytes_per_node": 56.0,      # node arrays <= 56 bytes per live node (docs/design.md section 2: identity)
     "replay_floor_ratio": 1.2,   # compiled step / C loop over the same tape <= 1.2x
+    "create_graph_forward": 3.0,  # grad(create_graph=True) / forward build of the same loss <= 3x
+    "create_graph_torch": 50.0,   # torch.autograd.grad(create_graph=True) / fastgrad's >= 50x
 }
 # mlp_compiled: (fastgrad row, peer) pairs where fastgrad must be faster (ratio < 1).
 FASTER_THAN = [("fastgrad", "casadi", "compiled replay vs CasADi SX Function"),
@@ -464,6 +466,22 @@ def targets(results) -> list[dict]:
                 add(f"hessian vs JAX jit ({rec['variant'].split(' ')[0]})", r, 1.0, r > 1.0,
                     f"hessian [{rec['variant']}]: jax / fastgrad = {r:.2f}x (of the minima "
                     f"{rmin:.2f}x; target > 1x: fastgrad faster)")
+    cg = find(results, "create_graph", "fastgrad")
+    if cg and cg["status"] == "ok":
+        for peer, key, label in (("fastgrad-forward", "create_graph_forward", "forward build"),
+                                 ("torch", "create_graph_torch", "torch 0-d tensors")):
+            rec = find(results, "create_graph", peer)
+            if not (rec and rec["status"] == "ok"):
+                continue
+            goal = TARGETS[key]
+            if peer == "torch":
+                r, rmin = rec["median_s"] / cg["median_s"], rec["min_s"] / cg["min_s"]
+                ok, text = r >= goal, f"torch / fastgrad = {r:.1f}x (of the minima {rmin:.1f}x; target >= {goal:g}x)"
+            else:
+                r, rmin = cg["median_s"] / rec["median_s"], cg["min_s"] / rec["min_s"]
+                ok, text = r <= goal, (f"fastgrad / its forward build = {r:.2f}x (of the minima {rmin:.2f}x; "
+                                       f"target <= {goal:g}x)")
+            add(f"create_graph vs {label}", r, goal, ok, f"create_graph: {text}")
     mem = find(results, "memory", "fastgrad")
     if mem and mem["status"] == "ok" and "array_bytes_per_slot" in mem["info"]:
         b = mem["info"]["array_bytes_per_slot"]

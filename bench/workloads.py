@@ -1122,4 +1122,45 @@ class Hessian(Workload):
         return out
 
 
-WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain(), BatchScaling(), Hessian()]
+# ----------------------------------------------------------------------------
+# create_graph: grad(loss, params, create_graph=True) on the demo MLP's loss
+
+
+class CreateGraph(Workload):
+    name = "create_graph"
+    what = ("d loss/d params as a graph (grad(..., create_graph=True)) on the demo MLP's loss, "
+            "the loss graph built once: vs a forward build of that loss (fastgrad-forward) and "
+            "torch.autograd.grad(create_graph=True) on the same scalar graph of 0-d tensors; "
+            "each call drops what it made")
+
+    def variants(self, cfg):
+        return [Variant("demo MLP loss (x100 moons + L2), d/d 337 parameters", {"n": 100})]
+
+    def prepare(self, api, engine, variant, ctx):
+        raise Unsupported(f"{engine.name} has no derivative graph of a scalar graph here")
+
+    def extra_cases(self, cases, engines, variant, ctx):
+        """fastgrad's forward build of the same loss; every engine's gradient
+        values against fastgrad's."""
+        out: dict = {}
+        eng = engines.get("fastgrad")
+        if eng is not None:
+            try:
+                out["fastgrad-forward"] = eng.create_graph_forward_case(variant, ctx)
+            except Exception as exc:  # reported in the table, never hidden
+                out["fastgrad-forward"] = exc
+        ref = cases.get("fastgrad")
+        if ref is not None:
+            g0 = ref.keep["grad"]
+            for name, case in cases.items():
+                if name == "fastgrad" or "grad" not in case.keep:
+                    continue
+                ok = np.allclose(case.keep["grad"], g0, rtol=1e-9, atol=1e-12)
+                case.info["gradient_matches_fastgrad"] = bool(ok)
+                if not ok:
+                    out[name] = RuntimeError(f"{name}'s gradient differs from fastgrad's")
+        return out
+
+
+WORKLOADS: list[Workload] = [Seed(), MLPStep(), MLPCompiled(), OptimStep(), RandomBackward(), Chain(),
+                             BatchScaling(), Hessian(), CreateGraph()]

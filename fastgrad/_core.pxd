@@ -59,6 +59,7 @@ cdef extern from "fastgrad.h" nogil:
     const char *const FG_OP_NAME[]
     const signed char FG_ARITY[]
     const unsigned char FG_CONSTANT[]
+    const unsigned char FG_INTERNAL[]
 
     enum:
         FG_OK
@@ -67,6 +68,8 @@ cdef extern from "fastgrad.h" nogil:
         FG_EINVAL
         FG_EPINNED
         FG_ECALLBACK
+        FG_EUSER
+        FG_EFULL
         FG_OWNED
         FG_HOOKED
 
@@ -143,6 +146,15 @@ cdef extern from "fastgrad.h" nogil:
     int64_t fg_topo(fg_graph_t *g, int64_t nroots, const int32_t *roots, int32_t *order)
     int fg_backward(fg_graph_t *g, int32_t out, double seed, double *adj, double *grad,
                     int check_finite)
+    int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
+                      int32_t *result, const int32_t *order, int64_t count, void *adj_ws,
+                      int may_grow)
+    int64_t fg_grad_graph_estimate(const fg_graph_t *g, const int32_t *order, int64_t count,
+                                   int64_t nwrt)
+    int64_t fg_grad_graph_reserve(int64_t per_edge)
+    int fg_reserve_nodes(fg_graph_t *g, int64_t n)
+    int fg_reserve_operands(fg_graph_t *g, int64_t n)
+    int64_t fg_grad_graph_operands(const fg_graph_t *g, const int32_t *order, int64_t count)
     int fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                 double *result, double *adj, int check_finite)
     int64_t fg_edge_grads(fg_graph_t *g, int32_t out, int32_t *order, int64_t *nnodes,

@@ -671,15 +671,16 @@ cdef class Graph:
         return out
 
 
-OpRow = collections.namedtuple("OpRow", "code key name arity constant nary")
+OpRow = collections.namedtuple("OpRow", "code key name arity constant nary internal")
 OpRow.__doc__ = """One row of the op table (src_c/fg_ops.h): code, key (the table's NAME,
 "ADDC"), name (user-facing, "add"), arity (0 leaf, 1, 2, -1 n-ary), constant
 (the node's constant is part of what it computes: x + 45, leaky_relu's slope),
-nary (its rules are a row of FG_NARY_TABLE)."""
+nary (its rules are a row of FG_NARY_TABLE), internal (a row of
+FG_INTERNAL_OPS: made only by grad(create_graph=True), no user op)."""
 
 _OP_TABLE = tuple(
     OpRow(k, FG_OP_KEY[k].decode("ascii"), FG_OP_NAME[k].decode("ascii"), FG_ARITY[k],
-          FG_CONSTANT[k] != 0, FG_ARITY[k] == -1)
+          FG_CONSTANT[k] != 0, FG_ARITY[k] == -1, FG_INTERNAL[k] != 0)
     for k in range(FG_OP_COUNT))
 
 
@@ -768,11 +769,22 @@ cdef Value _clamp(Value x, object lo, object hi):
         clo = _coerce(lo, "clamp() min")
     if hi is not None:
         chi = _coerce(hi, "clamp() max")
-    if lo is not None:
-        x = _unary_c(x, FG_OP_CLAMPMIN, clo)
-    if hi is not None:
-        x = _unary_c(x, FG_OP_CLAMPMAX, chi)
-    return x
+    if hi is None:
+        return _unary_c(x, FG_OP_CLAMPMIN, clo)
+    if lo is None:
+        return _unary_c(x, FG_OP_CLAMPMAX, chi)
+    # Both bounds: one op to the user, so detect_anomaly() and no_grad() see
+    # its value only, not the clamp_min node between (inf clamped to [-1, 1]
+    # is 1.0: no anomaly).
+    cdef Graph g = x.graph
+    cdef int32_t mid, idx
+    _enter(g)
+    mid = fg_unary(&g.g, FG_OP_CLAMPMIN, x.idx, clo)
+    if mid < 0:
+        _raise_status(g, mid)
+    idx = fg_unary(&g.g, FG_OP_CLAMPMAX, mid, chi)
+    _release(g, mid)        # the use a handle would hold: the clamp_max node keeps its own
+    return _wrap(g, idx)
 
 
 cdef object _compare(Value x, object other, int how):
@@ -1903,12 +1915,21 @@ def _layer_forward(units, x):
 
 
 
-def grad(out, wrt):
+def grad(out, wrt, create_graph=False):
     """d out / d wrt without touching any ``.grad``.
 
     ``wrt`` is a Value (returns a float) or a sequence of Values (returns a
     list of floats); leaves and intermediate nodes alike.  A node that ``out``
     does not depend on gets 0.0.
+
+    ``create_graph=True`` returns Values instead (a Value, or a list): nodes
+    of the same graph computing the derivatives, which differentiate again
+    (``grad`` of them, to any order), take part in further ops and are
+    reached by ``backward()``.  The sweep that builds them runs in C from
+    each op's derivative row (src_c/fg_ops.h).  A derivative that is a
+    constant (or 0.0 where ``out`` does not depend on the node) is a leaf
+    holding it.  User-defined ops (``Value(data, _children, _op)``) have a
+    Python ``_backward`` that computes floats, so they raise ``TypeError``.
     """
     if not _is_value(out):
         raise TypeError(f"grad() needs a Value as out, got {type(out).__name__}")
@@ -1922,6 +1943,8 @@ def grad(out, wrt):
         if not _is_value(items[k]):
             raise TypeError(f"grad() needs Values in wrt, got {type(items[k]).__name__}")
         _same_graph(o, <Value>items[k])
+    if create_graph:
+        return _grad_graph(g, o, items, single)
     cdef int rc, check = _anomaly_here()
     _enter(g)
     cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
@@ -1958,6 +1981,114 @@ def grad(out, wrt):
         return [res[k] for k in range(n)]
     finally:
         free(idx); free(res); free(adj)
+
+
+cdef object _grad_graph(Graph g, Value o, list items, bint single):
+    """grad(..., create_graph=True): fg_grad_graph over fg_topo's order."""
+    cdef int64_t n = len(items), k, count
+    cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
+    cdef int32_t *res = <int32_t *>malloc((n + 1) * sizeof(int32_t))
+    cdef int32_t *order = NULL
+    cdef void *adj = NULL
+    cdef int rc = FG_OK
+    cdef int32_t out = o.idx
+    cdef bint big
+    cdef list values = []
+    try:
+        if idx == NULL or res == NULL:
+            raise MemoryError()
+        _enter(g)
+        for k in range(n):
+            idx[k] = (<Value>items[k]).idx
+        order = <int32_t *>malloc(g.g.capacity * sizeof(int32_t))
+        if order == NULL:
+            raise MemoryError()
+        count = fg_topo(&g.g, 1, &out, order)
+        if count < 0:
+            _raise_status(g, <int>count)
+        big = count > NOGIL_MIN_NODES
+        if big:
+            # Room first, with the GIL: the sweep then never moves the storage
+            # that other threads read .data from.
+            rc = fg_reserve_nodes(&g.g, fg_grad_graph_estimate(&g.g, order, count, n))
+            if rc != FG_OK:
+                _raise_status(g, rc)
+            rc = fg_reserve_operands(&g.g, fg_grad_graph_operands(&g.g, order, count))
+            if rc != FG_OK:
+                _raise_status(g, rc)
+        adj = malloc(g.g.capacity * 16)
+        if adj == NULL:
+            raise MemoryError()
+        _hold(g)
+        if big:
+            with nogil:
+                rc = fg_grad_graph(&g.g, out, n, idx, res, order, count, adj, 0)
+        else:
+            rc = fg_grad_graph(&g.g, out, n, idx, res, order, count, adj, 1)
+        if rc == FG_EFULL:
+            # More than the reserve: again, growing, with the GIL held.
+            rc = fg_grad_graph(&g.g, out, n, idx, res, order, count, adj, 1)
+        _unhold(g)
+        if not g.busy:              # _unhold's drain may have run Python code
+            fg_reclaim(&g.g)
+        if g.g.nrelease:
+            _drop_released(g)
+        if rc == FG_EUSER and g.g.flags[g.g.err_node] & FG_HOOKED:
+            u = _node_value(g, g.g.err_node)
+            raise TypeError(
+                f"grad(create_graph=True) does not call hooks: {u!r} (node {g.g.err_node}) "
+                "has one registered (register_hook) and its gradient would be a graph; "
+                "remove the hook, or use create_graph=False")
+        if rc == FG_EUSER:
+            u = _node_value(g, g.g.err_node)
+            raise TypeError(
+                f"grad(create_graph=True) cannot differentiate through {u!r}, a user-defined op "
+                f"(_op {u._op!r}, node {g.g.err_node}): its _backward is Python computing floats, "
+                "not a derivative graph; build it from fastgrad ops instead")
+        if rc != FG_OK:
+            _raise_status(g, rc)
+        k = 0
+        try:
+            while k < n:
+                values.append(_wrap(g, res[k]))
+                k += 1
+        except BaseException:
+            k += 1                  # _wrap released the node it failed on
+            while k < n:
+                _release(g, res[k])
+                k += 1
+            raise
+        if single:
+            return values[0]
+        return values
+    finally:
+        free(idx); free(res); free(order); free(adj)
+
+
+def _parents_of(Value v):
+    """Test hook: v's parents in operand order, repeats kept."""
+    return _parents(v._live_graph(), v.idx)
+
+
+def _make_row(str key, list parents, double c=0.0):
+    """Test hook: a node of row ``key`` (unary or binary, internal rows
+    included) over the given Values, with constant c."""
+    cdef int op = _OP_BY_KEY.get(key, -1)
+    if op < 0 or FG_ARITY[op] not in (1, 2) or len(parents) != FG_ARITY[op]:
+        raise ValueError(f"_make_row: {key!r} with {len(parents)} parents")
+    cdef Value a = <Value?>parents[0]
+    cdef Graph g = a._live_graph()
+    _enter(g)
+    if FG_ARITY[op] == 1:
+        return _wrap(g, fg_unary(&g.g, op, a.idx, c))
+    _same_graph(a, <Value?>parents[1])
+    return _wrap(g, fg_binary(&g.g, op, a.idx, (<Value>parents[1]).idx))
+
+
+def _grad_graph_reserve(int64_t per_edge):
+    """Test hook: slots fg_grad_graph reserves per edge before a GIL-free
+    sweep (-1 reads); returns the value before."""
+    return fg_grad_graph_reserve(per_edge)
 
 
 # ---------------------------------------------------------------- leaf blocks ---

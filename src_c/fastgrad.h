@@ -45,6 +45,8 @@
 #define FG_EINVAL     -3   /* an index from outside was not a live node */
 #define FG_EPINNED    -4   /* growth refused: pinned > 0 (views of val/grad held) */
 #define FG_ECALLBACK  -5   /* a sweep's user_fn returned non-zero; see err_node */
+#define FG_EUSER      -6   /* fg_grad_graph met a USER or FG_HOOKED node (Python); see err_node */
+#define FG_EFULL      -7   /* fg_grad_graph without growth ran out of reserved slots */
 
 /* flags[i]: obj[i] is a reference node i owns.  When the node is freed, C
  * moves it to release[] (it cannot drop a Python reference) for the glue to
@@ -187,6 +189,30 @@ int      fg_backward(fg_graph_t *g, int32_t out, double seed, double *adj, doubl
  * (capacity doubles, any content) as workspace; grad is not touched. */
 int      fg_grad(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
                  double *result, double *adj, int check_finite);
+
+/* grad(create_graph=True) (fg_higher.c): d out / d wrt[k] built as nodes of
+ * g from the dgraph column of fg_ops.h, over order (fg_topo's, count nodes,
+ * from out).  result[k] gets a new node (one use, for the caller's handle):
+ * a leaf holding the constant where the derivative is one (0.0 where wrt[k]
+ * is unreachable).  adj_ws: 16 bytes per slot of capacity, any content.
+ * may_grow 0: no storage moves (the caller reserved room with
+ * fg_reserve_nodes and may run without the GIL); FG_EFULL when the room ran
+ * out.  Any failure (also FG_ENOMEM, FG_EPINNED, FG_EUSER) frees everything
+ * the call built. */
+int      fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
+                       int32_t *result, const int32_t *order, int64_t count, void *adj_ws,
+                       int may_grow);
+/* Slots fg_grad_graph is expected to make over order (a reserve, not a bound);
+ * it may also use up to 2 operand entries per edge (fg_grad_graph_operands). */
+int64_t  fg_grad_graph_estimate(const fg_graph_t *g, const int32_t *order, int64_t count,
+                                int64_t nwrt);
+/* Test hook: slots reserved per edge (< 0 reads); returns the value before. */
+int64_t  fg_grad_graph_reserve(int64_t per_edge);
+int64_t  fg_grad_graph_operands(const fg_graph_t *g, const int32_t *order, int64_t count);
+/* Room for n fresh slots past top (grows capacity; FG_EPINNED, FG_ENOMEM). */
+int      fg_reserve_nodes(fg_graph_t *g, int64_t n);
+/* Room for n more n-ary operand entries (may grow or compact the side array). */
+int      fg_reserve_operands(fg_graph_t *g, int64_t n);
 
 /* Every node reachable from the roots, consumers before producers (a reverse
  * topological order), into order (capacity entries).  Returns the count. */

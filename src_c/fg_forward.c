@@ -24,17 +24,6 @@ int32_t fg_leaf_block(fg_graph_t *g, int64_t n, const double *values) {
     return (int32_t)first;
 }
 
-/* The forward column; c is the node's constant slot (0.0 for binary rows). */
-static double fg_eval(int op, double a, double b, double c) {
-    switch (op) {
-#define FG_FWD_ROW(NAME, str, arity, constant, fwd, ...) \
-        case FG_OP_##NAME: return (fwd);
-        FG_OP_TABLE(FG_FWD_ROW)
-#undef FG_FWD_ROW
-    }
-    return 0.0;
-}
-
 int32_t fg_unary(fg_graph_t *g, int op, int32_t a, double c) {
     int32_t i = fg_alloc_node(g);
     if (i < 0) {

@@ -463,6 +463,40 @@ void fg_detach(fg_graph_t *g, int32_t i) {
     }
 }
 
+void fg_decref_fixed(fg_graph_t *g, int32_t i) {
+    if (--g->uses[i] != 0) {
+        return;
+    }
+    g->order[0] = i;
+    fg_cascade(g, 1, INT64_MAX, 0);
+}
+
+int fg_reserve_operands(fg_graph_t *g, int64_t n) {
+    if (g->oused + n <= g->ocap) {
+        return FG_OK;
+    }
+    int64_t off = fg_alloc_operands(g, n);   /* grows (or compacts): then gives the run back */
+    if (off < 0) {
+        return (int)off;
+    }
+    g->oused -= n;
+    return FG_OK;
+}
+
+int fg_reserve_nodes(fg_graph_t *g, int64_t n) {
+    if (n < 0 || n > INT32_MAX - g->top) {
+        return FG_ENOMEM;
+    }
+    if (g->top + n <= g->capacity) {
+        return FG_OK;
+    }
+    int64_t cap = g->capacity;
+    while (cap < g->top + n) {
+        cap = (cap > INT32_MAX / 2) ? INT32_MAX : cap * 2;
+    }
+    return fg_grow_nodes(g, cap);
+}
+
 /* Drops one use of node i, freeing whatever becomes unreachable. */
 void fg_decref(fg_graph_t *g, int32_t i) {
     fg_release(g, i, INT64_MAX);

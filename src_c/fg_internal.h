@@ -12,6 +12,21 @@ int64_t fg_alloc_fresh(fg_graph_t *g, int64_t n);
 /* Offset of n fresh side-array entries, or FG_ENOMEM. */
 int64_t fg_alloc_operands(fg_graph_t *g, int64_t n);
 
+/* The forward column; c is the node's constant slot (0.0 for binary rows). */
+static inline double fg_eval(int op, double a, double b, double c) {
+    switch (op) {
+#define FG_FWD_ROW(NAME, str, arity, constant, fwd, ...) \
+        case FG_OP_##NAME: return (fwd);
+        FG_OP_TABLE(FG_FWD_ROW)
+#undef FG_FWD_ROW
+    }
+    return 0.0;
+}
+
+/* Drops one use of node i like fg_decref, but never moves the storage (a
+ * shrink is left to fg_reclaim): for sweeps that run without the GIL. */
+void fg_decref_fixed(fg_graph_t *g, int32_t i);
+
 /* VISIT(p) for every parent node p of node n, in operand order: a, then b,
  * or an n-ary node's operands that are nodes (constants, index -1, are not).
  * op, A, B, opnd are the graph's (or a tape's) arrays. */

@@ -2,7 +2,7 @@
  *
  * FG_OP_TABLE lists every op code, in code order (codes are saved in Function
  * files: a new op is appended).  One row per op:
- *   X(NAME, "name", ARITY, CONSTANT, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2)
+ *   X(NAME, "name", ARITY, CONSTANT, forward, d/da, d/db, d2/da2, d2/dadb, d2/db2, dgraph)
  *   a, b  values of the first and second parent (b is 0.0 in unary rows)
  *   c     the node's constant slot, in every row (rows that do not carry a
  *         constant have 0.0 there and never read it)
@@ -14,6 +14,15 @@
  * the op computes (x + 45, x ** 2, leaky_relu's slope, a clamp bound, the
  * start of sum and dot, a folded constant's value): drawings print it.
  *
+ * dgraph is the row's first derivatives as graph ops, for grad(create_graph=
+ * True) (fg_higher.c, which defines the vocabulary): G1(d/da), G2(d/da,
+ * d/db) or G0, built from G_A, G_B, G_Y (the parents, the node), G_K(c) (a
+ * constant), G_U(OP, t), G_UC(OP, t, c), G_BIN(OP, s, t) (a node of row OP)
+ * and G_MUL, G_ADD, G_MULC, G_ADDC, G_NEG, G_RSUBC (c - t), G_RDIVC (c / t).
+ * Its values are the float columns' (same formulas); a derivative that is
+ * no user op is an internal row (FG_INTERNAL_OPS, after USER), so every
+ * dgraph uses only rows of this file and derivatives go to any order.
+ *
  * Columns are read by position.  Every expansion names the columns up to the
  * last one it reads and takes the rest as `...`, so a new column goes at the
  * end of the row and edits this file only.
@@ -21,7 +30,7 @@
  * FG_NARY_TABLE: an n-ary node is y = c + one term per group of GROUP (1 or
  * 2) consecutive operands, added in operand order (dot(w, x, b) sums as
  * micrograd does, so losses match it bit for bit).  One row per n-ary op:
- *   N(NAME, GROUP, term, d/da, d/db, d2/dadb)
+ *   N(NAME, GROUP, term, d/da, d/db, d2/dadb, dgraph)
  *   a, b  values of the group's operands (b is 0.0 in groups of 1); an
  *         operand may be a constant (index -1 in the side array), which gets
  *         no derivative
@@ -209,6 +218,16 @@ static inline double fg_d2gelu(double a) {
     return (p == 0.0) ? 0.0 : p * (2.0 - a * a);
 }
 
+/* phi(a), the standard normal density; gelu'''(a) = phi(a) (a^3 - 4a). */
+static inline double fg_phi(double a) {
+    return FG_INV_SQRT_2PI * fg_exp_half_sq(a);
+}
+
+static inline double fg_d3gelu(double a) {
+    double p = fg_phi(a);
+    return (p == 0.0) ? 0.0 : p * (a * (a * a - 4.0));
+}
+
 /* softplus(a) = log(1 + e**a) = max(a, 0) + log1p(e**-|a|): never overflows. */
 static inline double fg_softplus(double a) {
     return fmax(a, 0.0) + log1p(exp(-fabs(a)));
@@ -250,61 +269,109 @@ static inline double fg_clamp_max(double a, double c) {
     return (a > c || c != c) ? c : a;
 }
 
-/* X(NAME, "name", ARITY, CONSTANT, forward, da, db, daa, dab, dbb) */
-#define FG_OP_TABLE(X)                                                                              \
-    X(FREE,    "free",    0, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(LEAF,    "leaf",    0, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(CONST,   "const",   0, 1, c,              0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(ADD,     "add",     2, 0, a + b,          1.0,                 1.0,                  0.0, 0.0, 0.0) \
-    X(SUB,     "sub",     2, 0, a - b,          1.0,                 -1.0,                 0.0, 0.0, 0.0) \
-    X(MUL,     "mul",     2, 0, a * b,          b,                   a,                    0.0, 1.0, 0.0) \
-    X(DIV,     "div",     2, 0, a / b,          1.0 / b,             -y / b,               0.0, -(1.0 / b) / b, 2.0 * (y / b) / b) \
-    X(POW,     "pow",     2, 0, pow(a, b),      fg_dpow_base(a, b),  fg_dpow_exp(a, b, y), fg_d2pow_aa(a, b), fg_d2pow_ab(a, b), fg_d2pow_bb(a, b, y)) \
-    X(MAX,     "maximum", 2, 0, fg_max(a, b),   fg_max_share(a, b),  fg_max_share(b, a),   0.0, 0.0, 0.0) \
-    X(MIN,     "minimum", 2, 0, fg_min(a, b),   fg_max_share(b, a),  fg_max_share(a, b),   0.0, 0.0, 0.0) \
-    X(ADDC,    "add",     1, 1, a + c,          1.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(MULC,    "mul",     1, 1, a * c,          c,                   0.0,                  0.0, 0.0, 0.0) \
-    X(RSUBC,   "rsub",    1, 1, c - a,          -1.0,                0.0,                  0.0, 0.0, 0.0) \
-    X(DIVC,    "div",     1, 1, a / c,          1.0 / c,             0.0,                  0.0, 0.0, 0.0) \
-    X(RDIVC,   "rdiv",    1, 1, c / a,          -y / a,              0.0,                  2.0 * (y / a) / a, 0.0, 0.0) \
-    X(POWC,    "pow",     1, 1, pow(a, c),      fg_dpow_base(a, c),  0.0,                  fg_d2pow_aa(a, c), 0.0, 0.0) \
-    X(RPOWC,   "rpow",    1, 1, pow(c, a),      fg_dpow_exp(c, a, y), 0.0,                 fg_d2pow_bb(c, a, y), 0.0, 0.0) \
-    X(NEG,     "neg",     1, 0, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0) \
-    X(ABS,     "abs",     1, 0, fabs(a),        fg_sign0(a),         0.0,                  0.0, 0.0, 0.0) \
-    X(RELU,    "relu",    1, 0, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0,           0.0, 0.0, 0.0) \
-    X(TANH,    "tanh",    1, 0, tanh(a),        fg_dtanh(a),         0.0,                  -2.0 * y * fg_dtanh(a), 0.0, 0.0) \
-    X(EXP,     "exp",     1, 0, exp(a),         y,                   0.0,                  y, 0.0, 0.0) \
-    X(LOG,     "log",     1, 0, log(a),         1.0 / a,             0.0,                  -1.0 / (a * a), 0.0, 0.0) \
-    X(SIGMOID, "sigmoid", 1, 0, fg_sigmoid(a),  fg_dsigmoid(a),      0.0,                  -fg_dsigmoid(a) * tanh(0.5 * a), 0.0, 0.0) \
-    X(SQRT,    "sqrt",    1, 0, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0) \
-    X(SIN,     "sin",     1, 0, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0) \
-    X(COS,     "cos",     1, 0, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0) \
+/* X(NAME, "name", ARITY, CONSTANT, forward, da, db, daa, dab, dbb, dgraph) */
+#define FG_PUBLIC_OPS(X)                                                                              \
+    X(FREE,    "free",    0, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0, G0) \
+    X(LEAF,    "leaf",    0, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0, G0) \
+    X(CONST,   "const",   0, 1, c,              0.0,                 0.0,                  0.0, 0.0, 0.0, G0) \
+    X(ADD,     "add",     2, 0, a + b,          1.0,                 1.0,                  0.0, 0.0, 0.0, G2(G_K(1.0), G_K(1.0))) \
+    X(SUB,     "sub",     2, 0, a - b,          1.0,                 -1.0,                 0.0, 0.0, 0.0, G2(G_K(1.0), G_K(-1.0))) \
+    X(MUL,     "mul",     2, 0, a * b,          b,                   a,                    0.0, 1.0, 0.0, G2(G_B, G_A)) \
+    X(DIV,     "div",     2, 0, a / b,          1.0 / b,             -y / b,               0.0, -(1.0 / b) / b, 2.0 * (y / b) / b, G2(G_RDIVC(G_B, 1.0), G_NEG(G_BIN(DIV, G_Y, G_B)))) \
+    X(POW,     "pow",     2, 0, pow(a, b),      fg_dpow_base(a, b),  fg_dpow_exp(a, b, y), fg_d2pow_aa(a, b), fg_d2pow_ab(a, b), fg_d2pow_bb(a, b, y), G2(G_BIN(DPOW, G_A, G_B), G_BIN(DPOWE, G_A, G_B))) \
+    X(MAX,     "maximum", 2, 0, fg_max(a, b),   fg_max_share(a, b),  fg_max_share(b, a),   0.0, 0.0, 0.0, G2(G_BIN(MAXSHARE, G_A, G_B), G_BIN(MAXSHARE, G_B, G_A))) \
+    X(MIN,     "minimum", 2, 0, fg_min(a, b),   fg_max_share(b, a),  fg_max_share(a, b),   0.0, 0.0, 0.0, G2(G_BIN(MAXSHARE, G_B, G_A), G_BIN(MAXSHARE, G_A, G_B))) \
+    X(ADDC,    "add",     1, 1, a + c,          1.0,                 0.0,                  0.0, 0.0, 0.0, G1(G_K(1.0))) \
+    X(MULC,    "mul",     1, 1, a * c,          c,                   0.0,                  0.0, 0.0, 0.0, G1(G_K(c))) \
+    X(RSUBC,   "rsub",    1, 1, c - a,          -1.0,                0.0,                  0.0, 0.0, 0.0, G1(G_K(-1.0))) \
+    X(DIVC,    "div",     1, 1, a / c,          1.0 / c,             0.0,                  0.0, 0.0, 0.0, G1(G_K(1.0 / c))) \
+    X(RDIVC,   "rdiv",    1, 1, c / a,          -y / a,              0.0,                  2.0 * (y / a) / a, 0.0, 0.0, G1(G_NEG(G_BIN(DIV, G_Y, G_A)))) \
+    X(POWC,    "pow",     1, 1, pow(a, c),      fg_dpow_base(a, c),  0.0,                  fg_d2pow_aa(a, c), 0.0, 0.0, G1(G_UC(DPOWC, G_A, c))) \
+    X(RPOWC,   "rpow",    1, 1, pow(c, a),      fg_dpow_exp(c, a, y), 0.0,                 fg_d2pow_bb(c, a, y), 0.0, 0.0, G1(G_UC(DRPOWC, G_A, c))) \
+    X(NEG,     "neg",     1, 0, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0, G1(G_K(-1.0))) \
+    X(ABS,     "abs",     1, 0, fabs(a),        fg_sign0(a),         0.0,                  0.0, 0.0, 0.0, G1(G_U(SIGN, G_A))) \
+    X(RELU,    "relu",    1, 0, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0,           0.0, 0.0, 0.0, G1(G_UC(STEP, G_A, 0.0))) \
+    X(TANH,    "tanh",    1, 0, tanh(a),        fg_dtanh(a),         0.0,                  -2.0 * y * fg_dtanh(a), 0.0, 0.0, G1(G_U(DTANH, G_A))) \
+    X(EXP,     "exp",     1, 0, exp(a),         y,                   0.0,                  y, 0.0, 0.0, G1(G_Y)) \
+    X(LOG,     "log",     1, 0, log(a),         1.0 / a,             0.0,                  -1.0 / (a * a), 0.0, 0.0, G1(G_RDIVC(G_A, 1.0))) \
+    X(SIGMOID, "sigmoid", 1, 0, fg_sigmoid(a),  fg_dsigmoid(a),      0.0,                  -fg_dsigmoid(a) * tanh(0.5 * a), 0.0, 0.0, G1(G_U(DSIGMOID, G_A))) \
+    X(SQRT,    "sqrt",    1, 0, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0, G1(G_RDIVC(G_Y, 0.5))) \
+    X(SIN,     "sin",     1, 0, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0, G1(G_U(COS, G_A))) \
+    X(COS,     "cos",     1, 0, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0, G1(G_NEG(G_U(SIN, G_A)))) \
     /* n-ary: code and name only; their rules are in FG_NARY_TABLE */                              \
-    X(SUM,     "sum",    -1, 1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(DOT,     "dot",    -1, 1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(LOG1P,   "log1p",   1, 0, log1p(a),       1.0 / (1.0 + a),     0.0,                  -(1.0 / (1.0 + a)) / (1.0 + a), 0.0, 0.0) \
-    X(EXPM1,   "expm1",   1, 0, expm1(a),       exp(a),              0.0,                  exp(a), 0.0, 0.0) \
-    X(TAN,     "tan",     1, 0, tan(a),         1.0 + y * y,         0.0,                  2.0 * y * (1.0 + y * y), 0.0, 0.0) \
-    X(ATAN,    "atan",    1, 0, atan(a),        fg_datan(a),         0.0,                  -2.0 * a * fg_datan(a) * fg_datan(a), 0.0, 0.0) \
-    X(SOFTPLUS, "softplus", 1, 0, fg_softplus(a), fg_sigmoid(a),     0.0,                  fg_dsigmoid(a), 0.0, 0.0) \
-    X(GELU,    "gelu",    1, 0, fg_gelu(a),     fg_dgelu(a),         0.0,                  fg_d2gelu(a), 0.0, 0.0) \
-    X(LEAKYRELU, "leaky_relu", 1, 1, (a > 0.0) ? a : a * c, (a > 0.0) ? 1.0 : c, 0.0,     0.0, 0.0, 0.0) \
-    X(CLAMPMIN, "clamp_min", 1, 1, fg_clamp_min(a, c), (a >= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0) \
-    X(CLAMPMAX, "clamp_max", 1, 1, fg_clamp_max(a, c), (a <= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0) \
-    X(FLOORDIV, "floordiv", 2, 0, fg_floordiv(a, b), 0.0,            0.0,                  0.0, 0.0, 0.0) \
-    X(FLOORDIVC, "floordiv", 1, 1, fg_floordiv(a, c), 0.0,           0.0,                  0.0, 0.0, 0.0) \
-    X(RFLOORDIVC, "rfloordiv", 1, 1, fg_floordiv(c, a), 0.0,         0.0,                  0.0, 0.0, 0.0) \
-    X(MOD,     "mod",     2, 0, fg_mod(a, b),   1.0,                 -fg_floordiv(a, b),   0.0, 0.0, 0.0) \
-    X(MODC,    "mod",     1, 1, fg_mod(a, c),   1.0,                 0.0,                  0.0, 0.0, 0.0) \
-    X(RMODC,   "rmod",    1, 1, fg_mod(c, a),   -fg_floordiv(c, a),  0.0,                  0.0, 0.0, 0.0) \
+    X(SUM,     "sum",    -1, 1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0, G0) \
+    X(DOT,     "dot",    -1, 1, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0, G0) \
+    X(LOG1P,   "log1p",   1, 0, log1p(a),       1.0 / (1.0 + a),     0.0,                  -(1.0 / (1.0 + a)) / (1.0 + a), 0.0, 0.0, G1(G_RDIVC(G_ADDC(G_A, 1.0), 1.0))) \
+    X(EXPM1,   "expm1",   1, 0, expm1(a),       exp(a),              0.0,                  exp(a), 0.0, 0.0, G1(G_U(EXP, G_A))) \
+    X(TAN,     "tan",     1, 0, tan(a),         1.0 + y * y,         0.0,                  2.0 * y * (1.0 + y * y), 0.0, 0.0, G1(G_ADDC(G_MUL(G_Y, G_Y), 1.0))) \
+    X(ATAN,    "atan",    1, 0, atan(a),        fg_datan(a),         0.0,                  -2.0 * a * fg_datan(a) * fg_datan(a), 0.0, 0.0, G1(G_U(DATAN, G_A))) \
+    X(SOFTPLUS, "softplus", 1, 0, fg_softplus(a), fg_sigmoid(a),     0.0,                  fg_dsigmoid(a), 0.0, 0.0, G1(G_U(SIGMOID, G_A))) \
+    X(GELU,    "gelu",    1, 0, fg_gelu(a),     fg_dgelu(a),         0.0,                  fg_d2gelu(a), 0.0, 0.0, G1(G_U(DGELU, G_A))) \
+    X(LEAKYRELU, "leaky_relu", 1, 1, (a > 0.0) ? a : a * c, (a > 0.0) ? 1.0 : c, 0.0,     0.0, 0.0, 0.0, G1(G_UC(STEP, G_A, c))) \
+    X(CLAMPMIN, "clamp_min", 1, 1, fg_clamp_min(a, c), (a >= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0, G1(G_UC(STEPGE, G_A, c))) \
+    X(CLAMPMAX, "clamp_max", 1, 1, fg_clamp_max(a, c), (a <= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0, G1(G_UC(STEPLE, G_A, c))) \
+    X(FLOORDIV, "floordiv", 2, 0, fg_floordiv(a, b), 0.0,            0.0,                  0.0, 0.0, 0.0, G2(G_K(0.0), G_K(0.0))) \
+    X(FLOORDIVC, "floordiv", 1, 1, fg_floordiv(a, c), 0.0,           0.0,                  0.0, 0.0, 0.0, G1(G_K(0.0))) \
+    X(RFLOORDIVC, "rfloordiv", 1, 1, fg_floordiv(c, a), 0.0,         0.0,                  0.0, 0.0, 0.0, G1(G_K(0.0))) \
+    X(MOD,     "mod",     2, 0, fg_mod(a, b),   1.0,                 -fg_floordiv(a, b),   0.0, 0.0, 0.0, G2(G_K(1.0), G_NEG(G_BIN(FLOORDIV, G_A, G_B)))) \
+    X(MODC,    "mod",     1, 1, fg_mod(a, c),   1.0,                 0.0,                  0.0, 0.0, 0.0, G1(G_K(1.0))) \
+    X(RMODC,   "rmod",    1, 1, fg_mod(c, a),   -fg_floordiv(c, a),  0.0,                  0.0, 0.0, 0.0, G1(G_NEG(G_UC(RFLOORDIVC, G_A, c)))) \
     /* a user-defined op: parents in the side array, value given, rule in Python */              \
-    X(USER,    "user",   -1, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0)
+    X(USER,    "user",   -1, 0, 0.0,            0.0,                 0.0,                  0.0, 0.0, 0.0, G0)
 
-/* N(NAME, GROUP, term, da, db, dab): y = c + the terms of the groups, in order.
+/* Internal ops: the derivatives that are no user op (piecewise constants, and
+ * formulas computed from the input for precision), made only by the
+ * create_graph sweep.  Each has all its columns, so derivative graphs replay,
+ * differentiate again (the tower closes: every dgraph uses only rows of this
+ * file) and go through jvp/hvp/hessian like any other row.  The indicator
+ * rows (STEP, STEPGE, STEPLE, SIGN, MAXSHARE) are constant between their
+ * jumps: derivative 0 at every order, which keeps the subgradient
+ * conventions at every order. */
+#define FG_INTERNAL_OPS(X)                                                                                   \
+    X(STEP,     "step",     1, 1, (a > 0.0) ? 1.0 : c, 0.0,          0.0, 0.0, 0.0, 0.0, G1(G_K(0.0)))      \
+    X(STEPGE,   "step_ge",  1, 1, (a >= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0, 0.0, G1(G_K(0.0)))      \
+    X(STEPLE,   "step_le",  1, 1, (a <= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0, 0.0, G1(G_K(0.0)))      \
+    X(SIGN,     "sign",     1, 0, fg_sign0(a),   0.0,                0.0, 0.0, 0.0, 0.0, G1(G_K(0.0)))      \
+    X(MAXSHARE, "max_share", 2, 0, fg_max_share(a, b), 0.0,          0.0, 0.0, 0.0, 0.0, G2(G_K(0.0), G_K(0.0))) \
+    X(DTANH,    "dtanh",    1, 0, fg_dtanh(a),   -2.0 * tanh(a) * y, 0.0,                                    \
+      -2.0 * y * (y - 2.0 * tanh(a) * tanh(a)), 0.0, 0.0,                                                   \
+      G1(G_MULC(G_MUL(G_U(TANH, G_A), G_Y), -2.0)))                                                         \
+    X(DSIGMOID, "dsigmoid", 1, 0, fg_dsigmoid(a), -y * tanh(0.5 * a), 0.0,                                  \
+      0.5 * y * (3.0 * tanh(0.5 * a) * tanh(0.5 * a) - 1.0), 0.0, 0.0,                                      \
+      G1(G_NEG(G_MUL(G_Y, G_U(TANH, G_MULC(G_A, 0.5))))))                                                   \
+    X(DATAN,    "datan",    1, 0, fg_datan(a),   -2.0 * a * y * y,   0.0,                                    \
+      -2.0 * y * y + 8.0 * a * a * y * y * y, 0.0, 0.0,                                                     \
+      G1(G_MULC(G_MUL(G_A, G_MUL(G_Y, G_Y)), -2.0)))                                                        \
+    X(DGELU,    "dgelu",    1, 0, fg_dgelu(a),   fg_d2gelu(a),       0.0, fg_d3gelu(a), 0.0, 0.0,            \
+      G1(G_MUL(G_U(PHI, G_A), G_RSUBC(G_MUL(G_A, G_A), 2.0))))                                              \
+    X(PHI,      "phi",      1, 0, fg_phi(a),     -a * y,             0.0, (a * a - 1.0) * y, 0.0, 0.0,       \
+      G1(G_NEG(G_MUL(G_A, G_Y))))                                                                           \
+    X(DPOWC,    "dpow",     1, 1, fg_dpow_base(a, c), fg_d2pow_aa(a, c), 0.0,                                \
+      (c == 0.0) ? 0.0 : c * fg_d2pow_aa(a, c - 1.0), 0.0, 0.0,                                             \
+      G1((c == 0.0) ? G_K(0.0) : G_MULC(G_UC(DPOWC, G_A, c - 1.0), c)))                                    \
+    X(DRPOWC,   "drpow",    1, 1, fg_dpow_exp(c, a, pow(c, a)), (c == 0.0) ? 0.0 : y * log(c), 0.0,         \
+      (c == 0.0) ? 0.0 : (y * log(c)) * log(c), 0.0, 0.0,                                                   \
+      G1((c == 0.0) ? G_K(0.0) : G_MULC(G_Y, log(c))))                                                      \
+    X(DPOW,     "dpow",     2, 0, fg_dpow_base(a, b), fg_d2pow_aa(a, b), fg_d2pow_ab(a, b),                  \
+      (b == 0.0) ? 0.0 : b * fg_d2pow_aa(a, b - 1.0),                                                       \
+      pow(a, b - 2.0) * ((2.0 * b - 1.0) + b * (b - 1.0) * log(a)),                                         \
+      pow(a, b - 1.0) * log(a) * (2.0 + b * log(a)),                                                        \
+      G2(G_MUL(G_B, G_BIN(DPOW, G_A, G_ADDC(G_B, -1.0))),                                                  \
+         G_ADD(G_BIN(POW, G_A, G_ADDC(G_B, -1.0)), G_MUL(G_Y, G_U(LOG, G_A)))))                            \
+    X(DPOWE,    "dpow_exp", 2, 0, fg_dpow_exp(a, b, pow(a, b)), fg_d2pow_ab(a, b), fg_d2pow_bb(a, b, pow(a, b)), \
+      pow(a, b - 2.0) * ((b - 1.0) * (1.0 + b * log(a)) + b),                                               \
+      pow(a, b - 1.0) * log(a) * (2.0 + b * log(a)),                                                        \
+      (a == 0.0 && b >= 0.0) ? 0.0 : ((pow(a, b) * log(a)) * log(a)) * log(a),                              \
+      G2(G_ADD(G_BIN(POW, G_A, G_ADDC(G_B, -1.0)), G_MUL(G_BIN(DPOW, G_A, G_B), G_U(LOG, G_A))),           \
+         G_MUL(G_Y, G_U(LOG, G_A))))
+
+#define FG_OP_TABLE(X) FG_PUBLIC_OPS(X) FG_INTERNAL_OPS(X)
+
+/* N(NAME, GROUP, term, da, db, dab, dgraph): y = c + the terms of the groups, in order.
  * sum: c + x0 + x1 + ...;  dot: c + x0*x1 + x2*x3 + ... */
-#define FG_NARY_TABLE(N)                    \
-    N(SUM, 1, a,     1.0, 0.0, 0.0)         \
-    N(DOT, 2, a * b, b,   a,   1.0)
+#define FG_NARY_TABLE(N)                                      \
+    N(SUM, 1, a,     1.0, 0.0, 0.0, G1(G_K(1.0)))             \
+    N(DOT, 2, a * b, b,   a,   1.0, G2(G_B, G_A))
 
 typedef enum {
 #define FG_ENUM_ROW(NAME, ...) FG_OP_##NAME,
@@ -337,6 +404,13 @@ static const unsigned char FG_CONSTANT[FG_OP_COUNT] = {
 #define FG_CONSTANT_ROW(NAME, str, arity, constant, ...) constant,
     FG_OP_TABLE(FG_CONSTANT_ROW)
 #undef FG_CONSTANT_ROW
+};
+
+/* 1 for the rows of FG_INTERNAL_OPS (made only by derivative graphs). */
+static const unsigned char FG_INTERNAL[FG_OP_COUNT] = {
+#define FG_INTERNAL_ROW(NAME, ...) [FG_OP_##NAME] = 1,
+    FG_INTERNAL_OPS(FG_INTERNAL_ROW)
+#undef FG_INTERNAL_ROW
 };
 
 /* Whether op is a row of FG_NARY_TABLE: the kernels' first dispatch level. */

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 WORKLOADS = {"seed", "mlp_step", "mlp_compiled", "optim_step", "random_backward", "chain", "memory",
-             "batch_scaling", "hessian"}
+             "batch_scaling", "hessian", "create_graph"}
 
 pytestmark = pytest.mark.skipif(not RUN.is_file(), reason="bench/ is not shipped with the package")
 

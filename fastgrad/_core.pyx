@@ -2070,6 +2070,9 @@ def _parents_of(Value v):
     return _parents(v._live_graph(), v.idx)
 
 
+cdef dict _OP_BY_KEY = {fg_op_key(k).decode("ascii"): k for k in range(FG_OP_COUNT)}
+
+
 def _make_row(str key, list parents, double c=0.0):
     """Test hook: a node of row ``key`` (unary or binary, internal rows
     included) over the given Values, with constant c."""

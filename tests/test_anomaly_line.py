@@ -8,10 +8,13 @@ matches, and then fastgrad's nn.py was reported instead of the user's line.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 import fastgrad
 
@@ -54,3 +57,23 @@ def test_anomaly_names_the_user_line_from_the_checkout_root(tmp_path):
     # python -m pytest / python -m fastgrad in the repo root: "." on sys.path
     msg, where = _run(str(tmp_path / "probe.py"), ".", ROOT).splitlines()
     assert msg.endswith("probe.py:11 (in <module>)"), msg
+
+
+@pytest.mark.parametrize("x, want", [(math.inf, 1.0), (-math.inf, -1.0), (0.5, 0.5)])
+def test_clamp_with_both_bounds_is_one_op_to_anomaly_mode_and_no_grad(x, want):
+    """clamp(x, lo, hi) is two nodes (clamp_min, then clamp_max); the user
+    made one op, so only its value counts: inf clamped to [-1, 1] is 1.0."""
+    with fastgrad.Graph() as g:
+        v = fastgrad.Value(x)
+        with fastgrad.detect_anomaly():
+            y = v.clamp(-1.0, 1.0)
+        assert y.data == want and y._op == "clamp_max"
+        assert [p._op for p in y._prev] == ["clamp_min"]
+        with fastgrad.no_grad():
+            z = v.clamp(-1.0, 1.0)
+        assert z.data == want and not z._prev
+        del y, z
+        assert g.stats()["live_nodes"] == 1
+        with fastgrad.detect_anomaly(), pytest.raises(FloatingPointError, match="'clamp_max' produced nan"):
+            v.clamp(-1.0, math.nan)
+        assert g.stats()["live_nodes"] == 1

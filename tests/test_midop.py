@@ -16,6 +16,7 @@ import math
 import random
 import sys
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -494,7 +495,7 @@ class SweepStarter:
     def __init__(self, out: Value) -> None:
         self.out = out
         self.thread: threading.Thread | None = None
-        self.handle = None
+        self.handle: Any = None
 
     def __float__(self) -> float:
         in_hook, go = threading.Event(), threading.Event()

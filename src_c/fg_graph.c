@@ -356,6 +356,27 @@ void fg_reclaim(fg_graph_t *g) {
     }
 }
 
+/* Node n gives up its edges: each parent loses one use, and a parent whose
+ * uses reach 0 is pushed on stack[top...]; an n-ary node's operand run
+ * becomes dead room.  Returns the new top.  Shared by the free cascade and
+ * fg_detach. */
+static inline int64_t fg_drop_edges(fg_graph_t *g, int32_t n, int32_t *stack, int64_t top) {
+#define FG_DROP_USE(p)                  \
+    do {                                \
+        int32_t p_ = (p);               \
+        if (--g->uses[p_] == 0) {       \
+            stack[top++] = p_;          \
+        }                               \
+    } while (0)
+    FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, n, FG_DROP_USE)
+#undef FG_DROP_USE
+    if (FG_ARITY[g->op[n]] == -1) {
+        g->odead += g->b[n];
+        g->nuser -= g->op[n] == FG_OP_USER;
+    }
+    return top;
+}
+
 /* Frees the nodes on the cascade stack (order[0, top)) and, in turn, the
  * parents whose uses reach 0: an explicit stack instead of recursion, so a
  * chain of any length frees without touching the C stack.  A node is pushed
@@ -366,19 +387,7 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_mo
     int32_t *stack = g->order;
     while (top > 0 && budget-- > 0) {
         int32_t n = stack[--top];
-#define FG_DROP_USE(p)                  \
-        do {                            \
-            int32_t p_ = (p);           \
-            if (--g->uses[p_] == 0) {   \
-                stack[top++] = p_;      \
-            }                           \
-        } while (0)
-        FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, n, FG_DROP_USE)
-#undef FG_DROP_USE
-        if (FG_ARITY[g->op[n]] == -1) {
-            g->odead += g->b[n];
-            g->nuser -= g->op[n] == FG_OP_USER;
-        }
+        top = fg_drop_edges(g, n, stack, top);
         const uint8_t fl = g->flags[n];
         if (fl) {
             if (fl & FG_OWNED) {
@@ -439,19 +448,7 @@ void fg_detach(fg_graph_t *g, int32_t i) {
     /* i is not its own ancestor, so the cascade below never reaches it; it
      * is a leaf before the cascade runs (a trim there reads its edges). */
     int arity = FG_ARITY[g->op[i]];
-#define FG_DETACH_USE(p)                \
-    do {                                \
-        int32_t p_ = (p);               \
-        if (--g->uses[p_] == 0) {       \
-            stack[top++] = p_;          \
-        }                               \
-    } while (0)
-    FG_FOR_EACH_PARENT(g->op, g->a, g->b, g->opnd, i, FG_DETACH_USE)
-#undef FG_DETACH_USE
-    if (arity == -1) {
-        g->odead += g->b[i];
-        g->nuser -= g->op[i] == FG_OP_USER;
-    }
+    top = fg_drop_edges(g, i, stack, top);
     if (arity != 0) {
         g->op[i] = FG_OP_LEAF;
         g->cst[i] = 0.0;

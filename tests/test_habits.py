@@ -19,27 +19,13 @@ import pytest
 
 import fastgrad
 from fastgrad import Value
+from usercode import live, user_tanh
 
 
 @pytest.fixture(autouse=True)
 def g():
     with fastgrad.Graph() as graph:
         yield graph
-
-
-def live(graph) -> int:
-    return graph.stats()["live_nodes"]
-
-
-def user_tanh(self: Value) -> Value:
-    t = math.tanh(self.data)
-    out = Value(t, (self,), "tanh")
-
-    def _backward() -> None:
-        self.grad += (1 - t**2) * out.grad
-
-    out._backward = _backward
-    return out
 
 
 def near(want):

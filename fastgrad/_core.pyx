@@ -25,6 +25,8 @@ cdef extern from "Python.h":
     unsigned long long PyThreadState_GetID(PyThreadState *tstate)
     void Py_DecRef(PyObject *o)
     void Py_IncRef(PyObject *o)
+    void PyErr_Fetch(PyObject **t, PyObject **v, PyObject **tb)
+    void PyErr_Restore(PyObject *t, PyObject *v, PyObject *tb)
     PyObject **_PyObject_GetDictPtr(object o)
     int PyErr_CheckSignals() except -1
 
@@ -395,15 +397,32 @@ cdef void _drain_unraisable(Graph g) noexcept:
         pass
 
 
-cdef inline void _release(Graph g, int32_t i) noexcept:
-    """Drops one use of node i (a handle's) at once; g must not be busy."""
+cdef inline void _release_quiet(Graph g, int32_t i) noexcept:
+    """Drops one use of node i (a handle's) at once, running no Python code:
+    the stashes it frees and the deferred releases wait for _release_after."""
     cdef int64_t pending = fg_release(&g.g, i, NOGIL_MIN_NODES)
     if pending:
         _release_rest(g, pending)
+
+
+cdef inline bint _release_pending(Graph g) noexcept:
+    return g.g.nrelease != 0 or (g.deferred and not g.busy)
+
+
+cdef void _release_after(Graph g) noexcept:
+    """What a release leaves to Python: the freed nodes' stashes, then the
+    releases deferred while g was busy (both may run arbitrary code)."""
     if g.g.nrelease:
         _drop_released(g)
     if g.deferred and not g.busy:
         _drain_unraisable(g)
+
+
+cdef inline void _release(Graph g, int32_t i) noexcept:
+    """Drops one use of node i (a handle's) at once; g must not be busy."""
+    _release_quiet(g, i)
+    if _release_pending(g):
+        _release_after(g)
 
 
 cdef Value _wrap(Graph g, int32_t idx):
@@ -1038,6 +1057,87 @@ cdef int _value_traverse(PyObject *o, visitproc visit, void *arg) except -1:
     return _value_base_traverse(o, visit, arg)
 
 
+cdef inline int _dies_quietly(Value v) noexcept:
+    # v and v.graph are borrowed all through: no reference counting here.
+    cdef int32_t i = v.idx
+    if v._attrs != NULL or v._ext != NULL:
+        return 0
+    if v.graph is None or i < 0:
+        return 1
+    if v.graph.busy or (v.graph.g.uses[i] > 1 and type(v) is not Value):
+        return 0
+    if v.graph.g.obj[i] == <void *>v:
+        v.graph.g.obj[i] = NULL
+    _release_quiet(v.graph, i)
+    if _release_pending(v.graph):
+        v.idx = -1
+        return 0
+    return 1
+
+
+cdef int _value_dies_quietly(PyObject *o) noexcept:
+    """The common death of a Value (no state to keep, graph not busy): its use
+    of the node goes, running no Python code.  Returns 0 when there is work
+    left for _value_dies_loudly: all of it, or (idx set to -1) what the
+    release leaves to Python."""
+    return _dies_quietly(<Value>o)
+
+
+cdef void _value_dies_loudly(PyObject *o) noexcept:
+    """The rest of a Value's death, with Python code allowed (the exception
+    state is saved around it)."""
+    cdef Value v = <Value>o
+    if v.idx >= 0:
+        _value_dealloc(v)
+    elif v.graph is not None:
+        _release_after(v.graph)
+    _set_vdict(v, None)             # the instance dict and _ext are not managed by Cython
+    _set_ext(v, None)
+
+
+# Value's tp_dealloc, installed over Cython's (which then frees the object):
+# Cython would save and restore the exception state around every __dealloc__,
+# a third of a temporary's death; here only the loud path pays for it.
+cdef extern from *:
+    """
+    static destructor fg_value_base_dealloc;
+    static int (*fg_value_quiet)(PyObject *);
+    static void (*fg_value_loud)(PyObject *);
+    static void fg_value_dealloc(PyObject *o) {
+        Py_ssize_t wl = Py_TYPE(o)->tp_weaklistoffset;
+        /* Weakly referenced: no quiet path (a large release lets other
+         * threads run, which could reach o through a weak reference). */
+        int weak = wl > 0 && *(PyObject **)((char *)o + wl) != NULL;
+        if (weak) {
+            /* Python code may run (callbacks, then the loud path): as
+             * Cython's dealloc would, first out of the collector's sight and
+             * of the weak references (which needs the count at 0). */
+            PyObject_GC_UnTrack(o);
+            PyObject_ClearWeakRefs(o);
+        }
+        Py_SET_REFCNT(o, 1);            /* alive while the glue holds it */
+        if (weak || !fg_value_quiet(o)) {
+            PyObject *t, *v, *tb;
+            PyObject_GC_UnTrack(o);
+            PyErr_Fetch(&t, &v, &tb);
+            fg_value_loud(o);
+            PyErr_Restore(t, v, tb);
+        }
+        Py_SET_REFCNT(o, 0);
+        fg_value_base_dealloc(o);       /* untracks, clears weak references, frees */
+    }
+    static void fg_install_value_dealloc(PyTypeObject *tp, int (*quiet)(PyObject *),
+                                         void (*loud)(PyObject *)) {
+        fg_value_quiet = quiet;
+        fg_value_loud = loud;
+        fg_value_base_dealloc = tp->tp_dealloc;
+        tp->tp_dealloc = fg_value_dealloc;
+    }
+    """
+    void fg_install_value_dealloc(PyTypeObject *tp, int (*quiet)(PyObject *) noexcept,
+                                  void (*loud)(PyObject *) noexcept)
+
+
 cdef void _value_dealloc(Value self) noexcept:
     """A Value dies: its use of the node goes, its state stays with the node
     when the node lives on (see "handles")."""
@@ -1184,10 +1284,7 @@ cdef class Value:
         if n or (_op is not None and _op != ''):
             _ext_for(self).uop = _op
 
-    def __dealloc__(self):
-        _value_dealloc(self)
-        _set_vdict(self, None)      # the instance dict and _ext are not managed by Cython
-        _set_ext(self, None)
+    # Its death: _value_dies_quietly / _value_dies_loudly (tp_dealloc).
 
     cdef Graph _live_graph(self):
         if self.graph is None:
@@ -1565,6 +1662,7 @@ cdef class Value:
 
 _value_base_traverse = (<PyTypeObject *>Value).tp_traverse
 (<PyTypeObject *>Value).tp_traverse = _value_traverse
+fg_install_value_dealloc(<PyTypeObject *>Value, _value_dies_quietly, _value_dies_loudly)
 # The instance dict lives in _attrs, made on first use (Cython would make a
 # dict for every Value of a `cdef dict __dict__`): tp_dictoffset points there
 # and `__dict__` is CPython's generic descriptor for it.

@@ -360,7 +360,7 @@ void fg_reclaim(fg_graph_t *g) {
  * uses reach 0 is pushed on stack[top...]; an n-ary node's operand run
  * becomes dead room.  Returns the new top.  Shared by the free cascade and
  * fg_detach. */
-static inline int64_t fg_drop_edges(fg_graph_t *g, int32_t n, int32_t *stack, int64_t top) {
+static FG_ALWAYS_INLINE int64_t fg_drop_edges(fg_graph_t *g, int32_t n, int32_t *stack, int64_t top) {
 #define FG_DROP_USE(p)                  \
     do {                                \
         int32_t p_ = (p);               \

@@ -4,6 +4,16 @@
 
 #include "fastgrad.h"
 
+/* A helper the compiler must inline (hot loops; a call would cost more than
+ * the body).  Write `static FG_ALWAYS_INLINE` for a file-local one. */
+#if defined(_MSC_VER)
+#define FG_ALWAYS_INLINE __forceinline
+#elif defined(__GNUC__) || defined(__clang__)
+#define FG_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FG_ALWAYS_INLINE inline
+#endif
+
 /* A fresh slot with one use, or FG_ENOMEM. */
 int32_t fg_alloc_node(fg_graph_t *g);
 /* The first of n consecutive fresh slots at top (each with one use), or a

@@ -164,16 +164,8 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
         gn = adj[n];                                                            \
     }
 
-#if defined(__GNUC__) || defined(__clang__)
-#define FG_ALWAYS_INLINE static inline __attribute__((always_inline))
-#elif defined(_MSC_VER)
-#define FG_ALWAYS_INLINE static __forceinline
-#else
-#define FG_ALWAYS_INLINE static inline
-#endif
-
 /* Pass 2.  adj[out] must already hold the seed. */
-FG_ALWAYS_INLINE int fg_sweep_impl(fg_graph_t *g, int32_t out, double *adj, int check_finite,
+static FG_ALWAYS_INLINE int fg_sweep_impl(fg_graph_t *g, int32_t out, double *adj, int check_finite,
                                    fg_reach_t r, const int hooks) {
     const uint8_t *op = g->op;
     const uint8_t *flags = g->flags;

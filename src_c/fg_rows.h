@@ -54,12 +54,6 @@ typedef double fg_vd;
 
 #define FG_UNI(p) (uni != NULL && uni[p])
 
-#if defined(_MSC_VER)
-#define FG_ALWAYS_INLINE __forceinline
-#else
-#define FG_ALWAYS_INLINE inline __attribute__((always_inline))
-#endif
-
 /* The operand group at k of an n-ary node, in a row block: parent indices p, q
  * (-1: a constant); rp, rq say whether the operand has rows of its own; P, Q
  * point at those rows, and a0, b0 hold the one value of an operand that has

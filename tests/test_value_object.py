@@ -154,6 +154,49 @@ def test_weak_references_live_as_long_as_the_value():
     assert r() is None and len(table) == 0
 
 
+def test_values_dying_while_an_exception_propagates_leave_it_intact(g):
+    """The list's finished elements die while boom()'s exception is set (the
+    interpreter pops them as it unwinds).  The ones that run Python code on
+    their way (an attribute whose __del__ raises and catches, a state kept
+    for a node that lives on, a weak reference's callback) and the plain
+    temporary must leave the exception in flight as it was, and set none."""
+    seen = []
+    keep = []
+
+    class Noisy:
+        def __del__(self):
+            try:
+                raise KeyError("inner")
+            except KeyError:
+                seen.append("del")
+
+    def stateful():
+        v = Value(1.0)
+        v.noisy = Noisy()                       # dies with the node: __del__ runs
+        return v
+
+    def kept():
+        b = Value(2.0)
+        b.colour = "red"
+        keep.append(b * 3.0)                    # the node lives on: b's state is stashed
+        return b
+
+    def weak():
+        w = Value(3.0)
+        keep.append(weakref.ref(w, lambda _: seen.append("weak")))
+        return w
+
+    def boom():
+        raise ValueError("outer")
+
+    with pytest.raises(ValueError, match="^outer$") as info:
+        [stateful(), kept(), weak(), Value(4.0) * 2.0, boom()]
+    assert info.value.__context__ is None
+    assert sorted(seen) == ["del", "weak"]
+    (b,) = keep[0]._prev
+    assert b.colour == "red"
+
+
 # -- garbage collection -----------------------------------------------------------------
 
 

@@ -58,10 +58,12 @@
  * x / 0, x % 0 is nan) and PyTorch's derivatives: 0 for //, and for a % b,
  * 1 and -(a // b).
  *
- * Derivatives that cancel are computed from the input instead: tanh' is
- * 4e/(1+e)^2 with e = exp(-2|a|), not 1 - y*y, and sigmoid' is e/(1+e)^2 with
- * e = exp(-|a|), not y(1 - y); both stay within a few ulps where y rounds to
- * +-1 (or 1) and the old forms gave thousands of ulps or exactly 0.
+ * Derivatives that would cancel are computed from the input there: tanh' is
+ * 1 - y*y while |y| <= 1/2 and 4e/(1+e)^2 with e = exp(-2|a|) beyond, sigmoid'
+ * y(1 - y) for a <= 0 and e/(1+e)^2 with e = exp(-|a|) beyond; both stay
+ * within a few ulps where y rounds to +-1 (or 1), where 1 - y*y and y(1 - y)
+ * alone gave thousands of ulps or exactly 0, and the cheap form (no exp)
+ * serves the common inputs.
  */
 #ifndef FG_OPS_H
 #define FG_OPS_H
@@ -90,6 +92,18 @@ static inline double fg_dtanh(double a) {
     double e = exp(-2.0 * fabs(a));
     double d = 1.0 + e;
     return (4.0 * e) / (d * d);
+}
+
+/* tanh' of a given y = tanh(a): 1 - y*y where that cannot cancel (|y| <= 1/2,
+ * within about an ulp), else from a; the cheap form is the common one. */
+static inline double fg_dtanh_y(double a, double y) {
+    return fabs(y) <= 0.5 ? 1.0 - y * y : fg_dtanh(a);
+}
+
+/* sigmoid' of a given y = sigmoid(a): y(1 - y) where 1 - y >= 1/2 (a <= 0),
+ * else from a. */
+static inline double fg_dsigmoid_y(double a, double y) {
+    return a <= 0.0 ? y * (1.0 - y) : fg_dsigmoid(a);
 }
 
 static inline double fg_max(double a, double b) {
@@ -291,10 +305,10 @@ static inline double fg_clamp_max(double a, double c) {
     X(NEG,     "neg",     1, 0, -a,             -1.0,                0.0,                  0.0, 0.0, 0.0, G1(G_K(-1.0))) \
     X(ABS,     "abs",     1, 0, fabs(a),        fg_sign0(a),         0.0,                  0.0, 0.0, 0.0, G1(G_U(SIGN, G_A))) \
     X(RELU,    "relu",    1, 0, (a < 0.0) ? 0.0 : a, (a > 0.0) ? 1.0 : 0.0, 0.0,           0.0, 0.0, 0.0, G1(G_UC(STEP, G_A, 0.0))) \
-    X(TANH,    "tanh",    1, 0, tanh(a),        fg_dtanh(a),         0.0,                  -2.0 * y * fg_dtanh(a), 0.0, 0.0, G1(G_U(DTANH, G_A))) \
+    X(TANH,    "tanh",    1, 0, tanh(a),        fg_dtanh_y(a, y),    0.0,                  -2.0 * y * fg_dtanh_y(a, y), 0.0, 0.0, G1(G_U(DTANH, G_A))) \
     X(EXP,     "exp",     1, 0, exp(a),         y,                   0.0,                  y, 0.0, 0.0, G1(G_Y)) \
     X(LOG,     "log",     1, 0, log(a),         1.0 / a,             0.0,                  -1.0 / (a * a), 0.0, 0.0, G1(G_RDIVC(G_A, 1.0))) \
-    X(SIGMOID, "sigmoid", 1, 0, fg_sigmoid(a),  fg_dsigmoid(a),      0.0,                  -fg_dsigmoid(a) * tanh(0.5 * a), 0.0, 0.0, G1(G_U(DSIGMOID, G_A))) \
+    X(SIGMOID, "sigmoid", 1, 0, fg_sigmoid(a),  fg_dsigmoid_y(a, y), 0.0,                  -fg_dsigmoid_y(a, y) * tanh(0.5 * a), 0.0, 0.0, G1(G_U(DSIGMOID, G_A))) \
     X(SQRT,    "sqrt",    1, 0, sqrt(a),        0.5 / y,             0.0,                  -0.25 / (y * y * y), 0.0, 0.0, G1(G_RDIVC(G_Y, 0.5))) \
     X(SIN,     "sin",     1, 0, sin(a),         cos(a),              0.0,                  -sin(a), 0.0, 0.0, G1(G_U(COS, G_A))) \
     X(COS,     "cos",     1, 0, cos(a),         -sin(a),             0.0,                  -cos(a), 0.0, 0.0, G1(G_NEG(G_U(SIN, G_A)))) \
@@ -333,10 +347,10 @@ static inline double fg_clamp_max(double a, double c) {
     X(STEPLE,   "step_le",  1, 1, (a <= c) ? 1.0 : 0.0, 0.0,         0.0, 0.0, 0.0, 0.0, G1(G_K(0.0)))      \
     X(SIGN,     "sign",     1, 0, fg_sign0(a),   0.0,                0.0, 0.0, 0.0, 0.0, G1(G_K(0.0)))      \
     X(MAXSHARE, "max_share", 2, 0, fg_max_share(a, b), 0.0,          0.0, 0.0, 0.0, 0.0, G2(G_K(0.0), G_K(0.0))) \
-    X(DTANH,    "dtanh",    1, 0, fg_dtanh(a),   -2.0 * tanh(a) * y, 0.0,                                    \
+    X(DTANH,    "dtanh",    1, 0, fg_dtanh_y(a, tanh(a)),   -2.0 * tanh(a) * y, 0.0,                                    \
       -2.0 * y * (y - 2.0 * tanh(a) * tanh(a)), 0.0, 0.0,                                                   \
       G1(G_MULC(G_MUL(G_U(TANH, G_A), G_Y), -2.0)))                                                         \
-    X(DSIGMOID, "dsigmoid", 1, 0, fg_dsigmoid(a), -y * tanh(0.5 * a), 0.0,                                  \
+    X(DSIGMOID, "dsigmoid", 1, 0, fg_dsigmoid_y(a, fg_sigmoid(a)), -y * tanh(0.5 * a), 0.0,                                  \
       0.5 * y * (3.0 * tanh(0.5 * a) * tanh(0.5 * a) - 1.0), 0.0, 0.0,                                      \
       G1(G_NEG(G_MUL(G_Y, G_U(TANH, G_MULC(G_A, 0.5))))))                                                   \
     X(DATAN,    "datan",    1, 0, fg_datan(a),   -2.0 * a * y * y,   0.0,                                    \

@@ -124,12 +124,12 @@ static fg_reach_t fg_reach(fg_graph_t *g, int64_t nroots, const int32_t *roots, 
  * Each sweep below defines FG_SEND its own way. */
 #define FG_EDGE(pos, p, d) FG_SEND(p, gn * (d))
 #define FG_SWEEP_BODY                                                           \
-    if (o == FG_OP_USER) {                                                      \
-        FG_REV_USER                                                             \
-    } else if (fg_is_nary(o)) {                                                 \
-        FG_NARY_EDGES(o)                                                        \
-    } else {                                                                    \
+    if (FG_ARITY[o] >= 0) {             /* the common case first: one test */   \
         FG_ROW_EDGES(o)                                                         \
+    } else if (o == FG_OP_USER) {                                               \
+        FG_REV_USER                                                             \
+    } else {                                                                    \
+        FG_NARY_EDGES(o)                                                        \
     }
 
 /* A USER node: its Python _backward (through user_fn) adds to its parents'

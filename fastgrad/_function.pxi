@@ -227,6 +227,9 @@ cdef class Function:
     cdef double *hws            # cached hessian tangent rows, all zero between calls
     cdef int64_t hws_cap        # doubles in hws
     cdef bint hws_busy
+    cdef double *bws            # cached row-block workspace of a batched call's own thread
+    cdef int64_t bws_cap        # doubles in bws
+    cdef bint bws_busy
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Functions are made by fastgrad.compile() or fastgrad.load()")
@@ -235,6 +238,7 @@ cdef class Function:
         fg_tape_free(&self.t)
         free(self.ws)
         free(self.hws)
+        free(self.bws)
 
     # ------------------------------------------------------------ plumbing
 
@@ -680,20 +684,39 @@ cdef class Function:
                 pool = _thread_pool(nthreads - 1)
             except RuntimeError:   # no thread can be started: this one does every chunk
                 pass
+        # The calling thread's workspace is the Function's cached one when no
+        # other call holds it: a call reuses pages the last one touched (freed
+        # and mapped again per call, a large block costs a page fault per 4 KiB
+        # each time, where the allocator returns memory eagerly, as in Dask
+        # workers).  Taken and given back with the GIL held.
+        cdef int64_t need = fg_batch_ws_doubles(&job.b)
+        cdef bint cached = not self.bws_busy
+        if cached:
+            if self.bws_cap < need:
+                free(self.bws)
+                self.bws = <double *>malloc(need * sizeof(double))
+                self.bws_cap = need if self.bws != NULL else 0
+            self.bws_busy = True
+            job.caller_ws = self.bws        # NULL (out of memory): work() allocates
         job.open()
         # From here on the job is open: whatever is raised (a KeyboardInterrupt
         # between two puts), finish() runs and waits for every thread that joined.
         try:
-            if pool is not None:
-                put, run = pool.tasks.put, job.run
-                for k in range(nthreads - 1):
-                    put(run)
-        except BaseException:
+            try:
+                if pool is not None:
+                    put, run = pool.tasks.put, job.run
+                    for k in range(nthreads - 1):
+                        put(run)
+            except BaseException:
+                with nogil:
+                    job.finish(True)
+                raise
             with nogil:
-                job.finish(True)
-            raise
-        with nogil:
-            job.finish(False)
+                job.finish(False)
+        finally:
+            job.caller_ws = NULL
+            if cached:
+                self.bws_busy = False
         if job.status == FG_ENOMEM:
             raise MemoryError()
         return 0
@@ -838,6 +861,7 @@ cdef class _BatchJob:
     cdef bint waiting               # the caller waits for done
     cdef int status                 # FG_OK, FG_ENOMEM, or FG_EINVAL (cancelled)
     cdef void *mem                  # the per-argument arrays of b
+    cdef double *caller_ws          # the caller's workspace (the Function's), or NULL
     cdef object owner               # the Function whose tape b reads
     cdef object keep                # the arrays b points into
     cdef object values
@@ -865,14 +889,15 @@ cdef class _BatchJob:
     def run(self):
         """A worker's part: chunks until none is left (nothing, once the call is over)."""
         with nogil:
-            self.work()
+            self.work(False)
 
     cdef void open(self) noexcept:
         self.next_chunk = 0
         self.status = FG_OK
         self.is_open = True
 
-    cdef void work(self) noexcept nogil:
+    cdef void work(self, bint caller) noexcept nogil:
+        """caller: the calling thread, which uses caller_ws when there is one."""
         cdef int64_t c
         cdef double *ws
         PyThread_acquire_lock(self.lock, WAIT_LOCK)
@@ -881,7 +906,9 @@ cdef class _BatchJob:
             return
         self.active += 1
         PyThread_release_lock(self.lock)
-        ws = <double *>malloc(fg_batch_ws_doubles(&self.b) * sizeof(double))
+        ws = self.caller_ws if caller else NULL
+        if ws == NULL:
+            ws = <double *>malloc(fg_batch_ws_doubles(&self.b) * sizeof(double))
         if ws == NULL:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             self.status = FG_ENOMEM
@@ -899,7 +926,8 @@ cdef class _BatchJob:
                 if c < 0:
                     break
                 fg_batch_run_chunk(&self.b, c, ws)
-            free(ws)
+            if ws != self.caller_ws or not caller:
+                free(ws)
         PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.active -= 1
         if self.active == 0 and self.waiting:
@@ -916,7 +944,7 @@ cdef class _BatchJob:
             self.status = FG_EINVAL
             PyThread_release_lock(self.lock)
         else:
-            self.work()
+            self.work(True)
         PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.is_open = False
         wait = self.active > 0

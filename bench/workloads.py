@@ -12,6 +12,7 @@ run.py, and how many units (calls, nodes, steps) one call covers.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import gc
@@ -718,7 +719,7 @@ def dask_scaling(cfg, log) -> list[dict]:
     try:
         import dask
         import dask.array as da
-        from distributed import Client, LocalCluster
+        from distributed import Client, LocalCluster, futures_of
     except ImportError as exc:
         return [{"workload": "dask_scaling", "variant": variant, "engine": DASK_ONE, "status": "skipped",
                  "reason": f"needs dask and distributed (pip install \"fastgrad[dask]\"): {exc}",
@@ -740,7 +741,7 @@ def dask_scaling(cfg, log) -> list[dict]:
             grad += g
         return total, grad
 
-    clusters, cases, records = [], {DASK_ONE: one_process}, {}
+    clusters, cases, records, placement = [], {DASK_ONE: one_process}, {}, {}
     # CPU seconds a case's processes used during a call: on a machine shared with
     # other work, wall time measures the load as much as the case; CPU time does not.
     # Per call: (this process's CPU seconds, each worker's), read before and after.
@@ -753,8 +754,15 @@ def dask_scaling(cfg, log) -> list[dict]:
                                        host="127.0.0.1", dashboard_address="127.0.0.1:0")
                 client = Client(cluster, set_as_default=False)
                 clusters.append((client, cluster))
-                data = client.persist(da.from_array(rows, chunks=(DASK_CHUNK, -1)))
+                # Every worker first, then the rows, spread evenly: persisted
+                # before the second worker joined, they would all sit on the first,
+                # and each call would run or fetch them there.
                 client.wait_for_workers(n, timeout=120)
+                data = client.persist(da.from_array(rows, chunks=(DASK_CHUNK, -1)))
+                futures = futures_of(data)
+                client.rebalance(futures)           # waits for them first
+                held = collections.Counter(w for ws in client.who_has(futures).values() for w in ws)
+                placement[name] = sorted(held.values())
 
                 def on_cluster(client=client, data=data):
                     losses, grad = f.batch_value_and_grad(params, data)
@@ -762,7 +770,8 @@ def dask_scaling(cfg, log) -> list[dict]:
 
                 cases[name] = on_cluster
                 cpu_of[name] = lambda client=client: (time.process_time(), client.run(time.process_time))
-                log(f"  [{name}: cluster started in {time.perf_counter() - t0:.1f} s]")
+                log(f"  [{name}: cluster started, rows persisted in {time.perf_counter() - t0:.1f} s; "
+                    f"chunks per worker {placement[name]}]")
             want_total, want_grad = one_process()
             for name, run in cases.items():
                 total, grad = run()                                    # warm-up, and the check
@@ -771,7 +780,8 @@ def dask_scaling(cfg, log) -> list[dict]:
                 records[name] = {"workload": "dask_scaling", "variant": variant, "engine": name,
                                  "unit": "call", "status": "ok" if ok else "failed",
                                  "reason": "" if ok else "loss or gradient differs from one process",
-                                 "info": {"rows": rows_n, "chunk": DASK_CHUNK, "mode": (
+                                 "info": {"rows": rows_n, "chunk": DASK_CHUNK,
+                                          "chunks_per_worker": placement.get(name), "mode": (
                                      f"batch_value_and_grad per {per_call} rows, threads=2" if name == DASK_ONE
                                      else "Dask array persisted on the workers; graph built and "
                                           "computed (loss sum, gradient) per call")},

@@ -1138,6 +1138,51 @@ cdef extern from *:
                                   void (*loud)(PyObject *) noexcept)
 
 
+cdef object _plain_leaf(object data):
+    """``Value(data)``, the common call, without the five-parameter parse of
+    ``__init__`` (whose plain-leaf path this is, step for step)."""
+    cdef double d = _coerce(data, "Value(data)")
+    cdef Value v = Value.__new__(Value)
+    cdef Graph g = _current_graph()
+    _enter(g)
+    cdef int32_t idx = fg_leaf(&g.g, d)
+    if idx < 0:
+        _raise_status(g, idx)
+    v.graph = g
+    v.idx = idx
+    g.g.obj[idx] = <void *>v
+    return v
+
+
+# Calling the Value type: one positional argument and no keywords (exactly
+# Value, not a subclass) is _plain_leaf; anything else is Cython's call (new,
+# then __init__).
+cdef extern from *:
+    """
+    static vectorcallfunc fg_value_base_call;
+    static PyTypeObject *fg_value_type;
+    static PyObject *(*fg_value_plain_leaf)(PyObject *);
+    static PyObject *fg_value_call(PyObject *tp, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+        if ((PyTypeObject *)tp == fg_value_type && PyVectorcall_NARGS(nargsf) == 1
+                && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
+            return fg_value_plain_leaf(args[0]);
+        }
+        return fg_value_base_call(tp, args, nargsf, kwnames);
+    }
+    static int fg_install_value_call(PyTypeObject *tp, PyObject *(*plain_leaf)(PyObject *)) {
+        if (tp->tp_vectorcall == NULL) {
+            return 0;                   /* no type vectorcall: __init__ does it all */
+        }
+        fg_value_type = tp;
+        fg_value_plain_leaf = plain_leaf;
+        fg_value_base_call = tp->tp_vectorcall;
+        tp->tp_vectorcall = fg_value_call;
+        return 0;
+    }
+    """
+    int fg_install_value_call(PyTypeObject *tp, object (*plain_leaf)(object))
+
+
 cdef void _value_dealloc(Value self) noexcept:
     """A Value dies: its use of the node goes, its state stays with the node
     when the node lives on (see "handles")."""
@@ -1663,6 +1708,7 @@ cdef class Value:
 _value_base_traverse = (<PyTypeObject *>Value).tp_traverse
 (<PyTypeObject *>Value).tp_traverse = _value_traverse
 fg_install_value_dealloc(<PyTypeObject *>Value, _value_dies_quietly, _value_dies_loudly)
+fg_install_value_call(<PyTypeObject *>Value, _plain_leaf)
 # The instance dict lives in _attrs, made on first use (Cython would make a
 # dict for every Value of a `cdef dict __dict__`): tp_dictoffset points there
 # and `__dict__` is CPython's generic descriptor for it.

@@ -1064,8 +1064,8 @@ cdef inline int _dies_quietly(Value v) noexcept:
         return 0
     if v.graph is None or i < 0:
         return 1
-    if v.graph.busy or (v.graph.g.uses[i] > 1 and type(v) is not Value):
-        return 0
+    if v.graph.busy or (v.graph.g.uses[i] > 1 and _has_state(v)):
+        return 0                    # (with no dict and no _ext: a subclass's state)
     if v.graph.g.obj[i] == <void *>v:
         v.graph.g.obj[i] = NULL
     _release_quiet(v.graph, i)
@@ -1138,11 +1138,10 @@ cdef extern from *:
                                   void (*loud)(PyObject *) noexcept)
 
 
-cdef object _plain_leaf(object data):
-    """``Value(data)``, the common call, without the five-parameter parse of
-    ``__init__`` (whose plain-leaf path this is, step for step)."""
-    cdef double d = _coerce(data, "Value(data)")
-    cdef Value v = Value.__new__(Value)
+cdef int _bind_plain_leaf(Value v, double d) except -1:
+    """v (new, no node yet) becomes a leaf of value d in the current graph:
+    ``Value(d)``'s path, from __init__ and from _plain_leaf.  No Python code
+    runs between the slot's allocation and its binding to v."""
     cdef Graph g = _current_graph()
     _enter(g)
     cdef int32_t idx = fg_leaf(&g.g, d)
@@ -1151,6 +1150,15 @@ cdef object _plain_leaf(object data):
     v.graph = g
     v.idx = idx
     g.g.obj[idx] = <void *>v
+    return 0
+
+
+cdef object _plain_leaf(object data):
+    """``Value(data)``, the common call, without the five-parameter parse of
+    ``__init__``: the same steps as its plain-leaf path."""
+    cdef double d = _coerce(data, "Value(data)")
+    cdef Value v = Value.__new__(Value)
+    _bind_plain_leaf(v, d)
     return v
 
 
@@ -1272,14 +1280,7 @@ cdef class Value:
         if (name is None and _children is _NO_CHILDREN and _is_empty_str(_op)
                 and _is_empty_str(label)):
             # A plain leaf, the common case (micrograd's Value(x)).
-            g = _current_graph()
-            _enter(g)
-            idx = fg_leaf(&g.g, d)
-            if idx < 0:
-                _raise_status(g, idx)
-            self.graph = g
-            self.idx = idx
-            g.g.obj[idx] = <void *>self
+            _bind_plain_leaf(self, d)
             return
         if name is None and label is not None and label != '':
             name = label

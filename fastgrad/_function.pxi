@@ -900,6 +900,7 @@ cdef class _BatchJob:
         """caller: the calling thread, which uses caller_ws when there is one."""
         cdef int64_t c
         cdef double *ws
+        cdef bint own               # ws is this call's to free
         PyThread_acquire_lock(self.lock, WAIT_LOCK)
         if not self.is_open:
             PyThread_release_lock(self.lock)
@@ -907,7 +908,8 @@ cdef class _BatchJob:
         self.active += 1
         PyThread_release_lock(self.lock)
         ws = self.caller_ws if caller else NULL
-        if ws == NULL:
+        own = ws == NULL
+        if own:
             ws = <double *>malloc(fg_batch_ws_doubles(&self.b) * sizeof(double))
         if ws == NULL:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
@@ -926,7 +928,7 @@ cdef class _BatchJob:
                 if c < 0:
                     break
                 fg_batch_run_chunk(&self.b, c, ws)
-            if ws != self.caller_ws or not caller:
+            if own:
                 free(ws)
         PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.active -= 1

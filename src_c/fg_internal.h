@@ -106,6 +106,10 @@ void fg_rows_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v
  *
  *     if (fg_is_nary(o)) { FG_NARY_EDGES(o) } else { FG_ROW_EDGES(o) }
  *
+ * (the dynamic sweep, whose graphs also hold USER nodes, tests the rows
+ * first on FG_ARITY[o] >= 0: rows are the common case there, and then one
+ * test serves them instead of a USER test and an n-ary one.)
+ *
  * FG_ROW_EDGES binds a, b, c, y once per row of FG_OP_TABLE: a, b the
  * parents' values (b = 0.0 in unary rows), c = cst[n] in every row, y the
  * node's value.  FG_NARY_EDGES binds a, b per operand group (FG_GROUP_AT);

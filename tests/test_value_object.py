@@ -80,6 +80,26 @@ def test_attributes_of_an_intermediate_come_back_through_prev_after_its_handle_d
     assert live(g) == 4
 
 
+class _Number:
+    def __float__(self):
+        return 2.5
+
+
+@pytest.mark.parametrize("data", [3.0, -7, True, 2 ** 70, _Number(), "x", None, 1j])
+def test_value_of_one_argument_equals_the_constructor_with_its_defaults(g, data):
+    """Value(x) has its own fast path (the type's call); it must behave exactly
+    as the full constructor with the default arguments spelled out."""
+    def make(call):
+        try:
+            v = call()
+        except Exception as exc:                # the same error, type and message
+            return type(exc), str(exc)
+        return v.data, v.op, v._op, v._prev, v.graph is g, v.name, type(v), v.grad
+
+    assert make(lambda: Value(data)) == make(lambda: Value(data, (), "", "", None))
+    assert make(lambda: Value(data)) == make(lambda: Value(data=data))
+
+
 def test_vars_and_dict_work_and_label_is_an_alias_of_name():
     v = Value(1.0, label="v")
     assert v.name == "v" and v.label == "v"

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib
 import math
 import pickle
 import sys
 import weakref
+from typing import Any
 
 import pytest
 
 import fastgrad
 from fastgrad import Value
+import features
 from usercode import live, user_tanh
 
 
@@ -675,9 +678,12 @@ def test_reinit_of_a_live_value_is_refused_and_changes_nothing(g):
     assert v.data == 4.0
 
 
-_testcapi = pytest.importorskip("_testcapi")
+# Not importorskip at module level: that would skip every test of this module
+# on a CPython without _testcapi, not just this one.
+_testcapi: Any = importlib.import_module("_testcapi") if features.HAS_TESTCAPI else None
 
 
+@features.requires_testcapi
 @pytest.mark.skipif(not hasattr(_testcapi, "set_nomemory"), reason="needs _testcapi.set_nomemory")
 @pytest.mark.parametrize("make", [
     lambda a, b: a * b,

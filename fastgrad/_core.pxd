@@ -224,6 +224,9 @@ cdef extern from "fastgrad.h" nogil:
     void fg_batch_plan(fg_batch_t *b)
     int64_t fg_batch_block_bytes(int64_t bytes)
     int64_t fg_batch_ws_doubles(const fg_batch_t *b)
+    enum: FG_WS_ALIGN
+    double *fg_batch_ws_alloc(int64_t n)
+    void fg_batch_ws_free(double *ws)
     void fg_batch_prepare(const fg_batch_t *b, double *ws)
     void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws)
 

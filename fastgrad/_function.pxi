@@ -238,7 +238,7 @@ cdef class Function:
         fg_tape_free(&self.t)
         free(self.ws)
         free(self.hws)
-        free(self.bws)
+        fg_batch_ws_free(self.bws)
 
     # ------------------------------------------------------------ plumbing
 
@@ -693,8 +693,8 @@ cdef class Function:
         cdef bint cached = not self.bws_busy
         if cached:
             if self.bws_cap < need:
-                free(self.bws)
-                self.bws = <double *>malloc(need * sizeof(double))
+                fg_batch_ws_free(self.bws)
+                self.bws = fg_batch_ws_alloc(need)
                 self.bws_cap = need if self.bws != NULL else 0
             self.bws_busy = True
             job.caller_ws = self.bws        # NULL (out of memory): work() allocates
@@ -827,6 +827,14 @@ def _batch_plan(Function f, *args, batch_argnums=(1,), reverse=True):
             "per_row": job.b.per_row}
 
 
+def _batch_ws_misalignment(Function f):
+    """Test hook: the address of f's cached batch workspace modulo FG_WS_ALIGN
+    (0: aligned), or -1 before a batched call made one."""
+    if f.bws == NULL:
+        return -1
+    return <Py_ssize_t>(<size_t>f.bws % FG_WS_ALIGN)
+
+
 cdef double _no_data[1]
 
 
@@ -910,7 +918,7 @@ cdef class _BatchJob:
         ws = self.caller_ws if caller else NULL
         own = ws == NULL
         if own:
-            ws = <double *>malloc(fg_batch_ws_doubles(&self.b) * sizeof(double))
+            ws = fg_batch_ws_alloc(fg_batch_ws_doubles(&self.b))
         if ws == NULL:
             PyThread_acquire_lock(self.lock, WAIT_LOCK)
             self.status = FG_ENOMEM
@@ -929,7 +937,7 @@ cdef class _BatchJob:
                     break
                 fg_batch_run_chunk(&self.b, c, ws)
             if own:
-                free(ws)
+                fg_batch_ws_free(ws)
         PyThread_acquire_lock(self.lock, WAIT_LOCK)
         self.active -= 1
         if self.active == 0 and self.waiting:

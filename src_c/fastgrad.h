@@ -332,6 +332,14 @@ void     fg_batch_plan(fg_batch_t *b);
  * it (a tuning and test hook).  Returns the value before. */
 int64_t  fg_batch_block_bytes(int64_t bytes);
 int64_t  fg_batch_ws_doubles(const fg_batch_t *b);
+/* A workspace of n doubles aligned to FG_WS_ALIGN bytes, or NULL; freed with
+ * fg_batch_ws_free (NULL is fine).  Block rows are whole tiles (ld % 64 == 0),
+ * so in an aligned workspace every node row starts on a cache line and no
+ * vector load of the row kernels spans two; malloc's 16-byte alignment made
+ * batches 30-40% slower at random (docs/design.md, batched replay). */
+#define FG_WS_ALIGN 64
+double  *fg_batch_ws_alloc(int64_t n);
+void     fg_batch_ws_free(double *ws);
 void     fg_batch_prepare(const fg_batch_t *b, double *ws);
 void     fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws);
 

@@ -10,8 +10,15 @@
  * sizes depend on the tape and the row count only, so the summed gradient is
  * the same, bit for bit, whatever the number of threads that take the chunks.
  */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200112L   /* posix_memalign under -std=c11 */
+#endif
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(_WIN32)
+#include <malloc.h>
+#endif
 
 #include "fg_dispatch.h"
 #include "fg_internal.h"
@@ -184,6 +191,27 @@ void fg_batch_plan(fg_batch_t *b) {
 
 int64_t fg_batch_ws_doubles(const fg_batch_t *b) {
     return (b->want_reverse ? 2 : 1) * b->t->n * b->block + b->n_lanes * FG_ROWS_LANES + 1;
+}
+
+double *fg_batch_ws_alloc(int64_t n) {
+    if (n < 1 || (uint64_t)n > SIZE_MAX / sizeof(double)) {
+        return NULL;
+    }
+    size_t bytes = (size_t)n * sizeof(double);
+#if defined(_WIN32)
+    return (double *)_aligned_malloc(bytes, FG_WS_ALIGN);
+#else
+    void *p = NULL;
+    return posix_memalign(&p, FG_WS_ALIGN, bytes) == 0 ? (double *)p : NULL;
+#endif
+}
+
+void fg_batch_ws_free(double *ws) {
+#if defined(_WIN32)
+    _aligned_free(ws);
+#else
+    free(ws);
+#endif
 }
 
 void fg_batch_prepare(const fg_batch_t *b, double *ws) {

@@ -206,7 +206,7 @@ cdef extern from "fastgrad.h" nogil:
         const int64_t *off
         const int64_t *size
         const uint8_t *batched
-        const double **arg
+        const void **arg
         double *values
         double **grad
         double *shared

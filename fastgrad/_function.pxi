@@ -154,8 +154,9 @@ def _select_row_kernels_at_import():
 _select_row_kernels_at_import()
 
 
-cdef object _real_array(object arg, str name, int ndim):
-    """arg as a C-contiguous float64 array of ndim dimensions, or an error naming it."""
+cdef object _real_array(object arg, str name, int ndim, bint aligned=True):
+    """arg as a C-contiguous float64 array of ndim dimensions, or an error naming it;
+    aligned (else: at any byte offset, for readers that load it with memcpy)."""
     # A list is read once: an element numpy calls back into may change it.
     arr = np.asarray(_snapshot(arg) if type(arg) is list else arg)
     if arr.dtype.kind not in "biuf":
@@ -170,9 +171,12 @@ cdef object _real_array(object arg, str name, int ndim):
         if (np.isinf(out) & np.isfinite(arr)).any():
             raise OverflowError(f"{name} holds a {arr.dtype} too large to convert to float")
         return out
-    # aligned too: a C-contiguous view into a byte buffer at an odd offset
-    # is not, and the kernels load its doubles directly.
-    return np.require(arr, dtype=np.float64, requirements=("C", "A"))
+    # aligned too, unless asked not to: a C-contiguous view into a byte buffer
+    # at an odd offset is not, and most kernels load its doubles directly.  The
+    # batch kernels read arguments with memcpy: a Dask worker's rows, fetched
+    # from another worker, sit at any offset, and a copy of a 500000-row chunk
+    # would cost each task 12 MB (in fresh pages, with Dask's malloc settings).
+    return np.require(arr, dtype=np.float64, requirements=("C", "A") if aligned else ("C",))
 
 
 cdef bint _has_dask(tuple args):
@@ -602,7 +606,7 @@ cdef class Function:
         arrays = []
         for k in range(nargs):
             batched = k in bnums
-            arr = _real_array(args[k], f"{what} argument {k}", 2 if batched else 1)
+            arr = _real_array(args[k], f"{what} argument {k}", 2 if batched else 1, False)
             size = self.sizes[k]
             if arr.shape[arr.ndim - 1] != size:
                 raise ValueError(f"{what} argument {k} has rows of length {arr.shape[arr.ndim - 1]}, "
@@ -621,7 +625,7 @@ cdef class Function:
             raise MemoryError()
         cdef int64_t *off = <int64_t *>job.mem
         cdef int64_t *sz = off + nargs
-        cdef const double **argp = <const double **>(sz + nargs)
+        cdef const void **argp = <const void **>(sz + nargs)
         cdef double **gradp = <double **>(argp + nargs)
         cdef uint8_t *bat = <uint8_t *>(gradp + nargs)
         uni, lane_of, n_lanes, per_row = self._layout(bnums)
@@ -633,7 +637,7 @@ cdef class Function:
             off[k] = self.offsets[k]
             sz[k] = self.sizes[k]
             bat[k] = k in bnums
-            argp[k] = _data(arrays[k])
+            argp[k] = _bytes(arrays[k])
             gradp[k] = NULL
             if reverse and bat[k] and k in nums:
                 grads[k] = np.empty((B, sz[k]))
@@ -836,6 +840,16 @@ def _batch_ws_misalignment(Function f):
 
 
 cdef double _no_data[1]
+
+
+cdef const void *_bytes(object arr) except NULL:
+    """The first byte of a C-contiguous float64 array at any offset (a dummy
+    for an empty one)."""
+    cdef const uint8_t[::1] m
+    if arr.size == 0:
+        return _no_data
+    m = arr.reshape(-1).view(np.uint8)
+    return <const void *>&m[0]
 
 
 cdef double *_data(object arr) except NULL:

@@ -302,7 +302,8 @@ typedef struct {
     const int64_t *off;         /* per argument: tape index of its first input */
     const int64_t *size;        /* per argument: its length */
     const uint8_t *batched;     /* per argument: rows x size, else size shared by every row */
-    const double *const *arg;   /* per argument: its values, C order */
+    const void *const *arg;     /* per argument: its doubles, C order, at any byte offset
+                                 * (read with memcpy: a Dask worker's rows may be off 8) */
     double *values;             /* rows x n_out outputs, or NULL */
     double *const *grad;        /* per argument: rows x size per-row gradient of a batched
                                  * argument, or NULL */

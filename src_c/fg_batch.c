@@ -218,9 +218,9 @@ void fg_batch_prepare(const fg_batch_t *b, double *ws) {
     /* Shared inputs are uniform: written once, in row 0; no kernel writes there. */
     for (int64_t k = 0; k < b->nargs; k++) {
         if (!b->batched[k]) {
-            const double *x = b->arg[k];
+            const unsigned char *x = (const unsigned char *)b->arg[k];
             for (int64_t i = 0; i < b->size[k]; i++) {
-                ws[(b->off[k] + i) * b->block] = x[i];
+                memcpy(&ws[(b->off[k] + i) * b->block], x + i * (int64_t)sizeof(double), sizeof(double));
             }
         }
     }
@@ -241,10 +241,13 @@ void fg_batch_run_chunk(const fg_batch_t *b, int64_t c, double *ws) {
         for (int64_t k = 0; k < b->nargs; k++) {
             if (b->batched[k]) {
                 const int64_t size = b->size[k];
-                const double *x = b->arg[k] + r0 * size;
+                /* bytes: the rows may sit at any offset; memcpy is one load */
+                const unsigned char *x = (const unsigned char *)b->arg[k] + r0 * size * (int64_t)sizeof(double);
                 for (int64_t i = 0; i < size; i++) {
                     double *dst = V + (b->off[k] + i) * ld;
-                    for (int64_t j = 0; j < nb; j++) dst[j] = x[j * size + i];
+                    for (int64_t j = 0; j < nb; j++) {
+                        memcpy(&dst[j], x + (j * size + i) * (int64_t)sizeof(double), sizeof(double));
+                    }
                 }
             }
         }

@@ -695,35 +695,43 @@ def memory_probe(engine, n: int, mode: str) -> dict:
 # 6. dask_scaling: batched replay over a Dask array on LocalClusters (opt-in:
 #    `run.py --workloads dask_scaling`; it starts worker processes)
 
-# Rows per chunk (one task each, replayed in one call), one variant each: 3 MB
-# chunks (16 tasks of replay a call) and 12 MB ones (4), both well under the
-# ~100 MB Dask's best practices suggest.  Dask's cost is per task, so the small
-# chunks show it and the large ones what is left at the size Dask recommends.
-DASK_CHUNKS = (125_000, 500_000)
+# Variants: (rows, rows per chunk), one replay task per chunk.  2e6 rows in 3 MB
+# chunks (16 replay tasks a call) and in 12 MB ones (4), both under the ~100 MB
+# Dask's best practices suggest; and 1e7 rows in 30 MB chunks (8).  Dask's cost
+# is per task and per computation: the small chunks show the first, the
+# larger row count how the second shrinks against the replay.
+DASK_VARIANTS = ((2_000_000, 125_000), (2_000_000, 500_000), (10_000_000, 1_250_000))
 DASK_ONE = "fastgrad (1 process, 2 threads)"
 DASK_WORKERS = {1: "fastgrad+dask (1 worker)", 2: "fastgrad+dask (2 workers)"}
+DASK_FLOOR = {1: "dask floor (1 worker)", 2: "dask floor (2 workers)"}
 DASK_TARGETS = {"speedup_2_vs_1": 1.6, "overhead_vs_one_process": 1.25}
 
 
+def _floor_chunk(block):
+    """The floor case's chunk task: a block's row count and column sums, no replay."""
+    return np.array([[block.shape[0]]], dtype=np.float64), block.sum(axis=0)
+
+
 def dask_scaling(cfg, log) -> list[dict]:
-    """batch_value_and_grad of the demo MLP's per-sample loss over 2e6 two-moons rows
-    (2e5 with --quick): the loss sum and the gradient, per call; one variant per
-    chunk size in DASK_CHUNKS.  One process with two kernel threads (the rows in
-    the calls the chunk tasks make, gradients summed) against LocalClusters of 1
-    and 2 worker processes of one thread each, the rows persisted on the workers
-    (once per chunk size, spread evenly).  Repetitions interleaved over every
-    case and variant, starting case rotated; one untimed warm-up call per case
-    first."""
+    """batch_value_and_grad of the demo MLP's per-sample loss over two-moons rows
+    (DASK_VARIANTS; a tenth of each with --quick): the loss sum and the
+    gradient, per call.  One process with two kernel threads (the rows in the
+    calls the chunk tasks make, gradients summed) against LocalClusters of 1
+    and 2 worker processes of one thread each, the rows persisted on the
+    workers (once per variant, spread evenly).  Beside them, Dask's floor on
+    each cluster: a computation of the same shape over the same persisted rows
+    (a task per chunk, two tree-reduced results) whose chunk task does no
+    replay, only column sums.  Repetitions interleaved over every case and
+    variant, starting case rotated; one untimed warm-up call per case first."""
     import statistics
 
     import fastgrad
     import fastgrad.nn
 
-    rows_n = 200_000 if cfg.quick else 2_000_000
+    variants = [(r // 10, c // 10) if cfg.quick else (r, c) for r, c in DASK_VARIANTS]
     reps = max(3, min(cfg.reps, 7))
-    chunks = tuple(c // 10 for c in DASK_CHUNKS) if cfg.quick else DASK_CHUNKS
 
-    def variant(chunk):
+    def variant(rows_n, chunk):
         return f"{sci(rows_n)} rows, chunks of {chunk}"
 
     try:
@@ -731,33 +739,34 @@ def dask_scaling(cfg, log) -> list[dict]:
         import dask.array as da
         from distributed import Client, LocalCluster, futures_of
     except ImportError as exc:
-        return [{"workload": "dask_scaling", "variant": variant(c), "engine": DASK_ONE, "status": "skipped",
+        return [{"workload": "dask_scaling", "variant": variant(*v), "engine": DASK_ONE, "status": "skipped",
                  "reason": f"needs dask and distributed (pip install \"fastgrad[dask]\"): {exc}",
-                 "unit": "call", "info": {}} for c in chunks]
+                 "unit": "call", "info": {}} for v in variants]
     from fastgrad.datasets import make_moons
 
-    X, y = make_moons(rows_n, seed=1)
-    rows = np.column_stack([X, y])
+    X, y = make_moons(max(r for r, _ in variants), seed=1)
+    all_rows = np.column_stack([X, y])
+    del X, y
     params = demo_params()
-    f = fastgrad.compile(functools.partial(fastgrad.nn.mlp_hinge_loss, sizes=MLP_SIZES), params, rows[0])
+    f = fastgrad.compile(functools.partial(fastgrad.nn.mlp_hinge_loss, sizes=MLP_SIZES), params, all_rows[0])
 
-    def one_process(per_call):
+    def one_process(rows_n, per_call):
         # the calls the chunk tasks make (fastgrad/_dask.py: one per chunk), on 2 threads
         total, grad = 0.0, np.zeros_like(params)
         for s in range(0, rows_n, per_call):
-            v, g = f.batch_value_and_grad(params, rows[s:s + per_call], threads=2)
+            v, g = f.batch_value_and_grad(params, all_rows[s:min(s + per_call, rows_n)], threads=2)
             total += v.sum()
             grad += g
         return total, grad
 
-    # cases: (engine, chunk) -> a call.  CPU seconds a case's processes used
-    # during a call: on a machine shared with other work, wall time measures
-    # the load as much as the case; CPU time does not.  Per call: (this
-    # process's CPU seconds, each worker's), read before and after.
-    clusters, cases, cpu_of, records, placement = [], {}, {}, {}, {}
-    for chunk in chunks:
-        cases[DASK_ONE, chunk] = functools.partial(one_process, chunk)
-        cpu_of[DASK_ONE, chunk] = lambda: (time.process_time(), {})
+    # cases: (engine, rows, chunk) -> a call.  CPU seconds a case's processes
+    # used during a call: on a machine shared with other work, wall time
+    # measures the load as much as the case; CPU time does not.  Per call:
+    # (this process's CPU seconds, each worker's), read before and after.
+    clusters, cases, cpu_of, records, placement, want = [], {}, {}, {}, {}, {}
+    for v in variants:
+        cases[(DASK_ONE, *v)] = functools.partial(one_process, *v)
+        cpu_of[(DASK_ONE, *v)] = lambda: (time.process_time(), {})
     try:
         with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GB"}):
             for n, name in DASK_WORKERS.items():
@@ -770,36 +779,53 @@ def dask_scaling(cfg, log) -> list[dict]:
                 # before the second worker joined, they would all sit on the first,
                 # and each call would run or fetch them there.
                 client.wait_for_workers(n, timeout=120)
-                for chunk in chunks:
-                    data = client.persist(da.from_array(rows, chunks=(chunk, -1)))
+                for rows_n, chunk in variants:
+                    data = client.persist(da.from_array(all_rows[:rows_n], chunks=(chunk, -1)))
                     futures = futures_of(data)
                     client.rebalance(futures)           # waits for them first
                     held = collections.Counter(w for ws in client.who_has(futures).values() for w in ws)
-                    placement[name, chunk] = sorted(held.values())
+                    placement[name, rows_n, chunk] = sorted(held.values())
 
                     def on_cluster(client=client, data=data):
                         losses, grad = f.batch_value_and_grad(params, data)
                         return tuple(client.compute([losses.sum(), grad], sync=True))
 
-                    cases[name, chunk] = on_cluster
-                    cpu_of[name, chunk] = lambda client=client: (time.process_time(),
-                                                                 client.run(time.process_time))
+                    def floor(client=client, data=data):
+                        both = data.map_blocks(_floor_chunk, dtype=object, chunks=((1,) * data.numblocks[0], (1,)),
+                                               meta=np.empty((0, 0), dtype=object))
+                        counts = both.map_blocks(lambda p: p[0], dtype=np.float64, meta=np.empty((0, 0)))
+                        sums = both.map_blocks(lambda p: p[1][None, :], dtype=np.float64,
+                                               chunks=(both.chunks[0], (data.shape[1],)), meta=np.empty((0, 0)))
+                        return tuple(client.compute([counts.sum(), sums.sum(axis=0, split_every=8)], sync=True))
+
+                    for key, run in (((name, rows_n, chunk), on_cluster), ((DASK_FLOOR[n], rows_n, chunk), floor)):
+                        cases[key] = run
+                        cpu_of[key] = lambda client=client: (time.process_time(), client.run(time.process_time))
                 log(f"  [{name}: cluster started, rows persisted in {time.perf_counter() - t0:.1f} s; "
-                    f"chunks per worker " + ", ".join(f"{placement[name, c]} (chunks of {c})" for c in chunks)
-                    + "]")
+                    f"chunks per worker " + ", ".join(f"{placement[name, r, c]} ({variant(r, c)})"
+                                                       for r, c in variants) + "]")
             for key, run in cases.items():
-                name, chunk = key
-                want_total, want_grad = one_process(chunk) if name != DASK_ONE else run()
-                total, grad = run()                                    # warm-up, and the check
-                ok = (abs(total - want_total) <= 1e-12 * abs(want_total)
-                      and np.abs(grad - want_grad).max() <= 1e-12 * np.abs(want_grad).max())
-                records[key] = {"workload": "dask_scaling", "variant": variant(chunk), "engine": name,
+                name, rows_n, chunk = key
+                v = (rows_n, chunk)
+                if v not in want:
+                    want[v] = one_process(*v)
+                want_total, want_grad = want[v]
+                got = run()                                    # warm-up, and the check
+                if name in DASK_FLOOR.values():
+                    ok = got[0] == rows_n and np.allclose(got[1], all_rows[:rows_n].sum(axis=0), rtol=1e-12)
+                else:
+                    total, grad = got
+                    ok = (abs(total - want_total) <= 1e-12 * abs(want_total)
+                          and np.abs(grad - want_grad).max() <= 1e-12 * np.abs(want_grad).max())
+                records[key] = {"workload": "dask_scaling", "variant": variant(*v), "engine": name,
                                 "unit": "call", "status": "ok" if ok else "failed",
-                                "reason": "" if ok else "loss or gradient differs from one process",
+                                "reason": "" if ok else "the result differs from one process's",
                                 "info": {"rows": rows_n, "chunk": chunk,
                                          "tasks_of_replay": -(-rows_n // chunk),
                                          "chunks_per_worker": placement.get(key), "mode": (
                                     f"batch_value_and_grad per {chunk} rows, threads=2" if name == DASK_ONE
+                                    else "the same graph shape over the persisted rows, its chunk task "
+                                         "column sums instead of a replay" if name in DASK_FLOOR.values()
                                     else "Dask array persisted on the workers; graph built and "
                                          "computed (loss sum, gradient) per call")},
                                 "samples": [], "cpu": [], "busiest": []}
@@ -816,8 +842,7 @@ def dask_scaling(cfg, log) -> list[dict]:
                     records[key]["cpu"].append(c1[0] - c0[0] + sum(used))
                     records[key]["busiest"].append(max(used, default=0.0))
                 log(f"  rep {rep + 1}/{reps}: " + ", ".join(
-                    f"{n} [{c}] {records[n, c]['samples'][-1]:.2f} s (cpu {records[n, c]['cpu'][-1]:.2f} s)"
-                    for n, c in keys))
+                    f"{n} [{sci(r)}/{c}] {records[n, r, c]['samples'][-1]:.3f} s" for n, r, c in keys))
     finally:
         for client, cluster in clusters:
             client.close()
@@ -831,8 +856,8 @@ def dask_scaling(cfg, log) -> list[dict]:
             if rec["engine"] != DASK_ONE:
                 rec["info"].update(busiest_worker_cpu_s=busiest,
                                    busiest_worker_cpu_median_s=statistics.median(busiest))
-    for (name, chunk), rec in records.items():
-        ref = records.get((DASK_ONE, chunk))
+    for (name, rows_n, chunk), rec in records.items():
+        ref = records.get((DASK_ONE, rows_n, chunk))
         if rec["status"] == "ok" and ref and ref["status"] == "ok":
             rec["vs_fastgrad"] = rec["median_s"] / ref["median_s"]
     return out
@@ -866,6 +891,11 @@ def dask_scaling_targets(results) -> list[dict]:
                         "met": r <= goal,
                         "text": f"{at}: 2 workers / one process of 2 threads = {r:.2f}x (of the minima "
                                 f"{rmin:.2f}x; target <= {goal:g}x)"})
+            fl = got.get(DASK_FLOOR[2])
+            if fl:
+                out[-1]["text"] += (f"; Dask's floor on the same cluster (the same graph shape, no replay) "
+                                    f"{fl['median_s'] * 1e3:.0f} ms = {fl['median_s'] / ref['median_s']:.2f}x "
+                                    f"one process's time")
             c = two["info"]["cpu_median_s"] / ref["info"]["cpu_median_s"]
             out.append({"target": f"dask CPU overhead vs one process, {variant}", "value": c, "goal": goal,
                         "met": c <= goal,

@@ -1138,12 +1138,24 @@ cdef extern from *:
                                   void (*loud)(PyObject *) noexcept)
 
 
+cdef int _refuse_bound(Value v) except -1:
+    """__init__ binds a Value to a node once.  Checked again after the last
+    step that can run Python code (_enter's frees; float() of the data): that
+    code may have initialised v meanwhile (a __float__ calling v.__init__),
+    and binding it a second time would leave the first node pointing at v."""
+    if v.graph is not None:
+        raise TypeError("Value.__init__ called on a Value that already has a node "
+                        "(make a new Value instead)")
+    return 0
+
+
 cdef int _bind_plain_leaf(Value v, double d) except -1:
     """v (new, no node yet) becomes a leaf of value d in the current graph:
     ``Value(d)``'s path, from __init__ and from _plain_leaf.  No Python code
     runs between the slot's allocation and its binding to v."""
     cdef Graph g = _current_graph()
     _enter(g)
+    _refuse_bound(v)
     cdef int32_t idx = fg_leaf(&g.g, d)
     if idx < 0:
         _raise_status(g, idx)
@@ -1271,9 +1283,7 @@ cdef class Value:
     __array_ufunc__ = None
 
     def __init__(self, data, _children=_NO_CHILDREN, _op='', label='', name=None):
-        if self.graph is not None:
-            raise TypeError("Value.__init__ called on a Value that already has a node "
-                            "(make a new Value instead)")
+        _refuse_bound(self)
         cdef double d = _coerce(data, "Value(data)")
         cdef Graph g = None
         cdef int32_t idx
@@ -1308,6 +1318,7 @@ cdef class Value:
         if g is None:
             g = _current_graph()
         _enter(g)
+        _refuse_bound(self)
         if n == 0:
             idx = fg_leaf(&g.g, d)
         else:

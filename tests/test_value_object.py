@@ -678,6 +678,45 @@ def test_reinit_of_a_live_value_is_refused_and_changes_nothing(g):
     assert v.data == 4.0
 
 
+@pytest.mark.parametrize("children", [False, True])
+def test_a_reinit_run_by_the_data_conversion_itself_is_refused(g, children):
+    """v.__init__(d) where float(d) initialises v first: the outer call must
+    see that.  Binding v a second time left the first node pointing at v (its
+    use leaked; reached through a consumer it read v's new node, and freed
+    memory once v died)."""
+    import numbers
+
+    v = Value.__new__(Value)
+    made: list = []
+
+    class Sneaky:
+        def __float__(self) -> float:
+            v.__init__(5.0)
+            made.append(v * 2.0)        # a consumer of v's first node
+            return 1.0
+
+    numbers.Real.register(Sneaky)
+    parent = Value(3.0)
+    base = live(g)
+    with pytest.raises(TypeError, match="already has a node"):
+        if children:
+            v.__init__(Sneaky(), (parent,), "f")
+        else:
+            v.__init__(Sneaky())
+    w = made.pop()
+    assert v.data == 5.0 and w.data == 10.0 and live(g) == base + 2
+    assert [p is v for p in w._prev] == [True]
+    del v
+    gc.collect()
+    [Value(float(k)) for k in range(20)]      # slots freed meanwhile would be reused
+    assert [p.data for p in w._prev] == [5.0]
+    w.backward()
+    assert [p.grad for p in w._prev] == [2.0]
+    del w
+    gc.collect()
+    assert live(g) == base
+
+
 # Not importorskip at module level: that would skip every test of this module
 # on a CPython without _testcapi, not just this one.
 _testcapi: Any = importlib.import_module("_testcapi") if features.HAS_TESTCAPI else None

@@ -94,6 +94,19 @@ cdef int64_t _anomaly_total = 0     # threads' detect_anomaly depths, summed
 cdef int64_t _nograd_threads = 0    # threads whose ops record no edges (no_grad)
 cdef int64_t _wrap_modes = 0        # _anomaly_total + _nograd_threads: _wrap's one check
 cdef Graph _default_graph = None
+# Forks this process went through (see _wait_idle).  A graph a parent's thread
+# held busy (a GIL-free sweep or free) when the process forked stays busy in
+# the child forever: that thread does not exist there.
+cdef int64_t _fork_gen = 0
+
+
+def _after_fork_in_child():
+    global _fork_gen
+    _fork_gen += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 cdef _ThreadState _state():
@@ -134,6 +147,13 @@ cdef int _wait_idle(Graph g) except -1:
             f"cannot build into or free from {g!r} while its backward() runs "
             "(a user op's _backward must compute with floats, as micrograd's do)")
     while g.busy:
+        if g.busy_fork != _fork_gen:
+            # Waiting would hang: the holder stayed in the parent, its sweep half done.
+            raise RuntimeError(
+                f"{g!r} was in use by another thread (a backward() or a free) when this "
+                "process forked; that thread does not exist in the child, so the graph "
+                "cannot be used here (fork when no other thread sweeps it, or build "
+                "the child's graph after the fork)")
         with nogil:
             usleep(20)
         PyErr_CheckSignals()
@@ -176,6 +196,7 @@ cdef inline int64_t _slots(Graph g) noexcept:
 cdef inline void _hold(Graph g) noexcept:
     """Marks g busy for this thread (see _wait_idle); _unhold ends it."""
     g.busy_tid = _thread_id()
+    g.busy_fork = _fork_gen
     g.busy = 1
 
 

@@ -237,8 +237,12 @@ cdef int _stamp(Graph g) except -1:
         return 0
     where = _user_line()
     if g.origins is None:
-        g.origins = ["<not recorded: made outside detect_anomaly()>"]
-        g.origin_tags = {}
+        # Both made before either is set: a MemoryError between them left
+        # origins without origin_tags, and every later op in anomaly mode on
+        # the graph raising AttributeError.
+        origins = ["<not recorded: made outside detect_anomaly()>"]
+        tags = {}
+        g.origins, g.origin_tags = origins, tags
     tag = g.origin_tags.get(where)
     if tag is None:
         tag = len(g.origins)

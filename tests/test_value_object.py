@@ -761,3 +761,35 @@ def test_memory_error_making_the_python_value_leaks_no_node(g, make):
         pytest.skip("no allocation failure was injected on this CPython")
     assert failures
     del hold
+
+
+@features.requires_testcapi
+@pytest.mark.skipif(not hasattr(_testcapi, "set_nomemory"), reason="needs _testcapi.set_nomemory")
+def test_memory_error_while_anomaly_mode_first_tags_a_graph_leaves_the_graph_usable():
+    """The first op of a graph under detect_anomaly makes its table of lines;
+    a MemoryError in the middle of that left half a table, and every later
+    op on the graph in anomaly mode raised AttributeError."""
+    failures = 0
+    for start in range(40):
+        with fastgrad.Graph() as g2:
+            hold = [Value(0.0) for _ in range(600)]   # the freelist is empty: Values are malloc'd
+            with fastgrad.detect_anomaly():
+                gc.collect()
+                gc.disable()
+                try:
+                    _testcapi.set_nomemory(start, start + 1)
+                    try:
+                        Value(1.0) * 2.0
+                    finally:
+                        _testcapi.remove_mem_hooks()
+                except MemoryError:
+                    failures += 1
+                finally:
+                    gc.enable()
+                with pytest.raises(FloatingPointError, match="'log' produced nan"):
+                    Value(-1.0).log()
+                assert (Value(2.0) * 3.0).data == 6.0
+            del hold
+        assert live(g2) == 0
+    assert failures
+

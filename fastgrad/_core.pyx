@@ -482,14 +482,17 @@ cdef int _wrap_in_mode(Graph g, int32_t idx) except -1:
     cdef double y
     if st.nograd:
         _detach_new(g, idx)
+    cdef int op
     if st.anomaly:
         y = g.g.val[idx]
         if not isfinite(y):
-            exc = FloatingPointError(
-                f"detect_anomaly: '{_op_str(g.g.op[idx])}' produced {y!r} in the forward pass, "
-                f"at {_origin(g, idx)}")
-            _release(g, idx)        # the node is not created
-            raise exc
+            # The node is not created: released before the message is built,
+            # whose allocations may raise MemoryError (which leaked it).
+            op = g.g.op[idx]
+            where = _origin(g, idx)
+            _release(g, idx)
+            raise FloatingPointError(
+                f"detect_anomaly: '{_op_str(op)}' produced {y!r} in the forward pass, at {where}")
     return 0
 
 

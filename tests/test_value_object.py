@@ -793,3 +793,34 @@ def test_memory_error_while_anomaly_mode_first_tags_a_graph_leaves_the_graph_usa
         assert live(g2) == 0
     assert failures
 
+
+@features.requires_testcapi
+@pytest.mark.skipif(not hasattr(_testcapi, "set_nomemory"), reason="needs _testcapi.set_nomemory")
+def test_memory_error_building_the_anomaly_message_leaks_no_node(g):
+    """An op whose value is not finite under detect_anomaly is not created;
+    a MemoryError while its message was built left the node alive."""
+    x = Value(-1.0)
+    hold = [Value(0.0) for _ in range(600)]
+    with fastgrad.detect_anomaly():
+        with pytest.raises(FloatingPointError):
+            x.log()                   # the graph's table of lines exists from here
+        before = live(g)
+        failures = 0
+        for start in range(40):
+            gc.collect()
+            gc.disable()
+            try:
+                _testcapi.set_nomemory(start, start + 1)
+                try:
+                    x.log()
+                finally:
+                    _testcapi.remove_mem_hooks()
+            except MemoryError:
+                failures += 1
+            except FloatingPointError:
+                pass
+            finally:
+                gc.enable()
+            assert live(g) == before, start
+    assert failures
+    del hold

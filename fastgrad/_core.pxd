@@ -237,6 +237,7 @@ cdef class Graph:
     cdef int busy                   # C runs on the graph with the GIL released, or
                                     # a sweep calls Python (user ops): ops wait
     cdef unsigned long long busy_tid  # the thread that holds busy
+    cdef int64_t busy_fork          # _fork_gen when busy was taken (another: a parent's thread)
     cdef list deferred              # (slot, stash or None) of handles dropped while busy
     cdef object cb_error            # the exception a user op's _backward raised
     cdef list origins               # anomaly mode: tag -> "file:line (in func)"

@@ -94,6 +94,19 @@ cdef int64_t _anomaly_total = 0     # threads' detect_anomaly depths, summed
 cdef int64_t _nograd_threads = 0    # threads whose ops record no edges (no_grad)
 cdef int64_t _wrap_modes = 0        # _anomaly_total + _nograd_threads: _wrap's one check
 cdef Graph _default_graph = None
+# Forks this process went through (see _wait_idle).  A graph a parent's thread
+# held busy (a GIL-free sweep or free) when the process forked stays busy in
+# the child forever: that thread does not exist there.
+cdef int64_t _fork_gen = 0
+
+
+def _after_fork_in_child():
+    global _fork_gen
+    _fork_gen += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 cdef _ThreadState _state():
@@ -134,6 +147,13 @@ cdef int _wait_idle(Graph g) except -1:
             f"cannot build into or free from {g!r} while its backward() runs "
             "(a user op's _backward must compute with floats, as micrograd's do)")
     while g.busy:
+        if g.busy_fork != _fork_gen:
+            # Waiting would hang: the holder stayed in the parent, its sweep half done.
+            raise RuntimeError(
+                f"{g!r} was in use by another thread (a backward() or a free) when this "
+                "process forked; that thread does not exist in the child, so the graph "
+                "cannot be used here (fork when no other thread sweeps it, or build "
+                "the child's graph after the fork)")
         with nogil:
             usleep(20)
         PyErr_CheckSignals()
@@ -166,9 +186,17 @@ cdef inline int _enter(Graph g) except -1:
     return 0
 
 
+cdef inline int64_t _slots(Graph g) noexcept:
+    """Entries of a per-call array indexed by node: the slots handed out
+    (every live node is below top), at least 1.  Never the capacity, which
+    may be 2**31 - 1 of untouched address space."""
+    return g.g.top if g.g.top > 0 else 1
+
+
 cdef inline void _hold(Graph g) noexcept:
     """Marks g busy for this thread (see _wait_idle); _unhold ends it."""
     g.busy_tid = _thread_id()
+    g.busy_fork = _fork_gen
     g.busy = 1
 
 
@@ -209,8 +237,12 @@ cdef int _stamp(Graph g) except -1:
         return 0
     where = _user_line()
     if g.origins is None:
-        g.origins = ["<not recorded: made outside detect_anomaly()>"]
-        g.origin_tags = {}
+        # Both made before either is set: a MemoryError between them left
+        # origins without origin_tags, and every later op in anomaly mode on
+        # the graph raising AttributeError.
+        origins = ["<not recorded: made outside detect_anomaly()>"]
+        tags = {}
+        g.origins, g.origin_tags = origins, tags
     tag = g.origin_tags.get(where)
     if tag is None:
         tag = len(g.origins)
@@ -450,14 +482,17 @@ cdef int _wrap_in_mode(Graph g, int32_t idx) except -1:
     cdef double y
     if st.nograd:
         _detach_new(g, idx)
+    cdef int op
     if st.anomaly:
         y = g.g.val[idx]
         if not isfinite(y):
-            exc = FloatingPointError(
-                f"detect_anomaly: '{_op_str(g.g.op[idx])}' produced {y!r} in the forward pass, "
-                f"at {_origin(g, idx)}")
-            _release(g, idx)        # the node is not created
-            raise exc
+            # The node is not created: released before the message is built,
+            # whose allocations may raise MemoryError (which leaked it).
+            op = g.g.op[idx]
+            where = _origin(g, idx)
+            _release(g, idx)
+            raise FloatingPointError(
+                f"detect_anomaly: '{_op_str(op)}' produced {y!r} in the forward pass, at {where}")
     return 0
 
 
@@ -1138,12 +1173,24 @@ cdef extern from *:
                                   void (*loud)(PyObject *) noexcept)
 
 
+cdef int _refuse_bound(Value v) except -1:
+    """__init__ binds a Value to a node once.  Checked again after the last
+    step that can run Python code (_enter's frees; float() of the data): that
+    code may have initialised v meanwhile (a __float__ calling v.__init__),
+    and binding it a second time would leave the first node pointing at v."""
+    if v.graph is not None:
+        raise TypeError("Value.__init__ called on a Value that already has a node "
+                        "(make a new Value instead)")
+    return 0
+
+
 cdef int _bind_plain_leaf(Value v, double d) except -1:
     """v (new, no node yet) becomes a leaf of value d in the current graph:
     ``Value(d)``'s path, from __init__ and from _plain_leaf.  No Python code
     runs between the slot's allocation and its binding to v."""
     cdef Graph g = _current_graph()
     _enter(g)
+    _refuse_bound(v)
     cdef int32_t idx = fg_leaf(&g.g, d)
     if idx < 0:
         _raise_status(g, idx)
@@ -1271,9 +1318,7 @@ cdef class Value:
     __array_ufunc__ = None
 
     def __init__(self, data, _children=_NO_CHILDREN, _op='', label='', name=None):
-        if self.graph is not None:
-            raise TypeError("Value.__init__ called on a Value that already has a node "
-                            "(make a new Value instead)")
+        _refuse_bound(self)
         cdef double d = _coerce(data, "Value(data)")
         cdef Graph g = None
         cdef int32_t idx
@@ -1308,6 +1353,7 @@ cdef class Value:
         if g is None:
             g = _current_graph()
         _enter(g)
+        _refuse_bound(self)
         if n == 0:
             idx = fg_leaf(&g.g, d)
         else:
@@ -1545,8 +1591,10 @@ cdef class Value:
         if g.g.nhooked:
             # Hooks: the sweep runs in a workspace, written back to .grad when
             # it completes (a raising hook leaves every .grad as it was).
-            adj = <double *>(calloc(g.g.capacity, sizeof(double)) if g.g.nuser
-                             else malloc(g.g.capacity * sizeof(double)))
+            # Per-call buffers cover the slots handed out (top), not the
+            # capacity: Graph(capacity=2**31 - 1) holding 2 nodes needs 2.
+            adj = <double *>(calloc(_slots(g), sizeof(double)) if g.g.nuser
+                             else malloc(_slots(g) * sizeof(double)))
             if adj == NULL:
                 raise MemoryError()
         _hold(g)
@@ -2094,7 +2142,7 @@ def grad(out, wrt, create_graph=False):
     _enter(g)
     cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
     cdef double *res = <double *>malloc((n + 1) * sizeof(double))
-    cdef double *adj = <double *>malloc(g.g.capacity * sizeof(double))
+    cdef double *adj = <double *>malloc(_slots(g) * sizeof(double))
     cdef double *saved
     try:
         if idx == NULL or res == NULL or adj == NULL:
@@ -2145,7 +2193,7 @@ cdef object _grad_graph(Graph g, Value o, list items, bint single):
         _enter(g)
         for k in range(n):
             idx[k] = (<Value>items[k]).idx
-        order = <int32_t *>malloc(g.g.capacity * sizeof(int32_t))
+        order = <int32_t *>malloc(_slots(g) * sizeof(int32_t))
         if order == NULL:
             raise MemoryError()
         count = fg_topo(&g.g, 1, &out, order)
@@ -2161,7 +2209,7 @@ cdef object _grad_graph(Graph g, Value o, list items, bint single):
             rc = fg_reserve_operands(&g.g, fg_grad_graph_operands(&g.g, order, count))
             if rc != FG_OK:
                 _raise_status(g, rc)
-        adj = malloc(g.g.capacity * 16)
+        adj = malloc(_slots(g) * 16)      # indexed by the nodes swept, all below top
         if adj == NULL:
             raise MemoryError()
         _hold(g)

@@ -49,9 +49,14 @@ class _Pool:
         self.tasks = queue.SimpleQueue()
         self.size = 0
         for _ in range(n):
-            threading.Thread(target=_pool_worker, args=(self.tasks,), daemon=True,
-                             name=f"fastgrad-{self.size}").start()
+            t = threading.Thread(target=_pool_worker, args=(self.tasks,), daemon=True,
+                                 name=f"fastgrad-{self.size}")
+            # Counted before start(): a KeyboardInterrupt inside start() (Python
+            # code, waiting for the new thread) may come after the thread began,
+            # and every thread begun must get its None from __del__ (a stray
+            # None in a queue whose thread never began is harmless).
             self.size += 1
+            t.start()
 
     def __del__(self):
         for _ in range(self.size):

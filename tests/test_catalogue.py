@@ -595,6 +595,61 @@ def test_the_largest_capacity_is_memory_error_under_a_limit_and_lazy_without():
         assert out["rss_growth_kb"] < 64 * 1024, out
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_sweeps_a_graph_is_refused_that_graph_not_hung():
+    """A graph another thread holds busy when the process forks (here: a
+    backward() paused in a hook) stays busy in the child, where that thread
+    does not exist: an op on it there raised nothing and waited forever.  It
+    raises RuntimeError; the child's other graphs work."""
+    code = textwrap.dedent("""
+        import os, threading, time, warnings
+        import fastgrad
+        from fastgrad import Value
+        warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads
+        with fastgrad.Graph() as g:
+            x = Value(2.0)
+            y = x * x
+        inside, leave = threading.Event(), threading.Event()
+        y.register_hook(lambda grad: (inside.set(), leave.wait(30)) and None)
+        t = threading.Thread(target=y.backward)
+        t.start()
+        assert inside.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                try:
+                    x * 3.0
+                except RuntimeError as exc:
+                    code = 4 if "forked" in str(exc) else 5
+                with fastgrad.Graph():
+                    z = Value(1.5)
+                    (z * z).backward()
+                    code = 0 if code == 4 and z.grad == 3.0 else code
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                status = None
+                break
+            time.sleep(0.01)
+        leave.set()
+        t.join()
+        assert x.grad == 4.0                    # the parent's sweep finished as usual
+        print("hung" if status is None else os.waitstatus_to_exitcode(status))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastgrad.__file__)))
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "0", res.stdout
+
+
 def test_explain_of_a_non_value_is_type_error(g):
     # found by tools/fuzz_ops.py: it used to raise AttributeError
     with pytest.raises(TypeError):

@@ -97,9 +97,42 @@ def test_pow_derivatives_at_the_edges():
     assert not bad
 
 
+def pow_base_cases():
+    """(what, got, exact) of d/da and d2/da2 of a ** e over bases 1e-323 ..
+    1e307 and exponents whose e - 1 or e - 2 rounds (0.3 - 1 is not -0.7):
+    pow's conditioning |e log a| turned that rounding into up to 314 ulps.
+    Only points whose exact results are finite normal numbers."""
+    out = []
+    tiny, huge = mp.mpf("2.2250738585072014e-308"), mp.mpf("1.7976931348623157e308")
+    f = fastgrad.compile(lambda xs: xs[0] ** xs[1], [2.0, 3.0])
+    for la in np.linspace(-323, 307, 43):
+        a = float(mp.mpf(10) ** mp.mpf(float(la)))
+        for e in (0.1, 0.3, 0.7, 1.1, 2.5, -0.3, 1e-10):
+            A, E = mp.mpf(a), mp.mpf(e)
+            d1, d2 = E * A ** (E - 1), E * (E - 1) * A ** (E - 2)
+            dab, dbb = A ** (E - 1) * (1 + E * mp.log(A)), A ** E * mp.log(A) ** 2
+            if not all(tiny < abs(d) < huge for d in (d1, d2, dab, dbb)):
+                continue
+            v = Value(a)
+            (v ** e).backward()
+            out.append((f"d/da {a!r}**{e}", v.grad, d1))
+            out.append((f"d2/da2 {a!r}**{e}", float(f.hvp([[a, e]], [1.0, 0.0])[0]), d2))
+    return out
+
+
+def test_pow_base_derivatives_within_a_few_ulps_far_from_one():
+    cases = pow_base_cases()
+    assert len(cases) > 300
+    bad = [(w, g, float(x), ulps(g, x)) for w, g, x in cases if ulps(g, x) > 4]
+    assert not bad, bad[:5]
+
+
 if __name__ == "__main__":
     for name in sorted(CASES):
         print(f"{name:9s} worst ulps value, d1, d2: " + ", ".join(f"{w:.3g}" for w in measure(name)))
     for what, got, want in pow_cases():
         print(f"{what:28s} got {got!r:24} want {float(want)!r:24} ulps {ulps(got, want):.3g}")
+    for kind in ("d/da", "d2/da2"):
+        worst = max((ulps(g, x), w) for w, g, x in pow_base_cases() if w.startswith(kind + " "))
+        print(f"{kind} of a ** e over bases 1e-323 .. 1e307: worst ulps {worst[0]:.3g} ({worst[1]})")
     sys.exit(0)

@@ -348,3 +348,39 @@ def test_no_per_thread_state_outlives_its_thread():
     del t
     gc.collect()
     assert box[0]() is None
+
+
+def test_a_pool_interrupted_while_its_threads_start_leaves_no_thread_behind(monkeypatch):
+    """Ctrl-C inside Thread.start() (Python code: it waits for the new thread)
+    while a batch starts the pool: the thread may already run.  It must still
+    be told to stop when the half-made pool is dropped; it was left waiting
+    on a queue nobody fed, one thread per such interrupt."""
+    import gc
+    import time
+
+    from fastgrad import _core
+
+    f = fastgrad.compile(lambda p, x: fastgrad.dot(p, x).tanh(), [0.5, -0.5], [1.0, 2.0])
+    rows = np.ones((4000, 2))
+    real_start = threading.Thread.start
+    calls = [0]
+
+    def start_then_interrupt(self: threading.Thread) -> None:
+        real_start(self)
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+
+    _core._forget_thread_pool()
+    gc.collect()
+    base = threading.active_count()
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        f.batch([0.5, -0.5], rows, threads=4)
+    monkeypatch.undo()
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > base and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == base
+    assert np.allclose(f.batch([0.5, 0.25], rows, threads=2), np.tanh(0.75))

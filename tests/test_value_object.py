@@ -678,6 +678,45 @@ def test_reinit_of_a_live_value_is_refused_and_changes_nothing(g):
     assert v.data == 4.0
 
 
+@pytest.mark.parametrize("children", [False, True])
+def test_a_reinit_run_by_the_data_conversion_itself_is_refused(g, children):
+    """v.__init__(d) where float(d) initialises v first: the outer call must
+    see that.  Binding v a second time left the first node pointing at v (its
+    use leaked; reached through a consumer it read v's new node, and freed
+    memory once v died)."""
+    import numbers
+
+    v = Value.__new__(Value)
+    made: list = []
+
+    class Sneaky:
+        def __float__(self) -> float:
+            v.__init__(5.0)
+            made.append(v * 2.0)        # a consumer of v's first node
+            return 1.0
+
+    numbers.Real.register(Sneaky)
+    parent = Value(3.0)
+    base = live(g)
+    with pytest.raises(TypeError, match="already has a node"):
+        if children:
+            v.__init__(Sneaky(), (parent,), "f")
+        else:
+            v.__init__(Sneaky())
+    w = made.pop()
+    assert v.data == 5.0 and w.data == 10.0 and live(g) == base + 2
+    assert [p is v for p in w._prev] == [True]
+    del v
+    gc.collect()
+    [Value(float(k)) for k in range(20)]      # slots freed meanwhile would be reused
+    assert [p.data for p in w._prev] == [5.0]
+    w.backward()
+    assert [p.grad for p in w._prev] == [2.0]
+    del w
+    gc.collect()
+    assert live(g) == base
+
+
 # Not importorskip at module level: that would skip every test of this module
 # on a CPython without _testcapi, not just this one.
 _testcapi: Any = importlib.import_module("_testcapi") if features.HAS_TESTCAPI else None
@@ -720,5 +759,68 @@ def test_memory_error_making_the_python_value_leaks_no_node(g, make):
         # 3.13 makes these Values without an allocation set_nomemory reaches
         # in the first 12 (the leak check above still ran for every start).
         pytest.skip("no allocation failure was injected on this CPython")
+    assert failures
+    del hold
+
+
+@features.requires_testcapi
+@pytest.mark.skipif(not hasattr(_testcapi, "set_nomemory"), reason="needs _testcapi.set_nomemory")
+def test_memory_error_while_anomaly_mode_first_tags_a_graph_leaves_the_graph_usable():
+    """The first op of a graph under detect_anomaly makes its table of lines;
+    a MemoryError in the middle of that left half a table, and every later
+    op on the graph in anomaly mode raised AttributeError."""
+    failures = 0
+    for start in range(40):
+        with fastgrad.Graph() as g2:
+            hold = [Value(0.0) for _ in range(600)]   # the freelist is empty: Values are malloc'd
+            with fastgrad.detect_anomaly():
+                gc.collect()
+                gc.disable()
+                try:
+                    _testcapi.set_nomemory(start, start + 1)
+                    try:
+                        Value(1.0) * 2.0
+                    finally:
+                        _testcapi.remove_mem_hooks()
+                except MemoryError:
+                    failures += 1
+                finally:
+                    gc.enable()
+                with pytest.raises(FloatingPointError, match="'log' produced nan"):
+                    Value(-1.0).log()
+                assert (Value(2.0) * 3.0).data == 6.0
+            del hold
+        assert live(g2) == 0
+    assert failures
+
+
+@features.requires_testcapi
+@pytest.mark.skipif(not hasattr(_testcapi, "set_nomemory"), reason="needs _testcapi.set_nomemory")
+def test_memory_error_building_the_anomaly_message_leaks_no_node(g):
+    """An op whose value is not finite under detect_anomaly is not created;
+    a MemoryError while its message was built left the node alive."""
+    x = Value(-1.0)
+    hold = [Value(0.0) for _ in range(600)]
+    with fastgrad.detect_anomaly():
+        with pytest.raises(FloatingPointError):
+            x.log()                   # the graph's table of lines exists from here
+        before = live(g)
+        failures = 0
+        for start in range(40):
+            gc.collect()
+            gc.disable()
+            try:
+                _testcapi.set_nomemory(start, start + 1)
+                try:
+                    x.log()
+                finally:
+                    _testcapi.remove_mem_hooks()
+            except MemoryError:
+                failures += 1
+            except FloatingPointError:
+                pass
+            finally:
+                gc.enable()
+            assert live(g) == before, start
     assert failures
     del hold

@@ -9,6 +9,7 @@ docs/design.md section 3 the comparison is skipped, and ``torch_differs`` says w
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -134,6 +135,11 @@ def torch_differs(program: Program, fg_values: list, torch_values: list, fg_grad
     - c / b for a number c: torch computes c * (1/b) and multiplies the
       incoming gradient by c first, which can overflow where fastgrad's
       -c/(b*b) does not.
+    - log at a finite x with |x| below 1/DBL_MAX (subnormal): its local
+      derivative 1/x overflows to inf (correctly rounded: the true value is
+      beyond the double range); fastgrad multiplies the incoming gradient by
+      it, so a zero gradient arriving (log x - log x) gives 0 * inf = nan,
+      where torch divides (grad / x) and gets 0.
     - tanh and sigmoid at |x| >= 2: torch differentiates from the output,
       1 - y*y and y(1 - y), which cancel as y nears +-1 (to 0.0 past |x| ~ 19
       and ~ 37); fastgrad computes them from the input (fg_ops.h; measured
@@ -156,6 +162,8 @@ def torch_differs(program: Program, fg_values: list, torch_values: list, fg_grad
         if step.op == "div" and isinstance(operands[0], Const) and not math.isfinite(fg_grads[i] * x[0]):
             tainted.add(i)
         if step.op in ("tanh", "sigmoid") and abs(x[0]) >= 2.0:
+            tainted.add(i)
+        if step.op == "log" and 0.0 < abs(x[0]) < 1.0 / sys.float_info.max:
             tainted.add(i)
     return tainted
 
@@ -207,6 +215,9 @@ def test_values_match_torch(program):
 
 @PROGRAMS
 @given(programs())
+# log at a subnormal, its gradient 0: fastgrad's 0 * (1/x) = 0 * inf is nan,
+# torch's 0 / x is 0 (torch_differs)
+@example(Program(inputs=(2.2250738585e-313, 0.0), steps=(Unary("log", Ref(0)), Binary("sub", Ref(2), Ref(2)))))
 def test_gradients_match_torch(program):
     exp = expected(program)
     fg_slots = run(program, FG)

@@ -122,6 +122,7 @@ cdef extern from "fastgrad.h" nogil:
     int fg_graph_init(fg_graph_t *g, int64_t capacity)
     void fg_graph_free(fg_graph_t *g)
     int fg_is_live(const fg_graph_t *g, int64_t i)
+    int64_t fg_slots(const fg_graph_t *g)
     void fg_decref(fg_graph_t *g, int32_t i)
     int64_t fg_release(fg_graph_t *g, int32_t i, int64_t budget)
     void fg_release_resume(fg_graph_t *g, int64_t pending)

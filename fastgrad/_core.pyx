@@ -186,13 +186,6 @@ cdef inline int _enter(Graph g) except -1:
     return 0
 
 
-cdef inline int64_t _slots(Graph g) noexcept:
-    """Entries of a per-call array indexed by node: the slots handed out
-    (every live node is below top), at least 1.  Never the capacity, which
-    may be 2**31 - 1 of untouched address space."""
-    return g.g.top if g.g.top > 0 else 1
-
-
 cdef inline void _hold(Graph g) noexcept:
     """Marks g busy for this thread (see _wait_idle); _unhold ends it."""
     g.busy_tid = _thread_id()
@@ -1593,8 +1586,8 @@ cdef class Value:
             # it completes (a raising hook leaves every .grad as it was).
             # Per-call buffers cover the slots handed out (top), not the
             # capacity: Graph(capacity=2**31 - 1) holding 2 nodes needs 2.
-            adj = <double *>(calloc(_slots(g), sizeof(double)) if g.g.nuser
-                             else malloc(_slots(g) * sizeof(double)))
+            adj = <double *>(calloc(fg_slots(&g.g), sizeof(double)) if g.g.nuser
+                             else malloc(fg_slots(&g.g) * sizeof(double)))
             if adj == NULL:
                 raise MemoryError()
         _hold(g)
@@ -2142,7 +2135,7 @@ def grad(out, wrt, create_graph=False):
     _enter(g)
     cdef int32_t *idx = <int32_t *>malloc((n + 1) * sizeof(int32_t))
     cdef double *res = <double *>malloc((n + 1) * sizeof(double))
-    cdef double *adj = <double *>malloc(_slots(g) * sizeof(double))
+    cdef double *adj = <double *>malloc(fg_slots(&g.g) * sizeof(double))
     cdef double *saved
     try:
         if idx == NULL or res == NULL or adj == NULL:
@@ -2193,7 +2186,7 @@ cdef object _grad_graph(Graph g, Value o, list items, bint single):
         _enter(g)
         for k in range(n):
             idx[k] = (<Value>items[k]).idx
-        order = <int32_t *>malloc(_slots(g) * sizeof(int32_t))
+        order = <int32_t *>malloc(fg_slots(&g.g) * sizeof(int32_t))
         if order == NULL:
             raise MemoryError()
         count = fg_topo(&g.g, 1, &out, order)
@@ -2209,7 +2202,7 @@ cdef object _grad_graph(Graph g, Value o, list items, bint single):
             rc = fg_reserve_operands(&g.g, fg_grad_graph_operands(&g.g, order, count))
             if rc != FG_OK:
                 _raise_status(g, rc)
-        adj = malloc(_slots(g) * 16)      # indexed by the nodes swept, all below top
+        adj = malloc(fg_slots(&g.g) * 16)      # indexed by the nodes swept, all below top
         if adj == NULL:
             raise MemoryError()
         _hold(g)

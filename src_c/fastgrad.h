@@ -119,6 +119,10 @@ typedef struct {
 int      fg_graph_init(fg_graph_t *g, int64_t capacity);
 void     fg_graph_free(fg_graph_t *g);
 int      fg_is_live(const fg_graph_t *g, int64_t i);
+/* Entries of a per-call array indexed by node: the slots handed out (every
+ * live node is below top), at least 1.  Never the capacity, which may be
+ * 2**31 - 1 slots of untouched address space. */
+int64_t  fg_slots(const fg_graph_t *g);
 void     fg_decref(fg_graph_t *g, int32_t i);
 /* fg_decref in two steps: at most `budget` frees, returning the work left
  * (0: done), which fg_release_resume finishes (e.g. with the GIL released).

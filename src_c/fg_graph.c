@@ -97,6 +97,10 @@ int fg_is_live(const fg_graph_t *g, int64_t i) {
     return i >= 0 && i < g->top && g->op[i] != FG_OP_FREE;
 }
 
+int64_t fg_slots(const fg_graph_t *g) {
+    return g->top > 0 ? g->top : 1;
+}
+
 int64_t fg_graph_bytes(const fg_graph_t *g) {
     int64_t per_node = sizeof *g->op + sizeof *g->uses + sizeof *g->a + sizeof *g->b +
                        sizeof *g->val + sizeof *g->grad + sizeof *g->cst +

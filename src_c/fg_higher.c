@@ -413,8 +413,8 @@ int fg_grad_graph(fg_graph_t *g, int32_t out, int64_t nwrt, const int32_t *wrt,
         edges += (ar == -1) ? g->b[order[k]] : ar;
     }
     L->pairs = (fg_dpair *)malloc((size_t)(edges + 1) * sizeof *L->pairs);
-    /* Indexed by the nodes of order, all below top (never the capacity). */
-    L->head = (int64_t *)malloc((size_t)(g->top > 0 ? g->top : 1) * sizeof *L->head);
+    /* Indexed by the nodes of order, all below top. */
+    L->head = (int64_t *)malloc((size_t)fg_slots(g) * sizeof *L->head);
     L->idx = (int32_t *)malloc((size_t)(2 * edges + 2) * sizeof *L->idx);
     L->cst = (double *)malloc((size_t)(2 * edges + 2) * sizeof *L->cst);
     if (L->pairs == NULL || L->head == NULL || L->idx == NULL || L->cst == NULL) {

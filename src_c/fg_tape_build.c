@@ -164,8 +164,9 @@ int fg_tape_build(fg_tape_t *t, fg_graph_t *g, int64_t n_in, const int32_t *inpu
             return FG_EINVAL;
         }
     }
-    int32_t *order = (int32_t *)malloc((size_t)g->capacity * sizeof *order);
-    int32_t *pos = (int32_t *)malloc((size_t)g->capacity * sizeof *pos);
+    /* Indexed by the nodes reached, all below top (fg_slots). */
+    int32_t *order = (int32_t *)malloc((size_t)fg_slots(g) * sizeof *order);
+    int32_t *pos = (int32_t *)malloc((size_t)fg_slots(g) * sizeof *pos);
     if (order == NULL || pos == NULL) {
         free(order);
         free(pos);

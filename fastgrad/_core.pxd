@@ -72,6 +72,7 @@ cdef extern from "fastgrad.h" nogil:
         FG_EFULL
         FG_OWNED
         FG_HOOKED
+        FG_CYC
 
     ctypedef int (*fg_user_fn)(void *ctx, int32_t node)
     ctypedef int (*fg_hook_fn)(void *ctx, int32_t node, double *grad)
@@ -118,6 +119,7 @@ cdef extern from "fastgrad.h" nogil:
         void *user_ctx
         int64_t nhooked
         fg_hook_fn hook_fn
+        int64_t ncyc
 
     int fg_graph_init(fg_graph_t *g, int64_t capacity)
     void fg_graph_free(fg_graph_t *g)
@@ -250,6 +252,7 @@ cdef class Graph:
 cdef class Value:
     cdef readonly Graph graph       # the Graph that holds this node
     cdef int32_t idx                # slot in the graph's arrays
+    cdef int32_t nheld              # consumers' _Ext.held entries that refer to this Value
     cdef PyObject *_ext             # an _Ext (name, user op's _op/_backward) or NULL
     cdef PyObject *_attrs           # the instance dict (tp_dictoffset), made on first use
     cdef object __weakref__

@@ -297,10 +297,23 @@ cdef int _raise_status(Graph g, int rc) except -1:
 @cython.final
 cdef class _Ext:
     """A Value's rarely used fields: its name, a user op's _op and _backward,
-    its gradient hooks (NULL in most Values, so making and dropping one costs
-    no more)."""
+    its gradient hooks, the parents' Values its node holds (NULL in most
+    Values, so making and dropping one costs no more)."""
     cdef object name, bw, uop
     cdef _Hooks hooks
+    # A tuple of the parents' Values that may be in a cycle, one entry per
+    # edge (see "held parents" below); NULL if none.  Not a Cython object
+    # field: the collector's clear must not drop it without the accounting.
+    cdef PyObject *held
+
+    def __dealloc__(self):
+        cdef PyObject *h = self.held
+        if h == NULL:
+            return
+        self.held = NULL
+        for p in <tuple>h:
+            (<Value>p).nheld -= 1
+        Py_DecRef(h)
 
 
 @cython.no_gc
@@ -450,6 +463,134 @@ cdef inline void _release(Graph g, int32_t i) noexcept:
         _release_after(g)
 
 
+# ---------------------------------------------------------------- held parents ---
+#
+# (docs/design.md, "Garbage collection")  A consumer's edge to its parent's
+# node lives in the C arrays, where the collector cannot see it.  When a
+# parent's Value may be part of a cycle (_may_cycle: a user op's
+# _backward, hooks, held parents of its own, or attributes, a name or an _op
+# that the collector tracks: `p.m = 0.0` is not one, the dict of numbers being
+# untracked), the new node's Value keeps a reference to it in its _Ext.held, one
+# entry per edge, counted in the parent's nheld.  A Value whose every
+# consumer edge is held in this way reports its references to the collector
+# (_value_traverse), so a chain of cycles through consumers (lecture-style
+# user ops, each consumed by the next) is one garbage cycle, freed in one
+# collection.  Plain Values (fastgrad.nn's named parameters included) hold
+# nothing and cost one test per operand.
+
+cdef extern from "Python.h":
+    int PyObject_GC_IsTracked(PyObject *o)
+
+
+cdef inline bint _tracked(PyObject *o) noexcept:
+    """o may refer to other objects (the collector tracks it: CPython leaves
+    a dict of numbers and strings, a str, a float untracked)."""
+    return o != NULL and PyObject_GC_IsTracked(o)
+
+
+cdef inline bint _str_or_tracked(object o) noexcept:
+    # (a name or _op: None or a str, the common cases, without a call)
+    return o is not None and not PyUnicode_CheckExact(o) and _tracked(<PyObject *>o)
+
+
+cdef bint _may_cycle(Value v) noexcept:
+    cdef _Ext e
+    if v._attrs != NULL and _tracked(v._attrs):
+        return True
+    if v._ext == NULL:
+        return False
+    e = <_Ext>v._ext
+    return (e.held != NULL or e.bw is not None or e.hooks is not None
+            or _str_or_tracked(e.name) or _str_or_tracked(e.uop))
+
+
+cdef void _note_state(Value v) noexcept:
+    """After a change of v's state: flags v's node FG_CYC if v may now be part
+    of a cycle.  The flag stays until the node is freed (holding a parent
+    that cannot be in a cycle costs, and is never wrong).  Called where the
+    glue sets a name, _op, _backward, hooks or held parents, and by Value's
+    tp_setattro after an attribute lands in the dict (a dict changed through
+    vars(v) is missed: such a Value's consumers hold nothing, as before)."""
+    cdef Graph g = v.graph
+    cdef int32_t i = v.idx
+    if g is None or i < 0 or (g.g.flags[i] & FG_CYC) or not _may_cycle(v):
+        return
+    g.g.flags[i] |= FG_CYC
+    g.g.ncyc += 1
+
+
+cdef inline bint _node_may_cycle(Graph g, int32_t j) noexcept:
+    """Node j has a live Value that may be part of a cycle (see above)."""
+    return (g.g.flags[j] & (FG_CYC | FG_OWNED)) == FG_CYC and g.g.obj[j] != NULL
+
+
+cdef void _hold_parents(Graph g, Value v) noexcept:
+    """v's new node holds the Values of its parents that may be in a cycle.
+    Out of memory, it holds none (the collector then frees such a chain one
+    layer per collection, as when a parent gained its state later)."""
+    cdef int32_t i = v.idx
+    cdef int ar = FG_ARITY[g.g.op[i]]
+    cdef int64_t k, cnt
+    cdef int32_t j
+    cdef list found
+    cdef tuple held
+    cdef _Ext e
+    try:
+        found = []
+        if ar == -1:
+            cnt = g.g.b[i]
+            for k in range(cnt):
+                j = g.g.opnd[g.g.a[i] + k]      # re-read: appending may run Python code
+                if j >= 0 and _node_may_cycle(g, j):
+                    found.append(<object>g.g.obj[j])
+        else:
+            if ar >= 1 and _node_may_cycle(g, g.g.a[i]):
+                found.append(<object>g.g.obj[g.g.a[i]])
+            if ar == 2 and _node_may_cycle(g, g.g.b[i]):
+                found.append(<object>g.g.obj[g.g.b[i]])
+        if not found:
+            return
+        held = tuple(found)
+        e = _ext_for(v)
+    except BaseException:
+        return
+    if e.held != NULL:
+        return
+    Py_IncRef(<PyObject *>held)
+    e.held = <PyObject *>held
+    _note_state(v)
+    for p in held:
+        (<Value>p).nheld += 1
+
+
+cdef inline void _hold_check(Graph g, Value v) noexcept:
+    """_hold_parents when a parent may be in a cycle: one test per operand,
+    no allocation, when none may."""
+    cdef int32_t i = v.idx
+    cdef int ar = FG_ARITY[g.g.op[i]]
+    cdef const int32_t *opnd
+    cdef int64_t k, cnt
+    if g.g.ncyc == 0:
+        return
+    if ar == 1:
+        if not _node_may_cycle(g, g.g.a[i]):
+            return
+    elif ar == 2:
+        if not (_node_may_cycle(g, g.g.a[i]) or _node_may_cycle(g, g.g.b[i])):
+            return
+    elif ar == -1:
+        opnd = g.g.opnd + g.g.a[i]          # no Python code runs in this loop
+        cnt = g.g.b[i]
+        k = 0
+        while k < cnt and not (opnd[k] >= 0 and _node_may_cycle(g, opnd[k])):
+            k += 1
+        if k == cnt:
+            return
+    else:
+        return
+    _hold_parents(g, v)
+
+
 cdef Value _wrap(Graph g, int32_t idx):
     """The Value of new node idx, which already counts this handle's use."""
     cdef Value v
@@ -466,6 +607,7 @@ cdef Value _wrap(Graph g, int32_t idx):
     v.graph = g
     v.idx = idx
     g.g.obj[idx] = <void *>v
+    _hold_check(g, v)
     return v
 
 
@@ -514,6 +656,8 @@ cdef object _node_value(Graph g, int32_t i):
             return <object>p
         st = <_Stash>p
         v = Value.__new__(st.tp)
+        if st.tp is not Value:
+            fg_subclass_setattro(<PyTypeObject *>st.tp)
     else:
         v = Value.__new__(Value)
     v.graph = g
@@ -907,9 +1051,12 @@ def _no_backward():
 cdef Value _retype(Value v, object tp):
     """A Value of type tp for v's node (v is its only handle)."""
     cdef Value w = Value.__new__(tp)
+    fg_subclass_setattro(<PyTypeObject *>tp)
     cdef Graph g = v.graph
     w.graph = g
     w.idx = v.idx                       # w takes over v's use
+    w._ext = v._ext                     # and its _Ext (the parents its node holds)
+    v._ext = NULL
     g.g.obj[v.idx] = <void *>w
     v.graph = None
     v.idx = -1
@@ -1061,10 +1208,14 @@ cdef inline void _calls_hooks(Graph g) noexcept:
 
 
 # Value takes part in the cycle collector (attributes, names and _backward
-# closures may refer back to it), but a Value whose node has other uses (a
-# consumer) is held from C, which the collector cannot see: it reports no
-# references then, so the collector treats its contents as reachable.  Once
-# the consumers are gone, a cycle through the Value is collected as usual.
+# closures may refer back to it), but a consumer's edge to its node is held
+# from C, which the collector cannot see.  While some consumer edge is not
+# also held by a Python reference (see "held parents"), the Value reports no
+# references, so the collector treats its contents as reachable; once every
+# edge is held (or the consumers are gone), a cycle through the Value is
+# collected as usual.  Both counts only fall while another thread runs C on
+# the graph, so a traversal can only turn from silent to reporting between
+# the collector's two passes, which is the safe direction.
 cdef traverseproc _value_base_traverse = NULL
 
 
@@ -1072,8 +1223,11 @@ cdef int _value_traverse(PyObject *o, visitproc visit, void *arg) except -1:
     cdef Value v = <Value>o
     cdef int rc
     cdef Graph g = v.graph
-    if g is not None and v.idx >= 0 and g.g.uses[v.idx] > 1:
-        return 0
+    if g is not None and v.idx >= 0:
+        if g.busy:
+            return 0                # C may be moving uses with the GIL released
+        if <int64_t>g.g.uses[v.idx] - 1 > v.nheld:
+            return 0                # a consumer edge no Python object holds
     if v._attrs != NULL:
         rc = visit(v._attrs, arg)
         if rc:
@@ -1083,6 +1237,19 @@ cdef int _value_traverse(PyObject *o, visitproc visit, void *arg) except -1:
         if rc:
             return rc
     return _value_base_traverse(o, visit, arg)
+
+
+cdef traverseproc _ext_base_traverse = NULL
+
+
+cdef int _ext_traverse(PyObject *o, visitproc visit, void *arg) except -1:
+    cdef PyObject *h = (<_Ext>o).held
+    cdef int rc
+    if h != NULL:
+        rc = visit(h, arg)
+        if rc:
+            return rc
+    return _ext_base_traverse(o, visit, arg)
 
 
 cdef inline int _dies_quietly(Value v) noexcept:
@@ -1164,6 +1331,44 @@ cdef extern from *:
     """
     void fg_install_value_dealloc(PyTypeObject *tp, int (*quiet)(PyObject *) noexcept,
                                   void (*loud)(PyObject *) noexcept)
+
+
+# Value's tp_setattro, installed over the generic one: after an attribute
+# lands in the instance dict, _note_state (see "held parents").
+cdef extern from *:
+    """
+    static setattrofunc fg_value_base_setattro;
+    static void (*fg_value_note)(PyObject *);
+    static Py_ssize_t fg_value_attrs_offset;
+    static int fg_value_setattro(PyObject *o, PyObject *name, PyObject *v) {
+        int rc = fg_value_base_setattro(o, name, v);
+        if (rc == 0 && v != NULL && *(PyObject **)((char *)o + fg_value_attrs_offset) != NULL) {
+            fg_value_note(o);
+        }
+        return rc;
+    }
+    static void fg_install_value_setattro(PyTypeObject *tp, Py_ssize_t attrs_offset,
+                                          void (*note)(PyObject *)) {
+        fg_value_attrs_offset = attrs_offset;
+        fg_value_note = note;
+        fg_value_base_setattro = tp->tp_setattro ? tp->tp_setattro : PyObject_GenericSetAttr;
+        tp->tp_setattro = fg_value_setattro;
+    }
+    /* A Python subclass without its own __setattr__ gets the generic slot
+     * (CPython fills it from Value's __setattr__ wrapper): give it ours. */
+    static void fg_subclass_setattro(PyTypeObject *tp) {
+        if (tp->tp_setattro == fg_value_base_setattro) {
+            tp->tp_setattro = fg_value_setattro;
+        }
+    }
+    """
+    void fg_install_value_setattro(PyTypeObject *tp, Py_ssize_t attrs_offset,
+                                   void (*note)(PyObject *) noexcept)
+    void fg_subclass_setattro(PyTypeObject *tp)
+
+
+cdef void _value_setattr_note(PyObject *o) noexcept:
+    _note_state(<Value>o)
 
 
 cdef int _refuse_bound(Value v) except -1:
@@ -1312,6 +1517,9 @@ cdef class Value:
 
     def __init__(self, data, _children=_NO_CHILDREN, _op='', label='', name=None):
         _refuse_bound(self)
+        tp = type(self)
+        if tp is not Value:
+            fg_subclass_setattro(<PyTypeObject *>tp)
         cdef double d = _coerce(data, "Value(data)")
         cdef Graph g = None
         cdef int32_t idx
@@ -1368,6 +1576,9 @@ cdef class Value:
             _ext_for(self).name = name
         if n or (_op is not None and _op != ''):
             _ext_for(self).uop = _op
+        _note_state(self)
+        if nparents:
+            _hold_parents(g, self)
 
     # Its death: _value_dies_quietly / _value_dies_loudly (tp_dealloc).
 
@@ -1435,6 +1646,7 @@ cdef class Value:
             h.graph_ref = weakref.ref(g)
             h.idx = self.idx
             e.hooks = h
+            _note_state(self)
         handle = RemovableHandle.__new__(RemovableHandle)
         handle.hooks = h
         handle.key = h.next_key
@@ -1469,6 +1681,7 @@ cdef class Value:
             raise TypeError(f"name must be a str or None, got {type(value).__name__}")
         if value is not None or self._ext != NULL:
             _ext_for(self).name = value
+            _note_state(self)
 
     @property
     def label(self):
@@ -1484,6 +1697,7 @@ cdef class Value:
             raise TypeError(f"label must be a str, got {type(value).__name__}")
         if value or self._ext != NULL:
             _ext_for(self).name = value if value else None
+            _note_state(self)
 
     @property
     def _prev(self):
@@ -1524,6 +1738,7 @@ cdef class Value:
         if fn is not None and not callable(fn):
             raise TypeError(f"_backward must be callable, got {type(fn).__name__}")
         _ext_for(self).bw = fn
+        _note_state(self)
 
     def _local_backward(self):
         """The built-in local backward step of this node (see _backward)."""
@@ -1749,6 +1964,8 @@ cdef class Value:
 
 _value_base_traverse = (<PyTypeObject *>Value).tp_traverse
 (<PyTypeObject *>Value).tp_traverse = _value_traverse
+_ext_base_traverse = (<PyTypeObject *>_Ext).tp_traverse
+(<PyTypeObject *>_Ext).tp_traverse = _ext_traverse
 fg_install_value_dealloc(<PyTypeObject *>Value, _value_dies_quietly, _value_dies_loudly)
 fg_install_value_call(<PyTypeObject *>Value, _plain_leaf)
 # The instance dict lives in _attrs, made on first use (Cython would make a
@@ -1756,6 +1973,8 @@ fg_install_value_call(<PyTypeObject *>Value, _plain_leaf)
 # and `__dict__` is CPython's generic descriptor for it.
 cdef Value _probe = Value.__new__(Value)
 _set_dict_slot(<PyTypeObject *>Value, <Py_ssize_t>(<char *>&_probe._attrs - <char *><PyObject *>_probe))
+fg_install_value_setattro(<PyTypeObject *>Value, <Py_ssize_t>(<char *>&_probe._attrs - <char *><PyObject *>_probe),
+                          _value_setattr_note)
 _probe = None
 
 

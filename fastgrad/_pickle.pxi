@@ -351,6 +351,7 @@ cdef int _value_setstate(Value self, object state) except -1:
         if name is not None or uop is not None or bw is not None:
             e = _ext_for(v)
             e.name, e.uop, e.bw = name, uop, bw
+            _note_state(v)
         if d:
             for key, x in d.items():
                 setattr(v, key, x)
@@ -400,6 +401,7 @@ cdef object _value_copy(Value v):
     if e is not None:
         f = _ext_for(w)
         f.name, f.uop, f.bw = e.name, e.uop, e.bw
+        _note_state(w)
     cdef PyObject *d = _vdict(v)
     if d != NULL:
         for key, x in list((<dict>d).items()):

@@ -18,7 +18,7 @@
  *                   the Value when it dies), or, flag FG_OWNED, a reference
  *                   the node owns (the state of a Value that died while the
  *                   node lived on); NULL in every fresh slot
- *   flags   uint8   FG_OWNED, FG_HOOKED; 0 in every fresh slot
+ *   flags   uint8   FG_OWNED, FG_HOOKED, FG_CYC; 0 in every fresh slot
  * and, only once fg_track_origins was called (anomaly mode), 4 bytes more:
  *   origin  int32   the glue's tag for the Python line that made the node
  *                   (the value of `tag` when the slot was handed out)
@@ -57,6 +57,11 @@
  * keeps the callables in the node's Value state).  nhooked counts the live
  * nodes with the flag; the free cascade clears it. */
 #define FG_HOOKED      2
+/* flags[i]: node i's Python state may be part of a reference cycle, so its
+ * consumers hold its Value (the glue's "held parents"); ncyc counts the live
+ * nodes with the flag (0: no op looks at its operands' flags); the free
+ * cascade clears it. */
+#define FG_CYC         4
 
 /* A USER node's local backward step, run by the sweeps at the node's place
  * in reverse topological order (the glue calls the node's Python _backward).
@@ -113,6 +118,7 @@ typedef struct {
     void     *user_ctx;   /* user_fn's and hook_fn's ctx */
     int64_t   nhooked;    /* live nodes with FG_HOOKED */
     fg_hook_fn hook_fn;   /* set by the glue around a sweep; NULL: the sweep ignores FG_HOOKED */
+    int64_t   ncyc;       /* live nodes with FG_CYC */
 } fg_graph_t;
 
 /* Storage (fg_graph.c). */

@@ -400,6 +400,7 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_mo
                 g->nowned--;
             }
             g->nhooked -= (fl & FG_HOOKED) != 0;
+            g->ncyc -= (fl & FG_CYC) != 0;
             g->flags[n] = 0;
         }
         g->obj[n] = NULL;

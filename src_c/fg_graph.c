@@ -389,8 +389,10 @@ static FG_ALWAYS_INLINE int64_t fg_drop_edges(fg_graph_t *g, int32_t n, int32_t 
  * 0: the storage must stay where it is (a shrink is left to fg_reclaim). */
 static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_move) {
     int32_t *stack = g->order;
+    int freed_top = 0;
     while (top > 0 && budget-- > 0) {
         int32_t n = stack[--top];
+        freed_top |= n == g->top - 1;
         top = fg_drop_edges(g, n, stack, top);
         const uint8_t fl = g->flags[n];
         if (fl) {
@@ -411,7 +413,15 @@ static int64_t fg_cascade(fg_graph_t *g, int64_t top, int64_t budget, int may_mo
         g->live--;
         g->freed++;
     }
-    if (top == 0 && (g->live == 0 || g->freed * 2 >= g->top)) {
+    /* A trim after half the slots were freed; or, once the graph is mostly
+     * empty, when its highest node goes and the frees since the last trim
+     * are a fair share of what lives (a Value kept in a high slot, such as a
+     * detached loss, held top up at the last trim): each such trim needs
+     * live / FG_SHRINK_AT frees, and can lower top at most to the highest
+     * live node, so the trims stay amortised. */
+    if (top == 0 && (g->live == 0 || g->freed * 2 >= g->top
+                     || (freed_top && g->live * FG_SHRINK_AT < g->top
+                         && g->freed * FG_SHRINK_AT >= g->live))) {
         int64_t peak = g->top;
         if (g->live == 0) {
             /* Nothing is reachable: restart the slot and operand counters so an

@@ -86,6 +86,40 @@ def test_a_dropped_large_graph_gives_its_memory_back_to_the_system():
     assert int(capacity) <= 1024
 
 
+def test_a_value_kept_in_a_high_slot_gives_the_storage_back_when_it_goes():
+    """Issue #10: a detached loss kept past its graph held top up at the
+    trim, and its own death freed too few slots to start another: the 1e7-node
+    graph's 551 MB stayed for good."""
+    with fastgrad.Graph() as g:
+        w = Value(1.0)
+        out = chain(w, 300_000)
+        out.backward()
+        kept = out.detach()                         # the highest slot
+        del out
+        assert g.stats()["live_nodes"] == 2
+        pinned = g.stats()["capacity"]
+        assert pinned >= 300_000                    # it lives: its slot stays
+        del kept
+        small = g.stats()
+        assert small["live_nodes"] == 1 and small["capacity"] <= 1024 < pinned
+        assert (w * 2.0).data == 2.0
+
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_values_kept_in_high_slots_give_it_back_in_either_order(order):
+    with fastgrad.Graph() as g:
+        w = Value(1.0)
+        outs = [chain(w, 50_000) for _ in range(4)]
+        kept = [o.detach() for o in outs]           # four high slots
+        del outs
+        assert g.stats()["live_nodes"] == 5 and g.stats()["capacity"] >= 200_000
+        for k in kept[::order]:
+            kept.remove(k)
+        del k
+        assert g.stats()["live_nodes"] == 1 and g.stats()["capacity"] <= 1024
+
+
 def test_the_capacity_asked_for_is_kept():
     with fastgrad.Graph(capacity=100_000) as g:
         out = chain(Value(1.0), 200_000)

@@ -4,7 +4,8 @@
 #
 # Takes from _core.pyx: Graph, Value, _Ext, _Stash and their accessors (_ext,
 # _ext_for, _vdict, _has_state), _enter, _hold/_unhold, _release, _wrap,
-# _node_value, _raise_status, _thread_id, NOGIL_MIN_NODES.  Gives _core.pyx
+# _hold_check, _note_state, _node_value, _raise_status, _thread_id,
+# NOGIL_MIN_NODES.  Gives _core.pyx
 # _value_reduce, _value_setstate and _value_copy (Value.__reduce__,
 # __setstate__ and __copy__).
 #
@@ -98,6 +99,7 @@ cdef class _LoadChain:
 cdef class _Loaded:
     """A record built by _load_flat (what the Values of the stream refer to)."""
     cdef _LoadChain chain
+    cdef int64_t base, n         # its nodes: chain.slots[base:base + n]
 
 
 @cython.final
@@ -290,6 +292,8 @@ def _load_flat(prev, base, n, m, order, data):
         _raise_status(g, rc)
     out = _Loaded.__new__(_Loaded)
     out.chain = chain
+    out.base = cbase
+    out.n = done
     return out
 
 
@@ -355,7 +359,28 @@ cdef int _value_setstate(Value self, object state) except -1:
         if d:
             for key, x in d.items():
                 setattr(v, key, x)
+    _hold_loaded(<_Loaded>rec)
     return 0
+
+
+cdef void _hold_loaded(_Loaded rec) noexcept:
+    """The record's nodes were built in C, before their state arrived: now
+    each live Value holds its parents' that may be in a cycle, as _wrap's
+    do (see "held parents" in _core.pyx), parents first."""
+    cdef _LoadChain chain = rec.chain
+    cdef Graph g = chain.graph
+    cdef int64_t k
+    cdef int32_t i
+    cdef void *p
+    cdef Value v
+    for k in range(rec.base, min(rec.base + rec.n, chain.count)):
+        if g.g.ncyc == 0:
+            return
+        i = chain.slots[k]
+        p = g.g.obj[i]
+        if p != NULL and not (g.g.flags[i] & FG_OWNED):
+            v = <Value>p                # held here: holding may run Python code
+            _hold_check(g, v)
 
 
 # ---------------------------------------------------------------- shallow copy ---

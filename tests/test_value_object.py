@@ -674,6 +674,35 @@ def test_a_user_op_with_a_module_level_backward_pickles():
     assert o2._op == "triple" and x2.grad == 6.0 and x.grad == 0.0
 
 
+def _scaled_chain(x: Value, depth: int) -> Value:
+    import functools
+
+    h = x
+    for _ in range(depth):
+        m = h * 0.5
+        h = Value(3.0 * m.data, (m,), "triple")
+        h._backward = functools.partial(_scaled_backward, m, h)   # refers to its own Value
+    return h
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copied_chain_of_user_op_cycles_is_freed_by_one_collection(g, how):
+    """The copy's consumers hold its user ops' Values as the original's do
+    (the record's nodes are built in C, before their state arrives)."""
+    x = Value(0.5)
+    h = _scaled_chain(x, 30)
+    base = live(g)
+    gc.collect()
+    h2 = pickle.loads(pickle.dumps(h)) if how == "pickle" else copy.deepcopy(h)
+    assert live(g) == 2 * base - 1 or live(g) == 2 * base   # the copy's own leaf
+    h2.backward()
+    (m2,) = h2._prev
+    assert m2.grad == 3.0
+    del h2, m2
+    gc.collect()
+    assert live(g) == base
+
+
 def test_unpickling_builds_into_the_current_graph():
     with fastgrad.Graph():
         y = Value(1.0) * 2.0

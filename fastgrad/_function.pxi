@@ -162,8 +162,13 @@ _select_row_kernels_at_import()
 cdef object _real_array(object arg, str name, int ndim, bint aligned=True):
     """arg as a C-contiguous float64 array of ndim dimensions, or an error naming it;
     aligned (else: at any byte offset, for readers that load it with memcpy)."""
-    # A list is read once: an element numpy calls back into may change it.
-    arr = np.asarray(_snapshot(arg) if type(arg) is list else arg)
+    # A list is read once: an element numpy calls back into (its __array__,
+    # __float__) may change it, and numpy reads a list again after the
+    # callbacks.  So are a batch's rows given as lists.
+    held = _snapshot(arg) if type(arg) is list else arg
+    if ndim == 2 and type(held) is tuple:
+        held = tuple([_snapshot(row) if type(row) is list else row for row in <tuple>held])
+    arr = np.asarray(held)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got {type(arg).__name__} of dtype {arr.dtype}")
     if arr.ndim != ndim:

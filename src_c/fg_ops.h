@@ -49,6 +49,10 @@
  * derivative 0 for every x, and 0**y has d/dy = 0 for y >= 0.  Derivatives
  * are multiplied, never masked: an inf gradient arriving where the local
  * derivative is 0 gives NaN (as micrograd; PyTorch masks some of these).
+ * The tangent sweeps mask one product only: a zero tangent (and a zero
+ * second-derivative column) contributes exactly 0 (fg_tmul, fg_t2mul in
+ * fg_internal.h), so a direction that leaves an input alone never meets that
+ * input's overflowing derivatives, as grad(create_graph=True) never does.
  * Quotients differentiate as -y/b (not -a/(b*b), whose b*b under- or
  * overflows long before the derivative does).  leaky_relu'(0) is the slope
  * and clamp passes the gradient on its bounds (as PyTorch); clamp(x, lo, hi)

@@ -1763,6 +1763,11 @@ cdef class Value:
         """copy.copy: a new node with the same op, parents, value, grad and state."""
         return _value_copy(self)
 
+    def __deepcopy__(self, memo):
+        """copy.deepcopy: what __reduce__ gives, rebuilt without copy's
+        _reconstruct (see _value_deepcopy)."""
+        return _value_deepcopy(self, memo)
+
     def _repr_svg_(self):
         """Jupyter: the drawing of the graph behind this Value (see
         fastgrad.draw), or None without Graphviz so Jupyter shows the repr."""

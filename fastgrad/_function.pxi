@@ -162,8 +162,13 @@ _select_row_kernels_at_import()
 cdef object _real_array(object arg, str name, int ndim, bint aligned=True):
     """arg as a C-contiguous float64 array of ndim dimensions, or an error naming it;
     aligned (else: at any byte offset, for readers that load it with memcpy)."""
-    # A list is read once: an element numpy calls back into may change it.
-    arr = np.asarray(_snapshot(arg) if type(arg) is list else arg)
+    # A list is read once: an element numpy calls back into (its __array__,
+    # __float__) may change it, and numpy reads a list again after the
+    # callbacks.  So are a batch's rows given as lists.
+    held = _snapshot(arg) if type(arg) is list else arg
+    if ndim == 2 and type(held) is tuple:
+        held = tuple([_snapshot(row) if type(row) is list else row for row in <tuple>held])
+    arr = np.asarray(held)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got {type(arg).__name__} of dtype {arr.dtype}")
     if arr.ndim != ndim:
@@ -1064,8 +1069,10 @@ def load(path):
     with open(path, "rb") as fh:        # missing or unreadable: OSError, as for any file
         try:
             state = _read_archive(fh)
+        except MemoryError:
+            raise
         except Exception as exc:
-            raise ValueError(f"{path!r} is not a saved fastgrad Function: {exc}") from exc
+            raise ValueError(f"{path!r} is not a saved fastgrad Function: {_reason(exc)}") from exc
     return _function_from_state(state, repr(path))
 
 
@@ -1075,15 +1082,52 @@ cdef int64_t MEMBER_RATIO = 64
 cdef int64_t MEMBER_MIN_BOUND = 1 << 20
 
 
+def _reason(exc):
+    """What went wrong, never an empty string: zipfile raises EOFError() and
+    zlib errors without words, and a message must say something."""
+    text = str(exc)
+    if isinstance(exc, EOFError):
+        return text or "its data end before the file does (EOFError)"
+    return text or type(exc).__name__
+
+
+cdef object _member_data_start(object fh, object info, object file_end):
+    """Where a member's data begin, from its local header (as zipfile reads
+    it: the header's own name and extra lengths), after checking that the
+    header, and then the compressed bytes the central directory declares, lie
+    inside the file."""
+    import struct
+    name = info.filename
+    off = info.header_offset              # Python ints: zip64 fields reach 2**64 - 1
+    if off < 0 or off + 30 > file_end:
+        raise ValueError(f"member {name!r}: its header at offset {off} is past the end of the "
+                         f"file ({file_end} bytes)")
+    fh.seek(off)
+    head = fh.read(30)
+    if len(head) != 30 or head[:4] != b"PK\x03\x04":
+        raise ValueError(f"member {name!r}: no local file header at offset {off}")
+    n_name, n_extra = struct.unpack_from("<HH", head, 26)
+    start = off + 30 + n_name + n_extra
+    if start > file_end:
+        raise ValueError(f"member {name!r}: its header at offset {off} runs {start - file_end} bytes "
+                         f"past the end of the file ({file_end} bytes)")
+    if info.compress_size > file_end - start:
+        raise ValueError(f"member {name!r} claims {info.compress_size} compressed bytes but the file "
+                         f"has only {file_end - start} after its header")
+    return start
+
+
 cdef dict _read_archive(object fh):
     """The arrays of an .npz archive that the format has (_STATE_DTYPES),
     each read only after checking what it may cost: unknown members are
-    never decompressed, and a member whose declared size exceeds its bound,
-    or whose .npy header promises more data than the member holds, is refused
-    before anything is allocated for it."""
+    never decompressed; a known member whose header or compressed bytes lie
+    outside the file, whose declared size exceeds its bound, or whose .npy
+    header promises more data than the member holds, is refused before
+    anything is allocated for it.  Every refusal of a member names it."""
     import zipfile
     from numpy.lib import format as npformat
     magic = fh.read(6)
+    file_end = fh.seek(0, 2)
     fh.seek(0)
     if magic == npformat.MAGIC_PREFIX:
         raise ValueError("an .npy array, not an archive")
@@ -1094,30 +1138,50 @@ cdef dict _read_archive(object fh):
                 info = zf.getinfo(key + ".npy")
             except KeyError:
                 continue                  # _function_from_state names it
-            bound = max(MEMBER_MIN_BOUND, MEMBER_RATIO * info.compress_size)
-            if info.file_size > bound:
-                raise ValueError(f"member {info.filename!r} expands to {info.file_size} bytes from "
-                                 f"{info.compress_size} (more than {bound})")
-            with zf.open(info) as member:
-                version = npformat.read_magic(member)
-                if version == (1, 0):
-                    shape, fortran, dtype = npformat.read_array_header_1_0(member)
-                elif version == (2, 0):
-                    shape, fortran, dtype = npformat.read_array_header_2_0(member)
-                else:
-                    raise ValueError(f"member {info.filename!r}: unsupported .npy version {version}")
-                if dtype.hasobject:
-                    raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-                count = 1
-                for d in shape:
-                    count *= d
-                nbytes = count * dtype.itemsize
-                if nbytes > info.file_size - member.tell():
-                    raise ValueError(f"member {info.filename!r} promises {nbytes} bytes of data "
-                                     f"in {info.file_size} bytes")
-            with zf.open(info) as member:
-                state[key] = npformat.read_array(member, allow_pickle=False)
+            try:
+                state[key] = _read_member(zf, fh, info, file_end)
+            except MemoryError:
+                raise
+            except Exception as exc:
+                reason = _reason(exc)
+                if repr(info.filename) in reason:
+                    raise
+                raise ValueError(f"member {info.filename!r}: {reason}") from exc
     return state
+
+
+cdef object _read_member(object zf, object fh, object info, object file_end):
+    import zipfile
+    from numpy.lib import format as npformat
+    _member_data_start(fh, info, file_end)
+    # The bound below rests on compress_size, now known to lie inside the
+    # file; a stored member holds exactly what it declares.
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise ValueError(f"member {info.filename!r} is stored uncompressed but declares "
+                         f"{info.file_size} bytes in {info.compress_size}")
+    bound = max(MEMBER_MIN_BOUND, MEMBER_RATIO * info.compress_size)
+    if info.file_size > bound:
+        raise ValueError(f"member {info.filename!r} expands to {info.file_size} bytes from "
+                         f"{info.compress_size} (more than {bound})")
+    with zf.open(info) as member:
+        version = npformat.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"member {info.filename!r}: unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        count = 1
+        for d in shape:
+            count *= d
+        nbytes = count * dtype.itemsize
+        if nbytes > info.file_size - member.tell():
+            raise ValueError(f"member {info.filename!r} promises {nbytes} bytes of data "
+                             f"in {info.file_size} bytes")
+    with zf.open(info) as member:
+        return npformat.read_array(member, allow_pickle=False)
 
 
 cdef int _refuse_user_op(Graph g, int32_t node) except -1:

@@ -27,6 +27,7 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
+import copy
 import types
 import weakref
 
@@ -76,6 +77,13 @@ cdef class _Dumped:
 
     def __reduce__(self):
         return (_load_flat, (self.prev, self.base, self.n, self.m, _BYTE_ORDER, self.data))
+
+    def __deepcopy__(self, memo):
+        prev = None if self.prev is None else copy.deepcopy(self.prev, memo)
+        out = _load_flat(prev, self.base, self.n, self.m, _BYTE_ORDER, self.data)
+        memo[id(self)] = out
+        _keep_alive(self, memo)
+        return out
 
 
 @cython.final
@@ -234,6 +242,37 @@ cdef tuple _dump_node(Value v):
     finally:
         free(order)
     return rec, fg_slotmap_get(&chain.map, v.idx), entries
+
+
+cdef int _keep_alive(object x, dict memo) except -1:
+    """copy._keep_alive: memo holds x, so id(x) is not reused while it maps it."""
+    try:
+        memo[id(memo)].append(x)
+    except KeyError:
+        memo[id(memo)] = [x]
+    return 0
+
+
+cdef object _value_deepcopy(Value v, object memo):
+    """copy.deepcopy of v: its record deep-copied (built once per dump, see
+    _Dumped.__deepcopy__), the copy memoised before its state is copied (an
+    attribute may refer back to v), then the state applied.  copy's own
+    _reconstruct calls func(*generator): when building that argument tuple
+    fails (MemoryError), CPython 3.11 frees the tuple without releasing its
+    items, and the loaded record it held leaked with its nodes.  A subclass
+    that pickles its own way keeps copy's generic path."""
+    tp = type(v)
+    if tp.__reduce_ex__ is not Value.__reduce_ex__ or tp.__reduce__ is not Value.__reduce__:
+        return copy._reconstruct(v, memo, *v.__reduce_ex__(4))
+    if memo is None:
+        memo = {}
+    rv = _value_reduce(v)
+    rec, k, vtp = rv[1]
+    y = _value_from_flat(copy.deepcopy(rec, memo), k, vtp)
+    memo[id(v)] = y
+    if len(rv) > 2:
+        _value_setstate(y, copy.deepcopy(rv[2], memo))
+    return y
 
 
 cdef object _value_reduce(Value v):

@@ -38,10 +38,12 @@
  * what flows into it), so a loop runs over the support, not the block:
  * tangents of x[k] flow into few nodes (Rosenbrock's terms touch 2 of n).  An
  * entry outside a support is a 0.0 that the dense sweep would have
- * multiplied by a finite factor; where a factor is not finite (inf * 0 is
- * NaN) or a row holds inf or NaN, the loop runs over the whole block, so
- * column j is fg_tape_hvp's result at the unit vector j (up to signs of
- * zeros).  tan and adjt must be all zero on entry and are all zero on return
+ * multiplied by a finite factor, or, being a zero tangent, by any factor
+ * (fg_tmul, fg_t2mul in fg_internal.h: a zero tangent contributes exactly
+ * 0, and so does a zero second derivative), so the supports suffice even
+ * where a factor is inf or NaN, and column j is fg_tape_hvp's result at the
+ * unit vector j (up to signs of zeros).  fin[i] says whether row i of tan is
+ * finite, which lets the plain products run where nothing is inf or NaN.  tan and adjt must be all zero on entry and are all zero on return
  * (a caller may keep them); sup holds 4 * n int32, fin n bytes. */
 void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64_t *cols,
                      int64_t d, double *adj, double *tan, double *adjt, int32_t *sup,
@@ -66,15 +68,18 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
             double *ti = tan + n * w;
             int32_t lo = w, hi = 0;
             const int o = op[n];
-/* fg_tape_jvp's s += d * tan[p] along the row, over the parent's support (the
- * whole block if d is not finite). */
+/* fg_tape_jvp's s += fg_tmul(d, tan[p]) along the row, over the parent's
+ * support (outside it the tangents are 0 and contribute 0, whatever d). */
 #define FG_EDGE(pos, p, d)                                                      \
             do {                                                                \
                 const double d_ = (d);                                          \
                 const double *tx = tan + (int64_t)(p) * w;                      \
-                int32_t l = tlo[p], h = thi[p];                                 \
-                if (!FG_FIN(d_)) { l = 0; h = w; }                              \
-                FG_ALONG for (int32_t r = l; r < h; r++) ti[r] += d_ * tx[r];   \
+                const int32_t l = tlo[p], h = thi[p];                           \
+                if (FG_FIN(d_)) {                                               \
+                    FG_ALONG for (int32_t r = l; r < h; r++) ti[r] += d_ * tx[r]; \
+                } else {                                                        \
+                    FG_ALONG for (int32_t r = l; r < h; r++) ti[r] += fg_tmul(d_, tx[r]); \
+                }                                                               \
                 FG_HULL(lo, hi, l, h);                                          \
             } while (0)
             if (fg_is_nary(o)) {
@@ -97,15 +102,22 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
             const double c = cst[i];
             const int o = op[i];
 /* Into row x of adjt over the support of row i, widened to the tangents'
- * (lo2, hi2) when they enter (need2) and to the block when a factor is not
- * finite (full). */
-#define FG_HHVP_INTO(x, full, need2, lo2, hi2, expr)                            \
+ * (lo2, hi2) when they enter (need2).  Outside that an entry adds exactly 0:
+ * hi and the tangents are 0 there, and fg_tmul/fg_t2mul (fg_internal.h)
+ * make a zero tangent contribute 0 whatever it multiplies, so the support is
+ * enough even where a factor is inf or NaN.  When every factor and the
+ * tangent rows read are finite (fast), the plain products are those products
+ * up to signs of zeros; otherwise the masked expression runs. */
+#define FG_HHVP_INTO(x, need2, lo2, hi2, fast, plain, masked)                  \
             do {                                                                \
                 double *hx = adjt + (int64_t)(x) * w;                           \
                 int32_t l = hlo, h = hhi;                                       \
                 if (need2) FG_HULL(l, h, lo2, hi2);                             \
-                if (full) { l = 0; h = w; }                                     \
-                FG_ALONG for (int32_t k = l; k < h; k++) hx[k] += (expr);                \
+                if (fast) {                                                     \
+                    FG_ALONG for (int32_t k = l; k < h; k++) hx[k] += (plain);  \
+                } else {                                                        \
+                    FG_ALONG for (int32_t k = l; k < h; k++) hx[k] += (masked); \
+                }                                                               \
                 FG_HULL(alo[x], ahi[x], l, h);                                  \
             } while (0)
 #define FG_HHVP_NARY(NAME, group, term, da, db, dab, ...)                      \
@@ -113,30 +125,31 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
                 for (int32_t g = A[i], e = A[i] + B[i]; g < e; g += group) {    \
                     FG_GROUP_AT(g, group, opnd, ocst, v)                        \
                     const double da_ = (da), db_ = (db), dab_ = (dab);          \
-                    const int cross = (group == 2) && (!FG_FIN(gi) || !FG_FIN(dab_)); \
+                    const int fin2 = FG_FIN(gi) && FG_FIN(dab_);                \
                     if (p >= 0) {                                               \
                         adj[p] += gi * da_;                                     \
                         if (group == 2 && q >= 0) {                             \
                             const double *tq = tan + (int64_t)q * w;            \
-                            FG_HHVP_INTO(p, !FG_FIN(da_) || cross,              \
-                                         dab_ != 0.0 || !fin[q], tlo[q], thi[q], \
-                                         hi[k] * da_ + gi * (dab_ * tq[k]));    \
+                            FG_HHVP_INTO(p, dab_ != 0.0, tlo[q], thi[q],        \
+                                         FG_FIN(da_) && fin2 && fin[q],         \
+                                         hi[k] * da_ + gi * (dab_ * tq[k]),     \
+                                         fg_tmul(da_, hi[k]) + fg_tmul(gi, fg_t2mul(dab_, tq[k]))); \
                         } else {                                                \
-                            const double z = (group == 2) ? gi * (dab_ * 0.0) : 0.0; \
-                            FG_HHVP_INTO(p, !FG_FIN(da_) || cross, 0, 0, 0,     \
-                                         (group == 2) ? hi[k] * da_ + z : hi[k] * da_); \
+                            FG_HHVP_INTO(p, 0, 0, 0, FG_FIN(da_), hi[k] * da_,  \
+                                         fg_tmul(da_, hi[k]));                  \
                         }                                                       \
                     }                                                           \
                     if (q >= 0) {                                               \
                         adj[q] += gi * db_;                                     \
                         if (p >= 0) {                                           \
                             const double *tp = tan + (int64_t)p * w;            \
-                            FG_HHVP_INTO(q, !FG_FIN(db_) || cross,              \
-                                         dab_ != 0.0 || !fin[p], tlo[p], thi[p], \
-                                         hi[k] * db_ + gi * (dab_ * tp[k]));    \
+                            FG_HHVP_INTO(q, dab_ != 0.0, tlo[p], thi[p],        \
+                                         FG_FIN(db_) && fin2 && fin[p],         \
+                                         hi[k] * db_ + gi * (dab_ * tp[k]),     \
+                                         fg_tmul(db_, hi[k]) + fg_tmul(gi, fg_t2mul(dab_, tp[k]))); \
                         } else {                                                \
-                            const double z = gi * (dab_ * 0.0);                 \
-                            FG_HHVP_INTO(q, !FG_FIN(db_) || cross, 0, 0, 0, hi[k] * db_ + z); \
+                            FG_HHVP_INTO(q, 0, 0, 0, FG_FIN(db_), hi[k] * db_,  \
+                                         fg_tmul(db_, hi[k]));                  \
                         }                                                       \
                     }                                                           \
                 }                                                               \
@@ -156,9 +169,10 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
                     const double da_ = (da), daa_ = (daa), g2 = gi * daa_;      \
                     const double *ta = tan + (int64_t)pa * w;                   \
                     adj[pa] += gi * da_;                                        \
-                    FG_HHVP_INTO(pa, !FG_FIN(da_) || !FG_FIN(g2),               \
-                                 g2 != 0.0 || !fin[pa], tlo[pa], thi[pa],       \
-                                 hi[k] * da_ + gi * daa_ * ta[k]);              \
+                    FG_HHVP_INTO(pa, g2 != 0.0, tlo[pa], thi[pa],               \
+                                 FG_FIN(da_) && FG_FIN(g2) && fin[pa],          \
+                                 hi[k] * da_ + g2 * ta[k],                      \
+                                 fg_tmul(da_, hi[k]) + fg_t2mul(g2, ta[k]));    \
                 } else if (arity == 2) {                                        \
                     double a = v[A[i]], b = v[B[i]], y = v[i];                  \
                     (void)a; (void)b; (void)y;                                  \
@@ -166,21 +180,24 @@ void fg_tape_hessian(const fg_tape_t *t, const double *v, int64_t m, const int64
                     const double da_ = (da), db_ = (db);                        \
                     const double daa_ = (daa), dab_ = (dab), dbb_ = (dbb);      \
                     const double *ta = tan + (int64_t)pa * w, *tb = tan + (int64_t)pb * w; \
-                    const int bad = !FG_FIN(gi) || !FG_FIN(dab_);               \
+                    const int fast = FG_FIN(gi) && FG_FIN(daa_) && FG_FIN(dab_) && FG_FIN(dbb_) \
+                                     && fin[pa] && fin[pb];                     \
                     /* the tangents that enter each operand's row: ta times   \
                      * daa or dab, tb times dab or dbb */                       \
-                    const int use_a1 = daa_ != 0.0 || !fin[pa], use_b1 = dab_ != 0.0 || !fin[pb]; \
-                    const int use_a2 = dab_ != 0.0 || !fin[pa], use_b2 = dbb_ != 0.0 || !fin[pb]; \
+                    const int use_a1 = daa_ != 0.0, use_b1 = dab_ != 0.0;       \
+                    const int use_a2 = dab_ != 0.0, use_b2 = dbb_ != 0.0;       \
                     int32_t l1 = use_a1 ? tlo[pa] : w, h1 = use_a1 ? thi[pa] : 0; \
                     int32_t l2 = use_a2 ? tlo[pa] : w, h2 = use_a2 ? thi[pa] : 0; \
                     if (use_b1) FG_HULL(l1, h1, tlo[pb], thi[pb]);              \
                     if (use_b2) FG_HULL(l2, h2, tlo[pb], thi[pb]);              \
                     adj[pa] += gi * da_;                                        \
-                    FG_HHVP_INTO(pa, !FG_FIN(da_) || !FG_FIN(daa_) || bad, 1, l1, h1, \
-                                 hi[k] * da_ + gi * (daa_ * ta[k] + dab_ * tb[k])); \
+                    FG_HHVP_INTO(pa, 1, l1, h1, fast && FG_FIN(da_),            \
+                                 hi[k] * da_ + gi * (daa_ * ta[k] + dab_ * tb[k]), \
+                                 fg_tmul(da_, hi[k]) + fg_tmul(gi, fg_t2mul(daa_, ta[k]) + fg_t2mul(dab_, tb[k]))); \
                     adj[pb] += gi * db_;                                        \
-                    FG_HHVP_INTO(pb, !FG_FIN(db_) || !FG_FIN(dbb_) || bad, 1, l2, h2, \
-                                 hi[k] * db_ + gi * (dab_ * ta[k] + dbb_ * tb[k])); \
+                    FG_HHVP_INTO(pb, 1, l2, h2, fast && FG_FIN(db_),            \
+                                 hi[k] * db_ + gi * (dab_ * ta[k] + dbb_ * tb[k]), \
+                                 fg_tmul(db_, hi[k]) + fg_tmul(gi, fg_t2mul(dab_, ta[k]) + fg_t2mul(dbb_, tb[k]))); \
                 }                                                               \
                 (void)c;                                                        \
                 break;

@@ -2,6 +2,8 @@
 #ifndef FG_INTERNAL_H
 #define FG_INTERNAL_H
 
+#include <math.h>
+
 #include "fastgrad.h"
 
 /* A helper the compiler must inline (hot loops; a call would cost more than
@@ -157,5 +159,37 @@ void fg_rows_reverse(const fg_tape_t *t, int64_t ld, int64_t nb, const double *v
     default:                                                                    \
         break;                                                                  \
     }
+
+/* Products with tangents, for jvp, hvp and the hessian (fg_replay.c,
+ * fg_hessian.c).  A tangent is 0 where the direction does not move the node:
+ * an input outside it (the hessian's unit vectors, hvp([a, e], [0, 1])),
+ * and every node that depends only on such inputs; there inf * 0 is NaN
+ * where the derivative along the direction is finite (d2(a**e)/da2
+ * overflows at a = 1e-300 while d2/da de does not: H[0, 1] was NaN, and
+ * grad(create_graph=True), which never forms that product, gave the number).
+ *
+ * fg_tmul(d, t): a first derivative d (or an adjoint) times a tangent t (or
+ * the tangent of an adjoint): a zero t contributes exactly 0, whatever d;
+ * otherwise d * t, so a finite d gives the product bit for bit, signed zeros
+ * included, and an inf tangent meeting a zero derivative stays NaN, as an
+ * inf gradient meeting one does in the reverse sweep.  The test is on the
+ * product: one comparison where nothing is NaN.
+ *
+ * fg_t2mul(d2, t): a second derivative times a tangent: 0 if either is 0.
+ * A second-derivative column that is 0 (the literal 0.0 of linear rows: add,
+ * mul's d2/da2) is no term at all in the derivative graphs of
+ * grad(create_graph=True), so an inf tangent there adds nothing either
+ * (log(a) + b*b at a = 0 had H[1, 0] = NaN).  Both differ from the plain
+ * products only where those are NaN (signs of zeros aside), so the one-row
+ * sweeps run plainly and again with these only if a result is NaN, and the
+ * hessian uses the plain loop where every factor and row is finite. */
+static inline double fg_tmul(double d, double t) {
+    const double p = d * t;
+    return (p != p && t == 0.0) ? 0.0 : p;     /* NaN from a zero t: d was inf or NaN */
+}
+
+static inline double fg_t2mul(double d2, double t) {
+    return (d2 == 0.0 || t == 0.0) ? 0.0 : d2 * t;
+}
 
 #endif /* FG_INTERNAL_H */

@@ -195,6 +195,8 @@ ROWS: list[tuple[str, Callable[[], Any], type, str]] = [
      "corrupt tape"),
     ("load-member-bomb", lambda: fastgrad.load(_bomb_archive()), ValueError,
      "member 'cst.npy' expands to 67108992 bytes from"),
+    ("load-compressed-size-past-the-end", lambda: fastgrad.load(_write(_lying_compressed_size())), ValueError,
+     "member 'op.npy' claims 1000000000 compressed bytes but the file has only"),
     ("load-lengths-overflow", lambda: fastgrad.load(_archive(sizes=np.array([2**62] * 4, np.int64))), ValueError,
      "argument lengths add up to"),
     ("unpickle-tampered", lambda: pickle.loads(_tampered_pickle()), ValueError, "corrupt tape"),
@@ -270,6 +272,18 @@ def _saved() -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **_f()._state())
     return buf.getvalue()
+
+
+def _lying_compressed_size() -> bytes:
+    """_saved() with op.npy's compressed size in the central directory set to 10**9."""
+    import struct
+
+    raw = bytearray(_saved())
+    i = raw.find(b"PK\x01\x02")
+    while raw[i + 46:i + 46 + 6] != b"op.npy":
+        i = raw.find(b"PK\x01\x02", i + 4)
+    struct.pack_into("<I", raw, i + 20, 10**9)
+    return bytes(raw)
 
 
 def _archive(drop: str | None = None, **arrays: Any) -> str:

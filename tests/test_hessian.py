@@ -173,3 +173,83 @@ def test_the_cached_rows_are_left_clean_between_calls():
     for _ in range(3):
         f.hessian(np.full(6, math.nan))
         assert same(f.hessian(x), want)
+
+
+# ------------------------------------------------ a zero tangent contributes 0 ---
+
+def _mp_pow_dab(a, e):
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+    A, E = mp.mpf(a), mp.mpf(e)
+    return float(A ** (E - 1) * (1 + E * mp.log(A)))
+
+
+@pytest.mark.parametrize("a, e", [(5e-324, 0.5), (1e-310, 0.9), (2.2e-308, 1e-10), (1e-300, 0.5)])
+def test_pow_mixed_partial_where_d2_da2_overflows(a, e):
+    """d2(a**e)/da de is finite where d2/da2 overflows: the tangent of a is 0
+    in the direction e, so d2/da2 * 0 must add nothing (it was NaN), as in
+    grad(grad(y, a, create_graph=True), e)."""
+    f = fastgrad.compile(lambda xs: xs[0] ** xs[1], [2.0, 3.0])
+    want = _mp_pow_dab(a, e)
+    H = f.hessian([a, e])
+    va, ve = Value(a), Value(e)
+    ga = fastgrad.grad(va ** ve, va, create_graph=True)
+    gb = fastgrad.grad(va ** ve, ve, create_graph=True)
+    got = [float(f.hvp([[a, e]], [0.0, 1.0])[0]), H[0, 1], H[1, 0],
+           fastgrad.grad(ga, ve), fastgrad.grad(gb, va)]
+    assert all(math.isfinite(x) and abs(x - want) <= 4 * math.ulp(want) for x in got), (got, want)
+    assert math.isinf(H[0, 0])          # d2/da2 itself does overflow
+    # the tangent sweep alone: d(a**e)/de along e, whatever d/da is
+    assert f.jvp([[a, e]], [[0.0, 1.0]])[1] == f.value_and_grad([a, e])[1][1]
+
+
+# Points where some local derivative of a row is inf or NaN, or overflows at
+# second order, while others are finite.
+_EDGE_POINTS = [(0.0, 0.5), (-0.0, 2.0), (5e-324, 0.5), (1e-300, 0.5), (1e-300, 3.0), (1.0, 1e-120),
+                (1.0, 5e-324), (1e-200, 1e-200), (800.0, 1.0), (-1.0, 0.0), (0.0, 0.0), (1e300, 1e300)]
+
+
+def _row_cases():
+    import ops
+
+    out = []
+    for key, row in ops.ROWS.items():
+        if row is not None:
+            out.append(pytest.param(row, id=key))
+    return out
+
+
+@pytest.mark.parametrize("row", _row_cases())
+def test_hessian_and_jvp_of_every_row_agree_with_create_graph_at_edges(row):
+    """Every row of the op table, as out = row(a, b) + b*b (a unary row then
+    has a second input the direction may move alone), at points where a
+    derivative of the row is not finite: where grad(grad(out, x_i,
+    create_graph=True), x_j) is finite, the hessian's (i, j) entry and hvp's
+    are finite and equal to it within a few ulps; where the gradient is
+    finite, jvp along a unit vector gives it.  A direction's zero tangents
+    multiplied a non-finite derivative into NaN."""
+    import ops
+
+    f = fastgrad.compile(lambda xs: ops.make_row(row, fastgrad, xs[0], xs[1]) + xs[1] * xs[1], [0.7, 1.3])
+    checked = 0
+    for a, b in _EDGE_POINTS:
+        x = [a, b]
+        with np.errstate(all="ignore"):
+            H = f.hessian(x)
+            _, grad = f.value_and_grad(x)
+        vs = [Value(a), Value(b)]
+        out = ops.make_row(row, fastgrad, vs[0], vs[1]) + vs[1] * vs[1]
+        for i in range(2):
+            gi = fastgrad.grad(out, vs[i], create_graph=True)
+            for j in range(2):
+                jv = f.jvp([x], [np.eye(2)[j]])[1]
+                if math.isfinite(grad[j]):
+                    assert jv == grad[j], (a, b, j, jv, grad[j])
+                cg = fastgrad.grad(gi, vs[j]) if isinstance(gi, Value) else 0.0
+                if not math.isfinite(cg):
+                    continue
+                hv = f.hvp([x], np.eye(2)[j])[i]
+                tol = 4 * math.ulp(cg) + 1e-300
+                assert abs(H[i, j] - cg) <= tol and abs(hv - cg) <= tol, (a, b, i, j, H[i, j], hv, cg)
+                checked += 1
+    assert checked > 0

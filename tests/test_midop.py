@@ -366,26 +366,99 @@ def test_compile_replays_what_fn_traced_whatever_fn_does_to_its_lists():
     assert f([1.0, 4.0]) == 3.0 and f.value_and_grad([2.0, 10.0])[1].tolist() == [-1.0, 1.0]
 
 
-def test_function_arguments_are_read_once():
-    f = fastgrad.compile(lambda xs: xs[0] + xs[1] * 2, [1.0, 2.0])
+class Shifty:
+    """An argument entry numpy calls back into twice -- __array__ while it
+    finds the shape and dtype, __float__ while it fills the array -- each
+    call adding 100 to the entry after it in the list it sits in.  Read once,
+    when the call starts, the list [Shifty, 2.0] is [1.0, 2.0]; read again by
+    numpy after either callback, its second entry is 102.0 or 202.0."""
 
-    class Shifty:
-        """A sequence element numpy calls back into, which mutates the list it sits in."""
+    def __init__(self, lst: list) -> None:
+        self.lst = lst
+        self.calls = 0
 
-        def __init__(self, lst):
-            self.lst = lst
+    def _shift(self) -> None:
+        self.calls += 1
+        self.lst[1] += 100.0
 
-        def __array__(self, dtype=None, copy=None):
-            self.lst.clear()
-            return np.array(2.0)
+    def __array__(self, dtype=None, copy=None):
+        self._shift()
+        return np.array(1.0)
 
-    arg: list = [1.0]
-    arg.append(Shifty(arg))
-    try:
-        out = f(arg)
-    except (TypeError, ValueError):
-        return                            # refused with a Python exception: fine
-    assert out == 5.0
+    def __float__(self) -> float:
+        self._shift()
+        return 1.0
+
+
+def _shifty() -> list:
+    lst: list = [None, 2.0]
+    lst[0] = Shifty(lst)
+    return lst
+
+
+def test_numpy_reads_a_shifty_list_after_its_callbacks():
+    """The premise of the test below: numpy itself re-reads a list after an
+    entry's callbacks (so a Function that handed it the caller's list would
+    see 202.0), and reads a tuple's entries as they were."""
+    assert np.asarray(_shifty()).tolist() == [1.0, 202.0]
+    assert np.asarray([_shifty(), [1.0, 2.0]])[0].tolist() == [1.0, 202.0]
+    assert np.asarray(tuple(_shifty())).tolist() == [1.0, 2.0]
+
+
+def _f() -> Any:
+    return fastgrad.compile(lambda xs: xs[0] + xs[1] * 2, [1.0, 2.0])
+
+
+def _pair() -> Any:
+    return fastgrad.compile(lambda xs: [xs[0] * 1.0, xs[1] * 1.0], [1.0, 2.0])
+
+
+def _bilinear() -> Any:
+    return fastgrad.compile(lambda xs: xs[0] * xs[1], [1.0, 2.0])     # H = [[0, 1], [1, 0]]
+
+
+def _cubic() -> Any:
+    return fastgrad.compile(lambda xs: xs[1] * xs[1] * xs[1], [1.0, 2.0])  # H[1, 1] = 6 x1
+
+
+def _branching(xs: list) -> Value:
+    # Python control flow at the example: the branch taken shows what was read
+    return xs[1] * 1.0 if xs[1].data < 50 else xs[1] * 0.0
+
+
+# Each entry point that takes a sequence of numbers from the caller, with
+# the caller's list a _shifty(), and what reading it once gives.
+READ_ONCE: list = [
+    ("call", lambda s: _f()(s), 5.0),
+    ("value_and_grad", lambda s: _f().value_and_grad(s)[0], 5.0),
+    ("jvp-args", lambda s: _f().jvp([s], [[1.0, 0.0]]), (5.0, 1.0)),
+    ("jvp-tangents", lambda s: _f().jvp([[0.0, 0.0]], [s]), (0.0, 5.0)),
+    ("vjp-cotangent", lambda s: _pair().vjp([[0.0, 0.0]], s)[1][0].tolist(), [1.0, 2.0]),
+    ("jacobian", lambda s: _bilinear().jacobian(s).tolist(), [[2.0, 1.0]]),
+    ("hvp-args", lambda s: _cubic().hvp([s], [1.0, 1.0]).tolist(), [0.0, 12.0]),
+    ("hvp-vector", lambda s: _bilinear().hvp([[0.0, 0.0]], s).tolist(), [2.0, 1.0]),
+    ("hessian", lambda s: _cubic().hessian(s).tolist(), [[0.0, 0.0], [0.0, 12.0]]),
+    ("batch-row", lambda s: _f().batch([s, [1.0, 2.0]], batch_argnums=(0,)).tolist(), [5.0, 5.0]),
+    ("batch-rows-tuple", lambda s: _f().batch((s, [1.0, 2.0]), batch_argnums=(0,)).tolist(), [5.0, 5.0]),
+    ("batch-value_and_grad", lambda s: _bilinear().batch_value_and_grad([s, s[:]], batch_argnums=(0,),
+                                                                        threads=2)[0].tolist(), [2.0, 2.0]),
+    ("batch-unbatched-argument", lambda s: fastgrad.compile(lambda a, b: a[0] + b[1] * 2, [0.0], [1.0, 2.0])
+     .batch([[0.0], [1.0]], s, batch_argnums=(0,)).tolist(), [4.0, 5.0]),
+    ("compile-example", lambda s: fastgrad.compile(_branching, s)([1.0, 3.0]), 3.0),
+]
+
+
+@pytest.mark.parametrize("make, want", [r[1:] for r in READ_ONCE], ids=[r[0] for r in READ_ONCE])
+def test_function_arguments_are_read_once(make, want):
+    """A Function call reads the caller's list (and a batch's row lists) once,
+    when it starts: the numbers come from what the list held then, although
+    the entry's callbacks changed it before numpy would have read it again."""
+    s = _shifty()
+    shifty = s[0]
+    assert make(s) == want
+    # the callbacks ran (numpy called back into the entry), so a second read
+    # of the list would have seen another number
+    assert shifty.calls >= 1 and s[1] != 2.0
 
 
 # ---------------------------------------------------------------- numbers at the edges ---

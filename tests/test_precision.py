@@ -127,6 +127,48 @@ def test_pow_base_derivatives_within_a_few_ulps_far_from_one():
     assert not bad, bad[:5]
 
 
+def pow_third_cases():
+    """(what, got, exact) of the third derivatives of a ** e that replay from
+    the internal rows DPOW, DPOWE and DPOWC: the hessian of a compiled
+    d/da or d/de (from grad(create_graph=True)) reads their second-derivative
+    columns.  Bases 1e-300 .. 1e300, exponents whose e - k rounds; only
+    points whose exact results are finite normal numbers."""
+    out = []
+    tiny, huge = mp.mpf("2.2250738585072014e-308"), mp.mpf("1.7976931348623157e308")
+    da = fastgrad.compile(lambda xs: fastgrad.grad(xs[0] ** xs[1], xs[0], create_graph=True), [2.0, 3.0])
+    de = fastgrad.compile(lambda xs: fastgrad.grad(xs[0] ** xs[1], xs[1], create_graph=True), [2.0, 3.0])
+    for la in np.linspace(-300, 300, 31):
+        a = float(mp.mpf(10) ** mp.mpf(float(la)))
+        for e in (0.1, 0.3, 0.7, 1.1, 2.5, -0.3):
+            A, E = mp.mpf(a), mp.mpf(e)
+            L = mp.log(A)
+            want = {
+                "d3/da3": E * (E - 1) * (E - 2) * A ** (E - 3),
+                "d3/da2de": A ** (E - 2) * ((2 * E - 1) + E * (E - 1) * L),
+                "d3/dade2": A ** (E - 1) * L * (2 + E * L),
+                "d3/de3": A ** E * L ** 3,
+            }
+            if not all(tiny < abs(w) < huge for w in want.values()):
+                continue
+            H, G = da.hessian([a, e]), de.hessian([a, e])
+            got = {"d3/da3": H[0, 0], "d3/da2de": H[0, 1], "d3/dade2": H[1, 1],
+                   "d3/da2de (dpow_exp)": G[0, 0], "d3/dade2 (dpow_exp)": G[0, 1], "d3/de3": G[1, 1]}
+            for k, g in got.items():
+                out.append((f"{k} {a!r}**{e}", float(g), want[k.split(" ")[0]]))
+            fc = fastgrad.compile(lambda xs, e=e: fastgrad.grad(xs[0] ** e, xs[0], create_graph=True), [2.0])
+            out.append((f"d3/da3 (dpowc) {a!r}**{e}", float(fc.hessian([a])[0, 0]), want["d3/da3"]))
+    return out
+
+
+def test_pow_third_derivatives_within_a_few_ulps_far_from_one():
+    """DPOW/DPOWE/DPOWC's columns took e - 1, e - 2 (and e - 3 through e - 1)
+    rounded into pow: up to ~270 ulps at bases far from 1."""
+    cases = pow_third_cases()
+    assert len(cases) > 200
+    bad = [(w, g, float(x), ulps(g, x)) for w, g, x in cases if ulps(g, x) > 4]
+    assert not bad, bad[:5]
+
+
 if __name__ == "__main__":
     for name in sorted(CASES):
         print(f"{name:9s} worst ulps value, d1, d2: " + ", ".join(f"{w:.3g}" for w in measure(name)))
@@ -135,4 +177,8 @@ if __name__ == "__main__":
     for kind in ("d/da", "d2/da2"):
         worst = max((ulps(g, x), w) for w, g, x in pow_base_cases() if w.startswith(kind + " "))
         print(f"{kind} of a ** e over bases 1e-323 .. 1e307: worst ulps {worst[0]:.3g} ({worst[1]})")
+    third = pow_third_cases()
+    for kind in sorted({w.rsplit(" ", 1)[0] for w, _, _ in third}):
+        worst = max((ulps(g, x), w) for w, g, x in third if w.rsplit(" ", 1)[0] == kind)
+        print(f"{kind} of a ** e over bases 1e-300 .. 1e300: worst ulps {worst[0]:.3g} ({worst[1]})")
     sys.exit(0)

@@ -11,6 +11,7 @@ nodes it reached, not to the capacity.
 from __future__ import annotations
 
 import gc
+import re
 import os
 import sys
 from typing import Any
@@ -334,3 +335,119 @@ def test_load_refuses_a_header_promising_more_than_the_member_holds(tmp_path):
     err, peak = _peak_load(path)
     assert isinstance(err, ValueError) and "promises 8796093022208 bytes" in str(err)
     assert peak < 8 << 20
+
+
+# A member's fields in the central directory and in its local header
+# (APPNOTE 4.3.12, 4.3.7): (signature, field offset, struct format).
+_FIELDS = {"compress_size": (b"PK\x01\x02", 20, "<I"), "file_size": (b"PK\x01\x02", 24, "<I"),
+           "method": (b"PK\x01\x02", 10, "<H"), "header_offset": (b"PK\x01\x02", 42, "<I"),
+           "local_compress_size": (b"PK\x03\x04", 18, "<I"), "local_file_size": (b"PK\x03\x04", 22, "<I"),
+           "extra_len": (b"PK\x03\x04", 28, "<H")}
+
+
+def _patch(raw: bytes, name: str, field: str, value: int) -> bytes:
+    """raw with one header field of member `name` set to value."""
+    import struct
+
+    sig, off, fmt = _FIELDS[field]
+    name_at = 46 if sig == b"PK\x01\x02" else 30
+    len_at = 28 if sig == b"PK\x01\x02" else 26
+    out = bytearray(raw)
+    i = out.find(sig)
+    while i >= 0:
+        n = struct.unpack_from("<H", out, i + len_at)[0]
+        if bytes(out[i + name_at:i + name_at + n]) == name.encode():
+            struct.pack_into(fmt, out, i + off, value)
+            return bytes(out)
+        i = out.find(sig, i + 4)
+    raise AssertionError(f"no {sig!r} header for {name}")
+
+
+def _saved_bytes(tmp_path, deflated=()) -> bytes:
+    path = _write_zip(tmp_path / "good.npz", _saved_members(tmp_path), deflated)
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _load_error(tmp_path, raw: bytes) -> tuple:
+    """(the ValueError's reason, after the path, and the peak traced memory)."""
+    path = str(tmp_path / "hostile.npz")
+    with open(path, "wb") as fh:
+        fh.write(raw)
+    err, peak = _peak_load(path)
+    assert isinstance(err, ValueError), f"loaded: {err!r}"
+    prefix = f"{path!r} is not a saved fastgrad Function: "
+    assert str(err).startswith(prefix), str(err)
+    return str(err)[len(prefix):], peak
+
+
+@pytest.mark.parametrize("deflated", [False, True])
+def test_load_checks_a_declared_compressed_size_against_the_file(tmp_path, deflated):
+    """The central directory says op.npy holds 10**9 compressed bytes, in a
+    file of about 2 kB: refused by name before anything is read."""
+    raw = _saved_bytes(tmp_path, {"op.npy"} if deflated else ())
+    reason, _ = _load_error(tmp_path, _patch(raw, "op.npy", "compress_size", 10**9))
+    assert re.fullmatch(r"member 'op.npy' claims 1000000000 compressed bytes but the file has only "
+                        r"\d+ after its header", reason), reason
+
+
+def test_load_bound_rests_on_compressed_bytes_the_file_has(tmp_path):
+    """A header promising 256 MB, in a member whose declared sizes lie so that
+    64 x compress_size admits it: refused before the array is allocated (the
+    bound was computed from a compressed size the file does not have)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (2**25,)})
+    members = _saved_members(tmp_path)
+    members["cst.npy"] = buf.getvalue() + b"\0" * 64
+    path = _write_zip(tmp_path / "f.npz", members, deflated={"cst.npy"})
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    size = 2**28 + 128
+    raw = _patch(_patch(raw, "cst.npy", "file_size", size), "cst.npy", "compress_size", size // 64 + 1)
+    reason, peak = _load_error(tmp_path, raw)
+    assert re.fullmatch(rf"member 'cst.npy' claims {size // 64 + 1} compressed bytes but the file has "
+                        r"only \d+ after its header", reason), reason
+    assert peak < 8 << 20
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("extra_len", 65535, r"member 'op.npy': its header at offset \d+ runs \d+ bytes past the end of the "
+                         r"file \(\d+ bytes\)"),
+    ("header_offset", 10**6, r"member 'op.npy': its header at offset 1000000 is past the end of the "
+                             r"file \(\d+ bytes\)"),
+    ("method", 99, r"member 'op.npy': .*compression method.*"),
+    ("file_size", 100, r"member 'op.npy' is stored uncompressed but declares 100 bytes in \d+"),
+])
+def test_load_names_the_member_whose_header_lies(tmp_path, field, value, words):
+    """Each lie in a member's headers gives a reason naming the member, never
+    an empty one (zipfile's EOFError() has no words)."""
+    reason, _ = _load_error(tmp_path, _patch(_saved_bytes(tmp_path), "op.npy", field, value))
+    assert re.fullmatch(words, reason), reason
+
+
+def test_load_of_any_lying_header_field_is_a_reasoned_value_error(tmp_path):
+    """Every size, offset and length field of a member's two headers set to
+    boundary values: load returns the Function or raises ValueError with a
+    non-empty reason; a reason about a member names it."""
+    raw = _saved_bytes(tmp_path, {"cst.npy"})
+    seen = 0
+    for name in ("version.npy", "cst.npy", "out.npy"):
+        for field, (_, _, fmt) in _FIELDS.items():
+            if field == "method":
+                continue
+            top = 0xFFFF if fmt == "<H" else 0xFFFFFFFF
+            for value in (0, 1, 7, 64, 200, len(raw) - 1, len(raw), top // 2, top):
+                path = str(tmp_path / "h.npz")
+                with open(path, "wb") as fh:
+                    fh.write(_patch(raw, name, field, min(value, top)))
+                try:
+                    fastgrad.load(path)
+                except ValueError as exc:
+                    reason = str(exc).split("is not a saved fastgrad Function: ", 1)[-1]
+                    assert reason.strip(), (name, field, value)
+                    if "member" in reason:
+                        assert repr(name) in reason, (name, field, value, reason)
+                    seen += 1
+    assert seen > 50

@@ -24,10 +24,11 @@ Each input is read three ways, chosen by its first byte:
 - archive members: a valid Function's members written into a zip by hand,
   with unknown members added (any name, a duplicate, a deflate stream
   expanding to 256 MiB, junk that is not deflate at all) and known members
-  replaced by such a bomb, deflated, given a declared size or CRC that lies,
-  or an .npy header promising more data than there is.  load must never read
-  an unknown member and must bound what a known one may expand to: the
-  process's peak RSS is checked after every such load.
+  replaced by such a bomb, deflated, given a declared size, compressed size,
+  header offset or CRC that lies, or an .npy header promising more data than
+  there is.  load must never read an unknown member and must bound what a
+  known one may expand to: the process's peak RSS is checked after every
+  such load.
 - Value pickles (first byte 5 mod 8): pickled Values (every op row, n-ary
   nodes, a user op, a subclass, attributes referring back, several Values
   sharing nodes) taken apart into their flat records and references
@@ -104,6 +105,15 @@ def _write_seeds(corpus: str) -> None:
         np.savez(buf, **f._state())
         with open(os.path.join(corpus, f"seed{k}.npz"), "wb") as fh:
             fh.write(b"\x00" + buf.getvalue())      # first byte 0: the raw reading
+    # A saved Function whose central directory inflates a member's compressed
+    # size past the end of the file (load must refuse it by name).
+    buf = io.BytesIO()
+    np.savez(buf, **EXAMPLES[2])
+    raw = bytearray(buf.getvalue())
+    cd = raw.find(b"PK\x01\x02")
+    struct.pack_into("<I", raw, cd + 20, 10**9)
+    with open(os.path.join(corpus, "seed-compress-size.npz"), "wb") as fh:
+        fh.write(b"\x00" + bytes(raw))
     for k in range(len(VALUE_SEEDS)):
         with open(os.path.join(corpus, f"value{k}"), "wb") as fh:
             fh.write(bytes([5, k]) + b"\x00" * 8)   # first byte 5: the Value reading, unedited
@@ -358,6 +368,7 @@ def _outcome(msg: str) -> None:
                 "entries for", "operands", "output count", "impossible sizes", "corrupt tape",
                 "Bad", "zip", "CRC", "pickle", "header", "EOF", "shape", "dtype", "descr",
                 "expands to", "promises", "unsupported .npy", "compression", "Truncated",
+                "compressed bytes but", "past the end", "stored uncompressed", "no local file header",
                 "is corrupt", "starts at node", "a record of", "endian", "malformed", "refers to",
                 "type ", "state ", "a node state", "name ", "attributes ", "a _backward for",
                 "node ", "follows a"):
@@ -389,16 +400,18 @@ def _bomb_member() -> tuple:
 
 
 def _zip_bytes(members: list) -> bytes:
-    """A zip archive written by hand: [(name, method, data, crc, declared size)],
-    so declared sizes and CRCs can lie and streams can be given pre-compressed."""
+    """A zip archive written by hand: [(name, method, data, crc, declared size,
+    declared compressed size or None, header offset shift)], so declared sizes,
+    CRCs and offsets can lie and streams can be given pre-compressed."""
     out, central = bytearray(), bytearray()
-    for name, method, data, crc, size in members:
+    for name, method, data, crc, size, csize, shift in members:
         off = len(out)
+        csize = len(data) if csize is None else csize
         out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21,
-                           crc & 0xFFFFFFFF, len(data), size & 0xFFFFFFFF, len(name), 0) + name + data
+                           crc & 0xFFFFFFFF, csize & 0xFFFFFFFF, size & 0xFFFFFFFF, len(name), 0) + name + data
         central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21,
-                               crc & 0xFFFFFFFF, len(data), size & 0xFFFFFFFF, len(name), 0, 0, 0, 0, 0,
-                               off) + name
+                               crc & 0xFFFFFFFF, csize & 0xFFFFFFFF, size & 0xFFFFFFFF, len(name), 0, 0, 0, 0, 0,
+                               (off + shift) & 0xFFFFFFFF) + name
     end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0)
     return bytes(out + central + end)
 
@@ -416,10 +429,10 @@ def _archive_members(fdp: atheris.FuzzedDataProvider) -> bytes:
     members = []
     for key, arr in state.items():
         data = _npy(arr)
-        members.append([(key + ".npy").encode(), 0, data, zlib.crc32(data), len(data)])
+        members.append([(key + ".npy").encode(), 0, data, zlib.crc32(data), len(data), None, 0])
     for _ in range(fdp.ConsumeIntInRange(0, 4)):          # known members made hostile
         m = members[fdp.ConsumeIntInRange(0, len(members) - 1)]
-        how = fdp.ConsumeIntInRange(0, 6)
+        how = fdp.ConsumeIntInRange(0, 8)
         if how == 0:
             _, m[2], m[3], m[4] = (None,) + _bomb_member()
             m[1] = 8
@@ -439,6 +452,15 @@ def _archive_members(fdp: atheris.FuzzedDataProvider) -> bytes:
             m[3], m[4] = zlib.crc32(m[2]), len(m[2])
         elif how == 5:                                     # not deflate at all
             m[1], m[2] = 8, fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
+        elif how == 6:                                     # declared compressed size lies
+            # (past the end of the file, or just enough that 64 x it admits
+            # a declared size and a header promising far more than there is)
+            m[5] = fdp.PickValueInList([0, 1, len(m[2]) - 1, len(m[2]) + 1, len(m[2]) + 4096,
+                                        m[4] // 64 + 1, 2**31, 2**32 - 1])
+            if fdp.ConsumeBool():
+                m[4] = fdp.PickValueInList([2**28, 2**32 - 1])
+        elif how == 7:                                     # header offset lies
+            m[6] = fdp.PickValueInList([1, -1, 30, 4096, 2**31, -len(m[2])])
         else:
             members.remove(m)
     names = [b"junk.npy", b"op.npy", b"version.npy", b"x", b"../../evil.npy", b"a" * 300, b"", b"sizes"]
@@ -447,13 +469,13 @@ def _archive_members(fdp: atheris.FuzzedDataProvider) -> bytes:
         kind = fdp.ConsumeIntInRange(0, 2)
         if kind == 0:
             data, crc, size = _bomb_member()
-            members.insert(fdp.ConsumeIntInRange(0, len(members)), [name, 8, data, crc, size])
+            members.insert(fdp.ConsumeIntInRange(0, len(members)), [name, 8, data, crc, size, None, 0])
         elif kind == 1:
             data = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256))
-            members.insert(fdp.ConsumeIntInRange(0, len(members)), [name, 8, data, 0, 2**31])
+            members.insert(fdp.ConsumeIntInRange(0, len(members)), [name, 8, data, 0, 2**31, None, 0])
         else:
             data = _npy(np.zeros(fdp.ConsumeIntInRange(0, 64)))
-            members.append([name, 0, data, zlib.crc32(data), len(data)])
+            members.append([name, 0, data, zlib.crc32(data), len(data), None, 0])
     return _zip_bytes([tuple(m) for m in members])
 
 

@@ -23,7 +23,11 @@ the op), sometimes with a gc callback doing the same at every collection
 (threshold 1), and a ``signal.setitimer`` timer whose Python handler runs
 ops while ordinary steps run.  Here the result is also checked: it must
 equal Python's own left-to-right sum over the objects the list held when
-the op was called.
+the op was called.  In the signals step the handler sometimes raises
+KeyboardInterrupt (Ctrl-C) inside a threaded batch, which the harness
+expects: the batch finishes right or raises it, and the Function then gives
+the right rows.  ``Value.__init__`` is called again on bound Values (the
+"reinit" step): it must raise and leave the Value as it was.
 
 The Value-object surface (the "objects" step), checked against the
 reference engine (tests/reference.py) built in lockstep: micrograd-style
@@ -169,7 +173,7 @@ class Fuzz:
 
     def step(self) -> None:
         fdp = self.fdp
-        k = fdp.ConsumeIntInRange(0, 22)
+        k = fdp.ConsumeIntInRange(0, 23)
         anomaly = fdp.ConsumeIntInRange(0, 7) == 0
         if anomaly:
             with fastgrad.detect_anomaly():
@@ -277,6 +281,8 @@ class Fuzz:
             midop(self)
         elif k == 22:
             signals(self)
+        elif k == 23:
+            reinit(self)
         else:
             self.keep(Value(self.number()))
 
@@ -843,17 +849,49 @@ def objects(fz: Fuzz) -> None:
         assert live == before, f"the default graph kept {live - before} nodes of a dropped program"
 
 
+def reinit(fz: Fuzz) -> None:
+    """Value.__init__ again on a Value that has a node (a pool Value, or one
+    made by __new__ then __init__) raises (TypeError), and the Value keeps its
+    node and number."""
+    fdp = fz.fdp
+    x = fz.pick()
+    if not isinstance(x, Value) or fdp.ConsumeBool():
+        x = Value.__new__(Value)
+        x.__init__(fz.number())                    # the first __init__ binds it
+        fz.keep(x)
+    if x.graph is None:
+        return                                     # a Value.__new__ handle of the pool: never bound
+    data, graph, idx_op = x.data, x.graph, x.op
+    arg = fz.pick() if fdp.ConsumeBool() else fz.number()
+    kids = tuple(v for v in fz.pool[:2] if isinstance(v, Value)) if fdp.ConsumeBool() else ()
+    try:
+        x.__init__(arg, kids) if kids else x.__init__(arg)
+    except ALLOWED:                                # TypeError; junk data may be refused first
+        pass
+    else:
+        raise AssertionError("Value.__init__ on a bound Value did not raise")
+    assert _same(x.data, data) and x.graph is graph and x.op == idx_op, "re-init changed the Value"
+
+
 SIGNAL_OPS = 0
 SIGNALS_ON = False
+# Set by interrupted_batch: the handler's next run raises KeyboardInterrupt
+# (once: it disarms itself), as Ctrl-C does inside a threaded batch.
+INTERRUPT_ARMED = False
+INTERRUPTS = 0
 
 
 def _handler(signum, frame) -> None:
     """Runs ops at whatever point the main thread was interrupted (between
     bytecodes: inside a __float__, a __del__, fastgrad.nn, ...).  Installed
     once for good, so a stray late signal is harmless."""
-    global SIGNAL_OPS
+    global SIGNAL_OPS, INTERRUPT_ARMED, INTERRUPTS
     if not SIGNALS_ON:
         return
+    if INTERRUPT_ARMED:
+        INTERRUPT_ARMED = False
+        INTERRUPTS += 1
+        raise KeyboardInterrupt("fuzz_ops: raised by the signal handler")
     SIGNAL_OPS += 1
     try:
         xs = [Value(float(k)) for k in range(4)]
@@ -895,9 +933,12 @@ def signals(fz: Fuzz) -> None:
     kicker.start()
     try:
         for _ in range(fdp.ConsumeIntInRange(1, 6)):
-            k = fdp.ConsumeIntInRange(0, 22)
+            k = fdp.ConsumeIntInRange(0, 23)
             try:
-                fz.do(k if k != 22 else 21)
+                if k == 22:
+                    interrupted_batch(fz)
+                else:
+                    fz.do(k)
             except ALLOWED:
                 pass
     finally:
@@ -908,11 +949,67 @@ def signals(fz: Fuzz) -> None:
         SIGNALS_ON = False
     global REPORT_AT
     if SIGNAL_OPS >= REPORT_AT:          # libFuzzer's exit skips atexit: report on the way
-        print(f"fuzz_ops: the signal handler has run ops {SIGNAL_OPS} times", file=sys.stderr)
+        print(f"fuzz_ops: the signal handler has run ops {SIGNAL_OPS} times "
+              f"and raised KeyboardInterrupt {INTERRUPTS} times", file=sys.stderr)
         REPORT_AT *= 4
 
 
 REPORT_AT = 1000
+
+
+def interrupted_batch(fz: Fuzz) -> None:
+    """A threaded batch (or batch_value_and_grad) during which the signal
+    handler raises KeyboardInterrupt, as Ctrl-C would: the call either
+    finishes with the right rows or raises KeyboardInterrupt; either way the
+    Function then gives the right rows again, and the interrupt is expected,
+    not a finding."""
+    global INTERRUPT_ARMED
+    fdp = fz.fdp
+    rows = fdp.PickValueInList([64, 2000, 20000])
+    threads = fdp.PickValueInList([2, 3, 4])
+    f = fastgrad.compile(lambda w, x: fastgrad.dot(w, x).tanh() * x[0], [0.5, -0.25, 1.0], [1.0, 2.0, 3.0])
+    X = np.linspace(-1.0, 1.0, rows * 3).reshape(rows, 3)
+    w = [0.5, -0.25, 1.0]
+    vag = fdp.ConsumeBool()
+
+    def run():
+        if vag:
+            return f.batch_value_and_grad(w, X, batch_argnums=(1,), argnums=0, threads=threads)
+        return f.batch(w, X, batch_argnums=(1,), threads=threads)
+
+    got = None
+    try:
+        INTERRUPT_ARMED = True
+        try:
+            got = run()
+        finally:
+            INTERRUPT_ARMED = False
+    except KeyboardInterrupt:
+        pass                                      # expected: the handler raised it
+    INTERRUPT_ARMED = False
+    for _ in range(3):                            # a stray interrupt cannot be armed now
+        try:
+            want = run()
+            break
+        except KeyboardInterrupt:                 # from the arming above, delivered late
+            continue
+    else:
+        raise AssertionError("a disarmed handler kept interrupting")
+    ref = np.array([f(w, list(r)) for r in X[:: max(rows // 16, 1)]])
+    vals = want[0] if vag else want
+    assert np.allclose(np.asarray(vals).reshape(rows, -1)[:: max(rows // 16, 1), 0], ref,
+                       rtol=1e-12, atol=0.0), "rows changed"
+    if got is not None:
+        if vag:
+            assert all(np.array_equal(a, b) for a, b in zip(_flat(got), _flat(want))), "interrupted run differs"
+        else:
+            assert np.array_equal(got, want), "interrupted run differs"
+
+
+def _flat(x):
+    if isinstance(x, (tuple, list)):
+        return [y for z in x for y in _flat(z)]
+    return [np.asarray(x)]
 
 
 signal.signal(signal.SIGVTALRM, _handler)

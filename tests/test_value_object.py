@@ -867,6 +867,26 @@ def test_a_reinit_run_by_the_data_conversion_itself_is_refused(g, children):
 _testcapi: Any = importlib.import_module("_testcapi") if features.HAS_TESTCAPI else None
 
 
+def _allocation_failing(start: int, fn: Any) -> tuple[bool, Any]:
+    """fn() with the allocation numbered `start` from the call failing (and
+    the collector off, so that no collection moves the count):
+    (True, None) if it raised MemoryError, else (False, its result)."""
+    failed, r = False, None
+    gc.collect()
+    gc.disable()
+    try:
+        _testcapi.set_nomemory(start, start + 1)
+        try:
+            r = fn()
+        finally:
+            _testcapi.remove_mem_hooks()
+    except MemoryError:
+        failed = True
+    finally:
+        gc.enable()
+    return failed, r
+
+
 @features.requires_testcapi
 @pytest.mark.skipif(not hasattr(_testcapi, "set_nomemory"), reason="needs _testcapi.set_nomemory")
 @pytest.mark.parametrize("make", [
@@ -885,20 +905,9 @@ def test_memory_error_making_the_python_value_leaks_no_node(g, make):
     before = live(g)
     failures = 0
     for start in range(0, 12):
-        gc.collect()
-        gc.disable()
-        try:
-            _testcapi.set_nomemory(start, start + 1)
-            try:
-                r = make(a, b)
-            finally:
-                _testcapi.remove_mem_hooks()
-        except MemoryError:
-            failures += 1
-        else:
-            del r
-        finally:
-            gc.enable()
+        failed, r = _allocation_failing(start, lambda: make(a, b))
+        failures += failed
+        del r
         assert live(g) == before, start
     if not failures and sys.version_info >= (3, 13):
         # 3.13 makes these Values without an allocation set_nomemory reaches
@@ -922,21 +931,11 @@ def test_memory_error_in_deepcopy_leaks_no_node(g):
     before = live(g)
     failures = 0
     for start in range(150):
-        gc.collect()
-        gc.disable()
-        try:
-            _testcapi.set_nomemory(start, start + 1)
-            try:
-                r = copy.deepcopy([y, a])
-            finally:
-                _testcapi.remove_mem_hooks()
-        except MemoryError:
-            failures += 1
-        else:
+        failed, r = _allocation_failing(start, lambda: copy.deepcopy([y, a]))
+        failures += failed
+        if not failed:
             assert r[0].data == 2.0 and r[1].data == 1.0 and r[1] in r[0]._prev
-            del r
-        finally:
-            gc.enable()
+        del r
         assert live(g) == before, start
     assert failures
     del hold
@@ -953,18 +952,7 @@ def test_memory_error_while_anomaly_mode_first_tags_a_graph_leaves_the_graph_usa
         with fastgrad.Graph() as g2:
             hold = [Value(0.0) for _ in range(600)]   # the freelist is empty: Values are malloc'd
             with fastgrad.detect_anomaly():
-                gc.collect()
-                gc.disable()
-                try:
-                    _testcapi.set_nomemory(start, start + 1)
-                    try:
-                        Value(1.0) * 2.0
-                    finally:
-                        _testcapi.remove_mem_hooks()
-                except MemoryError:
-                    failures += 1
-                finally:
-                    gc.enable()
+                failures += _allocation_failing(start, lambda: Value(1.0) * 2.0)[0]
                 with pytest.raises(FloatingPointError, match="'log' produced nan"):
                     Value(-1.0).log()
                 assert (Value(2.0) * 3.0).data == 6.0
@@ -985,21 +973,12 @@ def test_memory_error_building_the_anomaly_message_leaks_no_node(g):
             x.log()                   # the graph's table of lines exists from here
         before = live(g)
         failures = 0
+        def log_refused() -> None:
+            with pytest.raises(FloatingPointError):
+                x.log()
+
         for start in range(40):
-            gc.collect()
-            gc.disable()
-            try:
-                _testcapi.set_nomemory(start, start + 1)
-                try:
-                    x.log()
-                finally:
-                    _testcapi.remove_mem_hooks()
-            except MemoryError:
-                failures += 1
-            except FloatingPointError:
-                pass
-            finally:
-                gc.enable()
+            failures += _allocation_failing(start, log_refused)[0]
             assert live(g) == before, start
     assert failures
     del hold

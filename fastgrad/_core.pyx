@@ -1578,7 +1578,7 @@ cdef class Value:
             _ext_for(self).uop = _op
         _note_state(self)
         if nparents:
-            _hold_parents(g, self)
+            _hold_check(g, self)        # allocates only when a parent is flagged
 
     # Its death: _value_dies_quietly / _value_dies_loudly (tp_dealloc).
 
